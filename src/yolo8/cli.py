@@ -1,0 +1,107 @@
+"""The `yolo8` command: thin click wrappers over the library; errors become one line."""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from .errors import Yolo8Error
+
+EXIT_INPUT = 2  # a user-facing problem (bad input, bad option value)
+EXIT_BUG = 70   # an internal error (EX_SOFTWARE)
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"yolo8: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    root = logging.getLogger("yolo8")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    root.propagate = False
+
+
+model_options = [
+    click.option("--cfg", type=click.Path(path_type=Path), help="darknet .cfg (default: yolov3-tiny)"),
+    click.option("--weights", type=click.Path(path_type=Path), help="darknet .weights for --cfg"),
+    click.option("--names", type=click.Path(path_type=Path), help="class names, one per line"),
+    click.option("--backend", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True),
+    click.option("--calibration", type=click.Path(path_type=Path),
+                 help="int8: calibration file from `yolo8 calibrate`"),
+]
+
+
+def with_model_options(func):
+    for option in reversed(model_options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="yolo8")
+@click.option("-v", "--verbose", is_flag=True, help="log what yolo8 is doing")
+def cli(verbose: bool) -> None:
+    """Darknet YOLO object detection on the CPU, in FP32 and INT8."""
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1)
+@with_model_options
+@click.option("--thresh", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="report detections with a score above this")
+@click.option("--nms", type=click.FloatRange(0, 1), default=0.45, show_default=True,
+              help="IoU above which a lower-scored box of the same class is suppressed")
+@click.option("--letterbox", is_flag=True, default=None,
+              help="keep the aspect ratio (darknet's letterbox); default: the cfg's letter_box")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="write detections as COCO-results JSON")
+@click.option("--save-dir", type=click.Path(path_type=Path), default=Path("predictions"),
+              show_default=True, help="folder for annotated copies")
+@click.option("--no-save", is_flag=True, help="print only; write no annotated copies")
+def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, letterbox, json_path,
+           save_dir, no_save) -> None:
+    """Detect objects in images (default model: yolov3-tiny, COCO)."""
+    from .detect import DetectOptions, run_detect
+
+    failed = run_detect(DetectOptions(
+        inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
+        calibration=calibration, thresh=thresh, nms=nms, letterbox=letterbox, json_path=json_path,
+        save_dir=None if no_save else save_dir))
+    if failed:
+        sys.exit(1)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("yolo8: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Yolo8Error as exc:
+        click.echo(f"yolo8: error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    except KeyboardInterrupt:
+        click.echo("yolo8: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception:  # an internal bug: show everything, ask for a report
+        traceback.print_exc()
+        click.echo("yolo8: internal error (a bug in yolo8): please report it with the traceback "
+                   "above", err=True)
+        sys.exit(EXIT_BUG)
+
+
+if __name__ == "__main__":
+    main()

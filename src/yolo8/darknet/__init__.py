@@ -1,0 +1,1 @@
+"""darknet file formats: .cfg text and .weights binaries."""

@@ -1,0 +1,124 @@
+"""The layer graph: backend-neutral data built from a darknet cfg, shapes inferred while parsing."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .darknet.cfg import Section, read_cfg
+from .errors import ConfigError
+from .layers import BUILDERS, HEAD_KINDS, BuildContext, Convolutional, Layer, Shape
+
+log = logging.getLogger(__name__)
+
+# [net] keys that only matter for training; read so they are not reported as unknown.
+_NET_TRAINING_KEYS = (
+    "batch", "subdivisions", "momentum", "decay", "angle", "saturation", "exposure", "hue",
+    "learning_rate", "burn_in", "max_batches", "policy", "steps", "scales", "step", "gamma",
+    "power", "rate", "mosaic", "mixup", "cutmix", "blur", "flip", "jitter", "random", "min_crop",
+    "max_crop", "aspect", "track", "time_steps", "adam", "B1", "B2", "eps", "max_chart_loss",
+    "label_smooth_eps", "optimized_memory", "workspace_size_limit_MB", "gaussian_noise",
+    "ema_alpha", "loss_scale", "dynamic_minibatch", "resize_step", "use_cuda_graph", "inputs",
+    "seq_scales", "mosaic_bound", "contrastive", "unsupervised", "sequential_subdivisions",
+    "try_fix_nan", "burn_in_update", "adversarial_lr", "attention", "letter_box_x")
+
+
+@dataclass
+class NetParams:
+    """What [net] says about the input."""
+
+    width: int
+    height: int
+    channels: int
+    letterbox: bool
+    input_calibration: list[float] | None  # yolo2_light's per-conv input multipliers
+
+
+@dataclass
+class Graph:
+    path: str
+    text: str
+    net: NetParams
+    layers: list[Layer]
+    heads: list[int] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> Shape:
+        return Shape(self.net.channels, self.net.height, self.net.width)
+
+    def convolutions(self) -> list[Convolutional]:
+        return [layer for layer in self.layers if isinstance(layer, Convolutional)]
+
+    def structure_digest(self) -> str:
+        """sha256 of what the graph computes (not of the cfg's text, comments, or training keys)."""
+        text = "\n".join([f"input={tuple(self.input_shape)}"] + [l.describe() for l in self.layers])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def consumers(self) -> dict[int, list[int]]:
+        """For each layer, the layers that read its output."""
+        users: dict[int, list[int]] = {l.index: [] for l in self.layers}
+        for layer in self.layers:
+            for source in layer.inputs:
+                if source >= 0:
+                    users[source].append(layer.index)
+        return users
+
+
+def _parse_net(section: Section) -> NetParams:
+    if section.name not in ("net", "network"):
+        raise section.error("the first section must be [net]")
+    width = section.get_int("width", low=1, high=16384)
+    height = section.get_int("height", low=1, high=16384)
+    channels = section.get_int("channels", 3, low=1, high=64)
+    letterbox = bool(section.get_int("letter_box", 0, low=0, high=1))
+    calibration = None
+    if section.has("input_calibration"):
+        calibration = section.get_floats("input_calibration")
+        if any(v <= 0 for v in calibration):
+            raise section.error("multipliers must be positive", "input_calibration")
+    section.ignore(*_NET_TRAINING_KEYS)
+    return NetParams(width, height, channels, letterbox, calibration)
+
+
+def _warn_unused(sections: list[Section]) -> None:
+    """darknet prints every unused key; we warn once per key per file."""
+    seen: set[tuple[str, str]] = set()
+    for section in sections:
+        for key, line in section.unused_keys():
+            if (section.name, key) not in seen:
+                seen.add((section.name, key))
+                log.warning("%s:%d: unknown key '%s' in [%s] ignored", section.path, line, key,
+                            section.name)
+
+
+def build_graph(sections: list[Section], path: str, text: str) -> Graph:
+    net = _parse_net(sections[0])
+    ctx = BuildContext(Shape(net.channels, net.height, net.width))
+    for section in sections[1:]:
+        builder = BUILDERS.get(section.name)
+        if builder is None:
+            raise ConfigError(f"unknown or unsupported section [{section.name}]; yolo8 supports "
+                              f"[{'], ['.join(sorted(set(BUILDERS)))}]", path=section.path,
+                              line=section.line)
+        ctx.layers.append(builder(section, ctx))
+    if not ctx.layers:
+        raise ConfigError("the cfg has no layers after [net]", path=path)
+    _warn_unused(sections)
+    heads = [l.index for l in ctx.layers if isinstance(l, HEAD_KINDS)]
+    if not heads:
+        raise ConfigError("the cfg has no [yolo] or [region] layer, so it detects nothing", path=path)
+    classes = {ctx.layers[i].classes for i in heads}
+    if len(classes) > 1:
+        first = ctx.layers[heads[0]]
+        odd = next(ctx.layers[i] for i in heads if ctx.layers[i].classes != first.classes)
+        raise ConfigError(f"[{odd.kind}] has classes={odd.classes} but the head at line {first.line} "
+                          f"has classes={first.classes}: all heads must agree", path=path,
+                          line=odd.line, key="classes")
+    return Graph(path=path, text=text, net=net, layers=ctx.layers, heads=heads)
+
+
+def load_graph(cfg_path: str | Path) -> Graph:
+    """Parse a darknet cfg file into a graph with every shape inferred."""
+    text, sections = read_cfg(cfg_path)
+    return build_graph(sections, str(cfg_path), text)

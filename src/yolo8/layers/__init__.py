@@ -1,0 +1,43 @@
+"""Layer kinds, one small module each, and the table from cfg section name to builder."""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..darknet.cfg import Section
+from . import (avgpool, convolutional, dropout, maxpool, region, reorg, route, shortcut, upsample,
+               yolo)
+from .avgpool import AvgPool
+from .base import NETWORK_INPUT, BuildContext, Layer, Shape
+from .convolutional import Convolutional
+from .dropout import Dropout
+from .maxpool import MaxPool
+from .region import Region
+from .reorg import Reorg
+from .route import Route
+from .shortcut import Shortcut
+from .upsample import Upsample
+from .yolo import Yolo
+
+Builder = Callable[[Section, BuildContext], Layer]
+
+BUILDERS: dict[str, Builder] = {
+    "convolutional": convolutional.build,
+    "conv": convolutional.build,
+    "maxpool": maxpool.build,
+    "max": maxpool.build,
+    "avgpool": avgpool.build,
+    "avg": avgpool.build,
+    "dropout": dropout.build,
+    "route": route.build,
+    "shortcut": shortcut.build,
+    "upsample": upsample.build,
+    "reorg": reorg.build,
+    "yolo": yolo.build,
+    "region": region.build,
+}
+
+HEAD_KINDS = (Yolo, Region)
+
+__all__ = ["BUILDERS", "HEAD_KINDS", "NETWORK_INPUT", "AvgPool", "BuildContext", "Convolutional",
+           "Dropout", "Layer", "MaxPool", "Region", "Reorg", "Route", "Shape", "Shortcut",
+           "Upsample", "Yolo"]

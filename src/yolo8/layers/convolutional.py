@@ -1,0 +1,86 @@
+"""[convolutional]: darknet's conv layer, with batch norm folded into it at load."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..darknet.cfg import Section
+from ..kernels.activations import CODES
+from .base import BuildContext, Layer, Shape, checked_shape
+
+MAX_KERNEL = 64  # larger kernels are typos; refusing them bounds the weights before reading
+
+
+@dataclass(eq=False)
+class Convolutional(Layer):
+    kind = "convolutional"
+    in_shape: Shape
+    filters: int
+    size: int
+    stride: int
+    pad: int  # pixels on each side
+    groups: int
+    batch_normalize: bool
+    activation: str
+    xnor: bool
+    # Filled by the weights loader: (filters, size, size, in_c/groups) float32, BN folded.
+    weights: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    @property
+    def activation_code(self) -> int:
+        return CODES[self.activation]
+
+    def weight_floats(self) -> int:
+        """Floats this layer takes from a darknet .weights file."""
+        per_filter = 1 + (3 if self.batch_normalize else 0)
+        return self.filters * per_filter + self.filters * (self.in_shape.c // self.groups) * self.size ** 2
+
+    def describe(self) -> str:
+        return (f"{super().describe()} filters={self.filters} size={self.size} stride={self.stride} "
+                f"pad={self.pad} groups={self.groups} bn={int(self.batch_normalize)} "
+                f"act={self.activation} xnor={int(self.xnor)}")
+
+
+# Keys of darknet features yolo8 does not implement, refused unless they hold this value.
+_NEUTRAL = {"dilation": 1, "binary": 0, "antialiasing": 0, "deform": 0, "assisted_excitation": 0,
+            "sway": 0, "rotate": 0, "stretch": 0, "stretch_sway": 0, "share_index": -1000000,
+            "flipped": 0, "dot": 0, "coordconv": 0}
+_TRAINING_KEYS = ("stopbackward", "train_only_bn", "dont_update", "burnin_update", "learning_rate")
+
+
+def build(section: Section, ctx: BuildContext) -> Convolutional:
+    prev, in_shape = ctx.previous()
+    filters = section.get_int("filters", 1, low=1)
+    size = section.get_int("size", 1, low=1, high=MAX_KERNEL)
+    stride = section.get_int("stride", 1, low=1, high=MAX_KERNEL)
+    for key in ("stride_x", "stride_y"):
+        if section.has(key) and section.get_int(key) != stride:
+            raise section.error(f"a different stride per axis is not supported (stride={stride})", key)
+    pad_flag = section.get_int("pad", 0, low=0, high=1)
+    padding = section.get_int("padding", 0, low=0, high=MAX_KERNEL)
+    if pad_flag:
+        padding = size // 2  # darknet: pad=1 overrides padding
+    groups = section.get_int("groups", 1, low=1)
+    if in_shape.c % groups or filters % groups:
+        raise section.error(f"groups={groups} must divide the input channels ({in_shape.c}) and "
+                            f"filters ({filters})", "groups")
+    activation = section.get_str("activation", "logistic")  # darknet's default, really
+    if activation not in CODES:
+        raise section.error(f"unknown activation '{activation}'; expected one of "
+                            f"{', '.join(CODES)}", "activation")
+    batch_normalize = bool(section.get_int("batch_normalize", 0, low=0, high=1))
+    xnor = bool(section.get_int("xnor", 0, low=0, high=1))
+    if xnor and groups != 1:
+        raise section.error("xnor=1 layers must have groups=1", "groups")
+    for key, neutral in _NEUTRAL.items():
+        section.require_default(key, neutral)
+    section.ignore(*_TRAINING_KEYS)
+    out_h = (in_shape.h + 2 * padding - size) // stride + 1
+    out_w = (in_shape.w + 2 * padding - size) // stride + 1
+    return Convolutional(
+        index=ctx.index, line=section.line, inputs=(prev,),
+        out_shape=checked_shape(section, filters, out_h, out_w), in_shape=in_shape,
+        filters=filters, size=size, stride=stride, pad=padding, groups=groups,
+        batch_normalize=batch_normalize, activation=activation, xnor=xnor)

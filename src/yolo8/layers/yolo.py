@@ -1,0 +1,68 @@
+"""[yolo]: YOLOv3/v4 detection head (logistic x, y, objectness and classes)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..darknet.cfg import Section
+from .base import BuildContext, Layer
+
+_TRAINING_KEYS = (
+    "jitter", "ignore_thresh", "truth_thresh", "random", "iou_normalizer", "cls_normalizer",
+    "obj_normalizer", "iou_loss", "iou_thresh", "max_delta", "beta_nms", "nms_kind", "resize",
+    "counters_per_class", "label_smooth_eps", "focal_loss", "uc_normalizer", "objectness_smooth",
+    "max", "map", "thresh", "track_history_size", "sim_thresh", "dets_for_track",
+    "dets_for_show", "track_ciou_norm", "embedding_layer", "iou_thresh_kind")
+
+
+@dataclass(eq=False)
+class Yolo(Layer):
+    kind = "yolo"
+    classes: int
+    anchors: np.ndarray  # (len(mask), 2) in network-input pixels
+    scale_x_y: float
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.anchors)
+
+    def describe(self) -> str:
+        return (f"{super().describe()} classes={self.classes} scale_x_y={self.scale_x_y!r} "
+                f"anchors={self.anchors.ravel().tolist()}")
+
+
+def read_anchors(section: Section, total: int) -> np.ndarray:
+    """The `anchors` list as (total, 2) pairs; darknet's fallback of 0.5 is never meant."""
+    values = section.get_floats("anchors")
+    if len(values) < 2 * total:
+        raise section.error(f"expected {2 * total} values (num={total} width,height pairs), got "
+                            f"{len(values)}", "anchors")
+    anchors = np.array(values[: 2 * total], dtype=np.float64).reshape(total, 2)
+    if (anchors <= 0).any():
+        raise section.error("anchor sizes must be positive", "anchors")
+    return anchors
+
+
+def check_head_channels(section: Section, channels: int, anchors: int, per_anchor: int,
+                        what: str) -> None:
+    if channels != anchors * per_anchor:
+        raise section.error(
+            f"the layer before it has {channels} filters, expected {anchors * per_anchor} "
+            f"({anchors} anchors x ({what}))")
+
+
+def build(section: Section, ctx: BuildContext) -> Yolo:
+    prev, in_shape = ctx.previous()
+    classes = section.get_int("classes", 20, low=1, high=100000)
+    total = section.get_int("num", 1, low=1, high=1000)
+    mask = section.get_ints("mask", list(range(total)), low=0, high=total - 1)
+    if len(set(mask)) != len(mask):
+        raise section.error("mask repeats an anchor", "mask")
+    anchors = read_anchors(section, total)[mask]
+    scale_x_y = section.get_float("scale_x_y", 1.0, low=0.0)
+    section.require_default("new_coords", 0)
+    section.ignore(*_TRAINING_KEYS)
+    check_head_channels(section, in_shape.c, len(mask), 5 + classes, f"5 + {classes} classes")
+    return Yolo(index=ctx.index, line=section.line, inputs=(prev,), out_shape=in_shape,
+                classes=classes, anchors=anchors, scale_x_y=scale_x_y)

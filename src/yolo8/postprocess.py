@@ -1,0 +1,195 @@
+"""From head outputs to detections, as darknet's `detector test` does it.
+
+Decoding follows get_yolo_detections / get_region_detections, boxes are corrected for the
+image (and letterbox) as in correct_yolo_boxes, NMS is do_nms_sort (per class, greedy, by
+score), and a box is reported once for every class above the threshold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from .layers import Region, Yolo
+from .preprocess import letterbox_geometry
+
+
+@dataclass(frozen=True)
+class Detection:
+    class_id: int
+    name: str
+    score: float
+    box: tuple[float, float, float, float]  # left, top, right, bottom in image pixels
+
+    @property
+    def xywh(self) -> list[float]:
+        left, top, right, bottom = self.box
+        return [left, top, right - left, bottom - top]
+
+
+@dataclass
+class Candidates:
+    """Boxes of one image before NMS: centre format, relative to the image."""
+
+    boxes: np.ndarray  # (D, 4) x, y, w, h
+    probs: np.ndarray  # (D, classes) objectness x class probability, 0 where <= thresh
+
+    @classmethod
+    def empty(cls, classes: int) -> "Candidates":
+        return cls(np.zeros((0, 4)), np.zeros((0, classes)))
+
+
+def _grid(h: int, w: int, a: int) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return (np.broadcast_to(cols[..., None], (h, w, a)).astype(np.float64),
+            np.broadcast_to(rows[..., None], (h, w, a)).astype(np.float64))
+
+
+def decode_yolo(out: np.ndarray, layer: Yolo, net_w: int, net_h: int, thresh: float) -> Candidates:
+    """One image's [yolo] output (H, W, A*(5+C)), activations applied, to candidates."""
+    h, w, _ = out.shape
+    a, per = layer.num_anchors, 5 + layer.classes
+    v = out.reshape(h, w, a, per)
+    keep = v[..., 4] > thresh  # darknet skips boxes whose objectness is not above thresh
+    if not keep.any():
+        return Candidates.empty(layer.classes)
+    cols, rows = _grid(h, w, a)
+    anchors = np.broadcast_to(layer.anchors, (h, w, a, 2))
+    sel = v[keep].astype(np.float64)
+    boxes = np.stack([(cols[keep] + sel[:, 0]) / w,
+                      (rows[keep] + sel[:, 1]) / h,
+                      np.exp(sel[:, 2]) * anchors[keep][:, 0] / net_w,
+                      np.exp(sel[:, 3]) * anchors[keep][:, 1] / net_h], axis=1)
+    probs = (v[keep][:, 4:5] * v[keep][:, 5:]).astype(np.float64)  # float32 product, as darknet
+    probs[probs <= thresh] = 0.0
+    return Candidates(boxes, probs)
+
+
+def decode_region(out: np.ndarray, layer: Region, thresh: float) -> Candidates:
+    """One image's [region] output to candidates; anchors are in grid cells."""
+    h, w, _ = out.shape
+    a, per = layer.num_anchors, layer.coords + 1 + layer.classes
+    v = out.reshape(h, w, a, per)
+    cols, rows = _grid(h, w, a)
+    anchors = np.broadcast_to(layer.anchors, (h, w, a, 2))
+    vv = v.astype(np.float64)
+    boxes = np.stack([(cols + vv[..., 0]) / w, (rows + vv[..., 1]) / h,
+                      np.exp(vv[..., 2]) * anchors[..., 0] / w,
+                      np.exp(vv[..., 3]) * anchors[..., 1] / h], axis=-1).reshape(-1, 4)
+    probs = (v[..., 4:5] * v[..., 5:]).reshape(-1, layer.classes).astype(np.float64)
+    probs[probs <= thresh] = 0.0
+    return Candidates(boxes, probs)
+
+
+def correct_boxes(boxes: np.ndarray, image_w: int, image_h: int, net_w: int, net_h: int,
+                  letterbox: bool) -> np.ndarray:
+    """darknet's correct_yolo_boxes: undo the letterbox so boxes are relative to the image."""
+    if not letterbox:
+        return boxes
+    new_w, new_h = letterbox_geometry(image_w, image_h, net_w, net_h)
+    out = boxes.copy()
+    out[:, 0] = (boxes[:, 0] - (net_w - new_w) / 2.0 / net_w) / (new_w / net_w)
+    out[:, 1] = (boxes[:, 1] - (net_h - new_h) / 2.0 / net_h) / (new_h / net_h)
+    out[:, 2] = boxes[:, 2] * net_w / new_w
+    out[:, 3] = boxes[:, 3] * net_h / new_h
+    return out
+
+
+@njit(cache=True)
+def _nms_sorted(boxes, order, thresh, keep):
+    """Greedy suppression over `order` (by score, descending) with darknet's box_iou."""
+    for oi in range(order.shape[0]):
+        i = order[oi]
+        if not keep[i]:
+            continue
+        xi, yi, wi, hi = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        for oj in range(oi + 1, order.shape[0]):
+            j = order[oj]
+            if not keep[j]:
+                continue
+            xj, yj, wj, hj = boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3]
+            iw = min(xi + wi / 2, xj + wj / 2) - max(xi - wi / 2, xj - wj / 2)
+            ih = min(yi + hi / 2, yj + hj / 2) - max(yi - hi / 2, yj - hj / 2)
+            if iw <= 0 or ih <= 0:
+                continue
+            inter = iw * ih
+            union = wi * hi + wj * hj - inter
+            if union > 0 and inter / union > thresh:
+                keep[j] = False
+
+
+def box_iou_reference(a: np.ndarray, b: np.ndarray) -> float:
+    """darknet's box_iou on centre-format boxes (plain Python, for tests)."""
+    iw = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
+    ih = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    union = a[2] * a[3] + b[2] * b[3] - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
+def nms_reference(boxes: np.ndarray, probs: np.ndarray, thresh: float) -> np.ndarray:
+    """do_nms_sort written plainly: per class, by score, zero the overlapping lower ones."""
+    probs = probs.copy()
+    for k in range(probs.shape[1]):
+        order = sorted(range(len(boxes)), key=lambda i: -probs[i, k])
+        for a, i in enumerate(order):
+            if probs[i, k] == 0:
+                continue
+            for j in order[a + 1:]:
+                if box_iou_reference(boxes[i], boxes[j]) > thresh:
+                    probs[j, k] = 0
+    return probs
+
+
+def nms(boxes: np.ndarray, probs: np.ndarray, thresh: float) -> np.ndarray:
+    """Per-class NMS; returns probs with suppressed entries zeroed (darknet's do_nms_sort)."""
+    probs = probs.copy()
+    if thresh <= 0 or len(boxes) == 0:
+        return probs
+    boxes = np.ascontiguousarray(boxes, dtype=np.float64)
+    for k in np.flatnonzero((probs > 0).any(axis=0)):
+        candidates = np.flatnonzero(probs[:, k] > 0)
+        order = candidates[np.argsort(-probs[candidates, k], kind="stable")]
+        keep = np.ones(len(boxes), dtype=np.bool_)
+        _nms_sorted(boxes, order, thresh, keep)
+        probs[~keep, k] = 0.0
+    return probs
+
+
+def to_detections(cands: Candidates, image_w: int, image_h: int, thresh: float,
+                  names: list[str]) -> list[Detection]:
+    """One Detection per (box, class) above thresh, boxes clamped to the image, best first."""
+    rows, classes = np.nonzero(cands.probs > thresh)
+    dets = []
+    for r, k in zip(rows, classes):
+        x, y, w, h = cands.boxes[r]
+        left = min(max((x - w / 2) * image_w, 0.0), image_w)
+        right = min(max((x + w / 2) * image_w, 0.0), image_w)
+        top = min(max((y - h / 2) * image_h, 0.0), image_h)
+        bottom = min(max((y + h / 2) * image_h, 0.0), image_h)
+        name = names[k] if k < len(names) else str(k)
+        dets.append(Detection(int(k), name, float(cands.probs[r, k]),
+                              (float(left), float(top), float(right), float(bottom))))
+    dets.sort(key=lambda d: -d.score)
+    return dets
+
+
+def detections_from_heads(head_outputs: list[np.ndarray], heads: list[Yolo | Region], net_w: int,
+                          net_h: int, image_w: int, image_h: int, thresh: float, nms_thresh: float,
+                          letterbox: bool, names: list[str]) -> list[Detection]:
+    """One image: head outputs (H, W, channels each) -> final detections."""
+    parts = []
+    for out, layer in zip(head_outputs, heads):
+        if isinstance(layer, Yolo):
+            parts.append(decode_yolo(out, layer, net_w, net_h, thresh))
+        else:
+            parts.append(decode_region(out, layer, thresh))
+    classes = max(layer.classes for layer in heads)
+    boxes = np.concatenate([p.boxes for p in parts]) if parts else np.zeros((0, 4))
+    probs = np.concatenate([p.probs for p in parts]) if parts else np.zeros((0, classes))
+    alive = (probs > 0).any(axis=1)  # all-zero rows can neither suppress nor be reported
+    boxes, probs = correct_boxes(boxes[alive], image_w, image_h, net_w, net_h, letterbox), probs[alive]
+    probs = nms(boxes, probs, nms_thresh)
+    return to_detections(Candidates(boxes, probs), image_w, image_h, thresh, names)
