@@ -1,0 +1,326 @@
+"""The calibration file (JSON) and yolo2_light's `input_calibration` cfg line.
+
+A calibration is tied to one model by an opaque `model_id` the caller computes (e.g. a
+hash of the cfg and weights); loading it for another model is refused, since thresholds
+measured on one network are meaningless for another.
+
+File layout (UTF-8 JSON):
+    {"format": "yolo8-calibration", "version": 1, "model_id": "...", "method": "kl",
+     "num_images": 500, "bins": 2048, "created_by": "yolo8 0.1.0", "notes": null,
+     "thresholds": {"1": 4.25, "2": 11.5, ...}}        # layer index -> threshold of |x|
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Any
+
+from .. import __version__
+from ..errors import CalibrationError, ConfigError
+
+FORMAT_TAG = "yolo8-calibration"
+FORMAT_VERSION = 1
+
+_REQUIRED = ("format", "version", "model_id", "thresholds", "method", "num_images", "bins",
+             "created_by")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """Per-layer clipping thresholds of |x| for the INT8 layers of one model.
+
+    thresholds: layer index -> threshold (> 0, finite); the INT8 input of that layer is
+    round(x * 127 / threshold) clipped to [-127, 127].
+    """
+
+    model_id: str
+    thresholds: Mapping[int, float]
+    num_images: int
+    method: str = "kl"
+    bins: int = 2048
+    created_by: str = field(default_factory=lambda: f"yolo8 {__version__}")
+    notes: str | None = None
+
+    def __post_init__(self) -> None:
+        problem = _problem_with_fields(self.model_id, self.method, self.num_images, self.bins,
+                                       self.created_by, self.notes)
+        if problem:
+            raise ValueError(problem)
+        if not self.thresholds:
+            raise ValueError("thresholds is empty")
+        clean: dict[int, float] = {}
+        for key, value in self.thresholds.items():
+            if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+                raise ValueError(f"layer index {key!r} is not an int >= 0")
+            problem = _problem_with_threshold(value)
+            if problem:
+                raise ValueError(f"layer {key}: threshold {problem}")
+            clean[key] = float(value)
+        object.__setattr__(self, "thresholds", dict(sorted(clean.items())))
+
+    # -- file ---------------------------------------------------------------------------
+    def to_json(self) -> str:
+        document = {
+            "format": FORMAT_TAG,
+            "version": FORMAT_VERSION,
+            "model_id": self.model_id,
+            "method": self.method,
+            "num_images": self.num_images,
+            "bins": self.bins,
+            "created_by": self.created_by,
+            "notes": self.notes,
+            # JSON keys are strings; floats are written in the shortest form that reads
+            # back to the same double.
+            "thresholds": {str(k): v for k, v in self.thresholds.items()},
+        }
+        return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+    def save(self, path: str | PathLike) -> None:
+        """Write the file atomically (a reader never sees half a file)."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".calibration-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(self.to_json())
+            os.replace(temp, path)
+        except BaseException:
+            if os.path.exists(temp):
+                os.unlink(temp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | PathLike) -> Calibration:
+        """Read a file written by `save`; any problem is a CalibrationError naming it."""
+        try:
+            with open(path, encoding="utf-8") as src:
+                text = src.read()
+        except FileNotFoundError:
+            raise CalibrationError("calibration file not found", path=path) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CalibrationError(f"cannot read the calibration file: {exc}", path=path) from None
+        return cls.from_json(text, path=path)
+
+    @classmethod
+    def from_json(cls, text: str, path: str | PathLike | None = None) -> Calibration:
+        def fail(message: str, key: str | None = None) -> CalibrationError:
+            return CalibrationError(message, path=path, key=key)
+
+        try:
+            document = json.loads(text, parse_constant=_refuse_constant)
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"not valid JSON ({exc.msg} at line {exc.lineno} "
+                                   f"column {exc.colno}); the file is damaged", path=path,
+                                   line=exc.lineno) from None
+        except ValueError as exc:  # NaN / Infinity
+            raise fail(str(exc)) from None
+        if not isinstance(document, dict) or document.get("format") != FORMAT_TAG:
+            raise fail(f"not a yolo8 calibration file (expected \"format\": \"{FORMAT_TAG}\")")
+        version = document.get("version")
+        if not _is_int(version):
+            raise fail("must be an integer", key="version")
+        if version > FORMAT_VERSION:
+            raise fail(f"format version {version} is newer than this yolo8 reads "
+                       f"({FORMAT_VERSION}); upgrade yolo8 or calibrate again", key="version")
+        if version < 1:
+            raise fail(f"unknown format version {version}", key="version")
+        missing = [k for k in _REQUIRED if k not in document]
+        if missing:
+            raise fail(f"missing field(s): {', '.join(missing)}")
+        notes = document.get("notes")
+        problem = _problem_with_fields(document["model_id"], document["method"],
+                                       document["num_images"], document["bins"],
+                                       document["created_by"], notes)
+        if problem:
+            raise fail(problem)
+        thresholds = _parse_thresholds(document["thresholds"], fail)
+        return cls(model_id=document["model_id"], thresholds=thresholds,
+                   num_images=document["num_images"], method=document["method"],
+                   bins=document["bins"], created_by=document["created_by"], notes=notes)
+
+    # -- model check ----------------------------------------------------------------------
+    def check_model(self, model_id: str, path: str | PathLike | None = None) -> None:
+        """Raise CalibrationError unless this calibration was made for `model_id`.
+
+        `path` is the calibration file, to name it in the message.
+        """
+        if model_id == self.model_id:
+            return
+        theirs, ours = _brief_pair(self.model_id, model_id)
+        raise CalibrationError(
+            f"made for another model (calibration {theirs}, this model {ours}); "
+            "run `yolo8 calibrate` for this model", path=path)
+
+
+# -- yolo2_light interoperability --------------------------------------------------------------
+_INPUT_CALIBRATION = "input_calibration"
+
+
+def cfg_with_input_calibration(cfg_text: str, multipliers: Sequence[float]) -> str:
+    """The cfg text with `input_calibration = m0, m1, ...` in its [net] section.
+
+    How yolo2_light reads it (src/additionally.c, parse_net_options; and
+    quantinization_and_get_multipliers in src/yolov2_forward_network_quantized.c):
+    - the values are positional, one per [convolutional] (or [conv]) section in file
+      order, counting every conv layer, quantized or not: value k is the input
+      multiplier (127 / threshold) of the k-th conv layer. Non-conv layers take none.
+    - the first conv layer always runs in FP32 on yolo2_light's CPU path, so value 0 is
+      read but unused there; it must still be present to keep the others in place
+      (yolo2_light's own calibrator writes its measured value; 127 / max|input| is the
+      natural choice, i.e. 127 for images in [0, 1]).
+    - value k+1 also sets conv k's output rescale (its `output_multipler`), so the list
+      yolo2_light writes has one extra trailing value (it writes "16"); a list exactly as
+      long as the conv layers leaves the last conv at the default of 40, which only its
+      legacy path reads (the last conv has a linear activation and runs in FP32).
+    - a shorter list: the missing layers get 40 and it prints a warning. Extra values
+      are ignored. Values are read with atof: an empty item reads as 0.
+    - darknet's reader deletes all whitespace of a line, and the first occurrence of a
+      key wins.
+
+    So `multipliers` must hold one value (finite, > 0) per conv section of cfg_text, in
+    order, first layer included; ValueError otherwise. An existing input_calibration line
+    of [net] (the first one; later duplicates are removed) is replaced in place,
+    otherwise the line is added after the last option of [net]. Every other byte is kept,
+    including CRLF line ends (read the cfg with newline="" to keep them). ConfigError if
+    the text has no [net]/[network] section first.
+    """
+    values = [float(m) for m in multipliers]
+    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise ValueError(f"multipliers must be finite and > 0, got {bad[0]!r}")
+    lines = cfg_text.split("\n")  # each keeps its '\r', if any: rejoining is byte-exact
+    sections = _section_starts(lines)
+    if not sections or sections[0][1] not in ("net", "network"):
+        raise ConfigError("the cfg does not start with a [net] section", key=_INPUT_CALIBRATION)
+    conv_count = sum(1 for _, name in sections if name in ("convolutional", "conv"))
+    if conv_count == 0:
+        raise ValueError("the cfg has no [convolutional] section")
+    if len(values) != conv_count:
+        raise ValueError(f"got {len(values)} multipliers for {conv_count} conv layers")
+
+    net_start = sections[0][0]
+    net_end = sections[1][0] if len(sections) > 1 else len(lines)
+    existing = [i for i in range(net_start + 1, net_end)
+                if _option_key(lines[i]) == _INPUT_CALIBRATION]
+    text = f"{_INPUT_CALIBRATION} = " + ", ".join(repr(v) for v in values)
+    if existing:
+        first = existing[0]
+        lines[first] = text + ("\r" if lines[first].endswith("\r") else "")
+        for i in reversed(existing[1:]):
+            del lines[i]
+        return "\n".join(lines)
+    options = [i for i in range(net_start + 1, net_end) if _option_key(lines[i]) is not None]
+    after = options[-1] if options else net_start
+    # [net] is followed by a conv section (there is at least one), so `after` is never
+    # the last line: it has a line end whose style the new line copies.
+    lines.insert(after + 1, text + ("\r" if lines[after].endswith("\r") else ""))
+    return "\n".join(lines)
+
+
+def parse_input_calibration(value: str) -> list[float]:
+    """The multipliers of an `input_calibration` value ("15.2, 3.9, ..."), all > 0.
+
+    Stricter than yolo2_light's atof (which reads junk or an empty item as 0, a multiplier
+    that would zero the layer's input): raises ConfigError naming the bad item.
+    """
+    items = value.split(",")
+    result: list[float] = []
+    for position, item in enumerate(items, start=1):
+        text = item.strip()
+        if not text:
+            hint = " (a trailing comma?)" if position == len(items) > 1 else ""
+            raise ConfigError(f"value {position} is empty{hint}", key=_INPUT_CALIBRATION)
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(f"value {position} ({text!r}) is not a number",
+                              key=_INPUT_CALIBRATION) from None
+        if not (math.isfinite(number) and number > 0):
+            raise ConfigError(f"value {position} ({text!r}) must be a finite number > 0",
+                              key=_INPUT_CALIBRATION)
+        result.append(number)
+    return result
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a calibration file")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _problem_with_threshold(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r} is not a number"
+    if not math.isfinite(value) or value <= 0:
+        return f"{value!r} must be finite and > 0"
+    return None
+
+
+def _problem_with_fields(model_id: Any, method: Any, num_images: Any, bins: Any,
+                         created_by: Any, notes: Any) -> str | None:
+    if not isinstance(model_id, str) or not model_id:
+        return "'model_id' must be a non-empty string"
+    if not isinstance(method, str) or not method:
+        return "'method' must be a non-empty string"
+    if not _is_int(num_images) or num_images < 1:
+        return f"'num_images' must be an integer >= 1, got {num_images!r}"
+    if not _is_int(bins) or bins < 1:
+        return f"'bins' must be an integer >= 1, got {bins!r}"
+    if not isinstance(created_by, str):
+        return "'created_by' must be a string"
+    if notes is not None and not isinstance(notes, str):
+        return "'notes' must be a string or null"
+    return None
+
+
+def _parse_thresholds(raw: Any, fail: Callable[..., CalibrationError]) -> dict[int, float]:
+    if not isinstance(raw, dict) or not raw:
+        raise fail("must map layer indices to thresholds and not be empty", key="thresholds")
+    thresholds: dict[int, float] = {}
+    for key, value in raw.items():
+        if not (key.isascii() and key.isdigit() and str(int(key)) == key):
+            raise fail(f"layer index {key!r} is not a non-negative integer", key="thresholds")
+        problem = _problem_with_threshold(value)
+        if problem:
+            raise fail(f"layer {key}: threshold {problem}", key="thresholds")
+        thresholds[int(key)] = float(value)
+    return thresholds
+
+
+def _brief_pair(a: str, b: str, width: int = 12) -> tuple[str, str]:
+    """Both ids cut short, but long enough to show where they differ."""
+    common = 0
+    while common < min(len(a), len(b)) and a[common] == b[common]:
+        common += 1
+    keep = max(width, common + 4)
+
+    def cut(s: str) -> str:
+        return repr(s) if len(s) <= keep + 1 else repr(s[:keep]) + "…"
+
+    return cut(a), cut(b)
+
+
+def _section_starts(lines: list[str]) -> list[tuple[int, str]]:
+    """(line index, name) of every `[name]` header (darknet: a line starting with '[')."""
+    starts = []
+    for i, line in enumerate(lines):
+        squeezed = "".join(line.split())
+        if squeezed.startswith("["):
+            starts.append((i, squeezed[1:].split("]", 1)[0]))
+    return starts
+
+
+def _option_key(line: str) -> str | None:
+    """The key of a `key = value` line as darknet reads it; None for blank/comment lines."""
+    squeezed = "".join(line.split())
+    if not squeezed or squeezed[0] in "#;[" or "=" not in squeezed:
+        return None
+    return squeezed.split("=", 1)[0]
