@@ -12,6 +12,7 @@ import numpy as np
 from . import models
 from .backends import get_backend
 from .darknet.weights import load_weights
+from .data import read_names
 from .errors import InputError, Yolo8Error
 from .graph import Graph, load_graph
 from .layers import Region, Yolo
@@ -61,30 +62,36 @@ class Model:
         outs = self.forward_nhwc(blob.transpose(0, 2, 3, 1))
         return [np.ascontiguousarray(o.transpose(0, 3, 1, 2)) for o in outs]
 
+    def prepare(self, image: np.ndarray, letterbox: bool | None = None) -> np.ndarray:
+        """One BGR uint8 image -> its network input (H, W, 3) float32 RGB in [0, 1]."""
+        letterbox = self.letterbox if letterbox is None else letterbox
+        w, h = self.input_size
+        return to_blob([image], w, h, letterbox)[0]
+
+    def detect_prepared(self, blob: np.ndarray, image_sizes: Sequence[tuple[int, int]],
+                        thresh: float = 0.25, nms: float = 0.45, letterbox: bool | None = None
+                        ) -> list[list[Detection]]:
+        """Prepared inputs (N, H, W, 3) and each image's (width, height) -> detections."""
+        letterbox = self.letterbox if letterbox is None else letterbox
+        w, h = self.input_size
+        outs = self.forward_nhwc(blob)
+        return [detections_from_heads([o[i] for o in outs], self.heads, w, h, iw, ih, thresh, nms,
+                                      letterbox, self.names)
+                for i, (iw, ih) in enumerate(image_sizes)]
+
     def detect_batch(self, images: Sequence[np.ndarray], thresh: float = 0.25, nms: float = 0.45,
                      letterbox: bool | None = None) -> list[list[Detection]]:
         """BGR uint8 images -> detections per image (darknet's `detector test` pipeline)."""
         letterbox = self.letterbox if letterbox is None else letterbox
         w, h = self.input_size
-        outs = self.forward_nhwc(to_blob(list(images), w, h, letterbox))
-        return [detections_from_heads([o[i] for o in outs], self.heads, w, h, image.shape[1],
-                                      image.shape[0], thresh, nms, letterbox, self.names)
-                for i, image in enumerate(images)]
+        blob = to_blob(list(images), w, h, letterbox)
+        return self.detect_prepared(blob, [(im.shape[1], im.shape[0]) for im in images], thresh,
+                                    nms, letterbox)
 
     def detect(self, image: np.ndarray, thresh: float = 0.25, nms: float = 0.45,
                letterbox: bool | None = None) -> list[Detection]:
         """One BGR uint8 image (as cv2.imread gives) -> detections, best first."""
         return self.detect_batch([image], thresh, nms, letterbox)[0]
-
-
-def read_names(path: PathLike) -> list[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("names file not found", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read names file: {exc}", path=path) from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _names_for(graph: Graph, names: PathLike | None) -> list[str]:

@@ -79,6 +79,39 @@ def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, lette
         sys.exit(1)
 
 
+@cli.command("map")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="darknet .data file (classes=, valid=, names=, difficult=)")
+@with_model_options
+@click.option("--thresh", type=click.FloatRange(0, 1), default=0.005, show_default=True,
+              help="keep detections above this score")
+@click.option("--iou-thresh", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="IoU a detection needs to match a ground-truth box (VOC metrics)")
+@click.option("--thresh-report", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="score threshold of the precision/recall/F1 report")
+@click.option("--nms", type=click.FloatRange(0, 1), default=0.45, show_default=True)
+@click.option("--letterbox", is_flag=True, default=None, help="darknet's letterbox resize")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="write the metrics as JSON")
+@click.option("--save-detections", type=click.Path(path_type=Path),
+              help="write all detections (COCO-results JSON, as detect --json)")
+@click.option("--progress/--no-progress", default=None,
+              help="progress bar on stderr (default: when stderr is a terminal)")
+def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thresh,
+                thresh_report, nms, letterbox, json_path, save_detections, progress) -> None:
+    """Mean average precision of a model on a labelled data set."""
+    from .evaluate import MapOptions, run_map
+
+    if names is not None:
+        raise click.UsageError("map takes the class names from the .data file (names=)")
+    result = run_map(MapOptions(
+        data=data, cfg=cfg, weights=weights, backend=backend, calibration=calibration,
+        thresh=thresh, iou_thresh=iou_thresh, thresh_report=thresh_report, nms=nms,
+        letterbox=letterbox, json_path=json_path, save_detections=save_detections,
+        progress=progress))
+    click.echo(result.format_table())
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

@@ -1,0 +1,116 @@
+"""`yolo8 map`: a model's accuracy on a darknet data set (.data file)."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .api import Model, load
+from .data import (GroundTruth, ImageDetections, read_data_file, read_ground_truth,
+                   read_image_list, read_names)
+from .detect import coco_result
+from .errors import InputError
+from .metrics import MapResult, evaluate
+from .pipeline import batched, load_images
+from .postprocess import Detection
+from .progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MapOptions:
+    data: Path
+    cfg: Path | None = None
+    weights: Path | None = None
+    backend: str = "fp32"
+    calibration: Path | None = None
+    thresh: float = 0.005        # darknet's `detector map` default
+    iou_thresh: float = 0.5
+    thresh_report: float = 0.25
+    nms: float = 0.45
+    letterbox: bool | None = None
+    json_path: Path | None = None
+    save_detections: Path | None = None
+    progress: bool | None = None  # None: when stderr is a terminal
+    batch: int = 4
+
+
+def _as_arrays(dets: list[Detection]) -> ImageDetections:
+    if not dets:
+        return ImageDetections.empty()
+    return ImageDetections(np.array([d.box for d in dets], dtype=np.float64),
+                           np.array([d.class_id for d in dets], dtype=np.int64),
+                           np.array([d.score for d in dets], dtype=np.float64))
+
+
+@dataclass
+class _Collected:
+    truths: list[GroundTruth]
+    detections: list[ImageDetections]
+    sizes: list[tuple[int, int]]
+    results: list[dict]
+    skipped: list[str]
+
+
+def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes: int,
+         opts: MapOptions) -> _Collected:
+    out = _Collected([], [], [], [], [])
+    letterbox = model.letterbox if opts.letterbox is None else opts.letterbox
+    items = load_images(images, prepare=lambda im: model.prepare(im, letterbox))
+    with progress_bar(len(images), "map", opts.progress) as bar:
+        for batch in batched(items, opts.batch):
+            if batch[0].error is not None:
+                out.skipped.append(str(batch[0].error))
+                bar.update(1)
+                continue
+            blob = np.stack([item.prepared for item in batch])
+            sizes = [(item.image.shape[1], item.image.shape[0]) for item in batch]
+            found = model.detect_prepared(blob, sizes, opts.thresh, opts.nms, letterbox)
+            for item, size, dets in zip(batch, sizes, found):
+                hard = difficult[item.index] if difficult is not None else None
+                out.truths.append(read_ground_truth(item.path, classes, size[0], size[1], hard))
+                out.detections.append(_as_arrays(dets))
+                out.sizes.append(size)
+                out.results.extend(coco_result(d, str(item.path)) for d in dets)
+            bar.update(len(batch))
+    return out
+
+
+def run_map(opts: MapOptions) -> MapResult:
+    config = read_data_file(opts.data)
+    images = read_image_list(config.valid)
+    difficult = read_image_list(config.difficult) if config.difficult is not None else None
+    if difficult is not None and len(difficult) != len(images):
+        raise InputError(f"the difficult list has {len(difficult)} images but valid= has "
+                         f"{len(images)}: they must be parallel, line by line", path=config.difficult)
+    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration,
+                 config.names if config.names is not None else None)
+    if model.heads[0].classes != config.classes:
+        raise InputError(f"classes={config.classes}, but the model detects "
+                         f"{model.heads[0].classes} classes", path=config.path, key="classes")
+    names = read_names(config.names) if config.names is not None else model.names
+    got = _run(model, images, difficult, config.classes, opts)
+    if got.skipped:
+        print(f"yolo8: warning: {len(got.skipped)} of {len(images)} images could not be read and "
+              f"are left out of the metrics; first: {got.skipped[0]}", file=sys.stderr)
+    if not got.truths:
+        raise InputError(f"none of the {len(images)} images listed could be read", path=config.valid)
+    result = evaluate(got.truths, got.detections, got.sizes, config.classes, opts.iou_thresh,
+                      opts.thresh_report, names[:config.classes])
+    if opts.json_path is not None:
+        payload = result.to_json()
+        payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped))
+        _write_json(opts.json_path, payload)
+    if opts.save_detections is not None:
+        _write_json(opts.save_detections, got.results)
+    return result
+
+
+def _write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
