@@ -134,13 +134,7 @@ def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: 
     digest = load_weights(graph, weights) if weights is not None else _load_default_weights(graph)
     model_id = hashlib.sha256(f"{graph.structure_digest()}:{digest}".encode()).hexdigest()
     model = Model(graph, backend, _names_for(graph, names), model_id)
-    is_default = cfg is None and weights is None
-    if backend == "fp32":
-        if calibration is not None:
-            raise Yolo8Error("a calibration applies to the int8 backend only")
-        model.program = backend_module.build(graph)
-    else:
-        model.program, model.calibration_source = backend_module.build_for_model(
-            graph, model_id, calibration, default_calibration=(
-                models.default_calibration() if is_default else None))
+    default_calibration = models.default_calibration() if cfg is None and weights is None else None
+    model.program, model.calibration_source = backend_module.build_for_model(
+        graph, model_id, calibration, default_calibration)
     return model

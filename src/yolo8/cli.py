@@ -64,19 +64,71 @@ def cli(verbose: bool) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="write detections as COCO-results JSON")
 @click.option("--save-dir", type=click.Path(path_type=Path), default=Path("predictions"),
-              show_default=True, help="folder for annotated copies")
+              show_default=True, help="folder for annotated copies (and --txt labels)")
 @click.option("--no-save", is_flag=True, help="print only; write no annotated copies")
+@click.option("--txt", is_flag=True,
+              help="write darknet label files (class cx cy w h, relative) next to the copies")
+@click.option("--txt-score", is_flag=True,
+              help="with --txt: add the score as a sixth column (darknet cannot read it back)")
+@click.option("--camera", "cameras", type=click.IntRange(0), multiple=True, metavar="N",
+              help="also read camera N (until Ctrl-C or --frames)")
+@click.option("--frames", type=click.IntRange(1), metavar="N",
+              help="at most N frames of each video and camera")
+@click.option("-r", "--recursive", is_flag=True, help="also take the images in subfolders")
+@click.option("-q", "--quiet", is_flag=True, help="do not print the detections")
+@click.option("--progress/--no-progress", default=None,
+              help="progress bar on stderr (default: on a terminal, for more than one image)")
 def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, letterbox, json_path,
-           save_dir, no_save) -> None:
-    """Detect objects in images (default model: yolov3-tiny, COCO)."""
+           save_dir, no_save, txt, txt_score, cameras, frames, recursive, quiet,
+           progress) -> None:
+    """Detect objects in INPUTS: image files, folders, .txt image lists (darknet style), glob
+    patterns ('photos/*.jpg') and videos, mixed freely (default model: yolov3-tiny, COCO).
+
+    Prints one line per detection ({input}: {name} {score} box=l,t,r,b; {video}#{frame}: ... for
+    video frames) and writes annotated copies to --save-dir. Inputs that cannot be read are
+    named on stderr and skipped; the exit code is then 1.
+    """
     from .detect import DetectOptions, run_detect
 
+    if txt_score and not txt:
+        raise click.UsageError("--txt-score adds a column to the --txt label files: give --txt")
     failed = run_detect(DetectOptions(
         inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
         calibration=calibration, thresh=thresh, nms=nms, letterbox=letterbox, json_path=json_path,
-        save_dir=None if no_save else save_dir))
+        save_dir=save_dir, save_images=not no_save, labels=txt, label_scores=txt_score,
+        cameras=list(cameras), frames=frames, recursive=recursive, quiet=quiet,
+        progress=progress))
     if failed:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--images", type=click.Path(path_type=Path), required=True,
+              help="list of calibration images, one path per line (darknet style)")
+@click.option("--cfg", type=click.Path(path_type=Path), help="darknet .cfg (default: yolov3-tiny)")
+@click.option("--weights", type=click.Path(path_type=Path), help="darknet .weights for --cfg")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="calibration file to write (default: <cfg name>.calibration.json)")
+@click.option("--limit", type=click.IntRange(1), help="use the first N images of the list")
+@click.option("--cfg-out", type=click.Path(path_type=Path),
+              help="also write a copy of the cfg with yolo2_light's input_calibration line")
+@click.option("--letterbox", is_flag=True, default=None, help="darknet's letterbox resize")
+@click.option("--progress/--no-progress", default=None,
+              help="progress bar on stderr (default: when stderr is a terminal)")
+def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, progress) -> None:
+    """INT8 input thresholds (KL divergence) from calibration images, for --backend int8."""
+    from .api import load
+    from .calibrate import calibrate as run, calibration_images, cfg_text_with_calibration, report
+
+    paths = calibration_images(images, limit)
+    model = load(cfg, weights, "fp32")
+    result = run(model, paths, progress, letterbox)
+    out = out or Path(f"{Path(model.graph.path).stem}.calibration.json")
+    result.calibration.save(out)
+    if cfg_out is not None:
+        cfg_out.parent.mkdir(parents=True, exist_ok=True)
+        cfg_out.write_text(cfg_text_with_calibration(model, result.calibration))
+    report(result, out)
 
 
 @cli.command("map")

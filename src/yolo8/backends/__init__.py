@@ -1,5 +1,6 @@
 """Numeric backends, found by naming convention: `yolo8.backends.<name>` exposes
-`build(graph, calibration) -> Program`. Each is small: a table from layer kind to op maker."""
+`build_for_model(graph, model_id, calibration, default_calibration) -> (Program, source)`.
+Each is small: a table from layer kind to op maker."""
 from __future__ import annotations
 
 import importlib

@@ -1,12 +1,21 @@
 """The FP32 backend: every layer in float32 (xnor=1 layers run their binary kernel)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..errors import CalibrationError
 from ..graph import Graph
 from .base import Program
 from .ops import FP32_OPS
 
 
-def build(graph: Graph, calibration: object = None) -> Program:
-    if calibration is not None:
-        raise ValueError("the fp32 backend takes no calibration")
+def build(graph: Graph) -> Program:
     return Program(graph, FP32_OPS)
+
+
+def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
+                    default_calibration: Path | None) -> tuple[Program, str | None]:
+    if calibration is not None:
+        raise CalibrationError("a calibration applies to the int8 backend only (add --backend int8)",
+                               path=calibration)
+    return build(graph), None

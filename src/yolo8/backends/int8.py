@@ -1,0 +1,96 @@
+"""The INT8 backend: hot convolutions as integer GEMMs, the rest as in FP32.
+
+yolo2_light's scheme: the first conv layer and each conv layer feeding a [yolo]/[region]
+head stay FP32 (weights and inputs); every other conv quantizes its float input with the
+layer's calibrated threshold (127 / threshold, round to nearest, saturate at +-127),
+multiplies with per-output-channel INT8 weights accumulating in int32, then dequantizes
+and applies bias and activation in float. xnor=1 layers keep their binary kernel.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CalibrationError
+from ..graph import Graph
+from ..layers import HEAD_KINDS, Convolutional
+from ..quant import Calibration, threshold_for_multiplier
+from .base import Op, Program
+from .ops import FP32_OPS, conv as fp32_conv
+
+
+def int8_layers(graph: Graph) -> list[int]:
+    """Indices of the conv layers that run INT8 in this graph."""
+    convs = graph.convolutions()
+    if not convs:
+        return []
+    feeds_head = {graph.layers[h].inputs[0] for h in graph.heads
+                  if isinstance(graph.layers[h], HEAD_KINDS)}
+    return [c.index for c in convs[1:] if c.index not in feeds_head and not c.xnor]
+
+
+def thresholds_from_cfg(graph: Graph) -> dict[int, float] | None:
+    """yolo2_light's `input_calibration = m0, m1, ...` in [net]: one multiplier per conv layer
+    in file order (extra values ignored, as yolo2_light does)."""
+    multipliers = graph.net.input_calibration
+    if multipliers is None:
+        return None
+    convs = graph.convolutions()
+    if len(multipliers) < len(convs):
+        raise CalibrationError(f"input_calibration has {len(multipliers)} values but the cfg has "
+                               f"{len(convs)} conv layers (one multiplier each, in order)",
+                               path=graph.path, key="input_calibration")
+    return {c.index: threshold_for_multiplier(m) for c, m in zip(convs, multipliers)}
+
+
+def resolve_thresholds(graph: Graph, model_id: str, calibration: str | Path | None,
+                       default_calibration: Path | None) -> tuple[dict[int, float], str | None]:
+    """The thresholds to use and where they came from: an explicit file, else the cfg's
+    input_calibration line, else the calibration shipped with the default model."""
+    if calibration is not None:
+        cal = Calibration.load(calibration)
+        cal.check_model(model_id, calibration)
+        return dict(cal.thresholds), str(calibration)
+    from_cfg = thresholds_from_cfg(graph)
+    if from_cfg is not None:
+        return from_cfg, f"{graph.path} (input_calibration)"
+    if default_calibration is not None and default_calibration.exists():
+        cal = Calibration.load(default_calibration)
+        cal.check_model(model_id, default_calibration)
+        return dict(cal.thresholds), str(default_calibration)
+    return {}, None
+
+
+def _int8_conv(layer: Convolutional, multiplier: float) -> Op:
+    from ..kernels.conv_int8 import Int8ConvWeights, conv2d_int8
+
+    packed = Int8ConvWeights.from_float(layer.weights, layer.groups)
+    code = layer.activation_code
+    return lambda x: conv2d_int8(x, packed, layer.bias, multiplier, layer.stride, layer.pad, code,
+                                 layer.groups)
+
+
+def build(graph: Graph, thresholds: dict[int, float]) -> Program:
+    """Compile `graph` with INT8 convolutions using the given per-layer input thresholds."""
+    wanted = int8_layers(graph)
+    missing = [i for i in wanted if i not in thresholds]
+    if missing:
+        layer = graph.layers[missing[0]]
+        raise CalibrationError(
+            f"layer {layer.index} ([convolutional] at line {layer.line}) runs in INT8 and needs an "
+            f"input calibration ({len(missing)} of {len(wanted)} INT8 layers have none): run "
+            f"`yolo8 calibrate` and pass --calibration, or add input_calibration= to the cfg",
+            path=graph.path, line=layer.line)
+    quantized = set(wanted)
+
+    def conv(layer: Convolutional, g: Graph) -> Op:
+        if layer.index in quantized:
+            return _int8_conv(layer, 127.0 / thresholds[layer.index])
+        return fp32_conv(layer, g)
+
+    return Program(graph, {**FP32_OPS, Convolutional: conv})
+
+
+def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
+                    default_calibration: Path | None) -> tuple[Program, str | None]:
+    thresholds, source = resolve_thresholds(graph, model_id, calibration, default_calibration)
+    return build(graph, thresholds), source

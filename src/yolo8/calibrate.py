@@ -1,0 +1,114 @@
+"""`yolo8 calibrate`: per-layer INT8 input thresholds by KL divergence over calibration images.
+
+Structured as onnxruntime's quantization is: a data reader yields network inputs, collectors
+watch the input of every conv layer while the FP32 engine runs, and the threshold search is
+kept apart from the collection. Two passes over the images make the histograms exact: the
+first finds each layer's range, the second bins |x| over [0, range] with 2048 bins, merged
+over all images.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import __version__
+from .api import Model
+from .data import read_image_list
+from .errors import InputError
+from .layers import Convolutional, Layer
+from .pipeline import batched, load_images
+from .progress import progress_bar
+from .quant import (Calibration, HistogramCollector, RangeCollector, cfg_with_input_calibration,
+                    compute_thresholds, multiplier_for_threshold)
+
+log = logging.getLogger(__name__)
+
+
+class CalibrationDataReader:
+    """Network inputs of the calibration images, in batches; unreadable images are skipped
+    (and counted) so one bad file does not spoil a calibration run."""
+
+    def __init__(self, model: Model, images: list[Path], batch: int = 4,
+                 letterbox: bool | None = None) -> None:
+        self.model, self.images, self.batch = model, images, batch
+        self.letterbox = letterbox
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self) -> Iterator[np.ndarray]:
+        self.skipped = []
+        items = load_images(self.images, prepare=lambda im: self.model.prepare(im, self.letterbox))
+        for group in batched(items, self.batch):
+            if group[0].error is not None:
+                self.skipped.append(str(group[0].error))
+                yield np.empty((0,), np.float32)
+                continue
+            yield np.stack([item.prepared for item in group])
+
+
+def _observe_conv_inputs(model: Model, reader: CalibrationDataReader, collector, desc: str,
+                         progress: bool | None) -> None:
+    def observer(layer: Layer, inputs: list[np.ndarray]) -> None:
+        if isinstance(layer, Convolutional):
+            collector.update(layer.index, np.ascontiguousarray(inputs[0], dtype=np.float32))
+
+    with progress_bar(len(reader), desc, progress) as bar:
+        for blob in reader.batches():
+            if blob.size:
+                model.program.run(blob, observer=observer)
+            bar.update(max(len(blob), 1) if blob.ndim == 4 else 1)
+
+
+@dataclass
+class CalibrationRun:
+    calibration: Calibration
+    images_used: int
+    skipped: list[str]
+
+
+def calibrate(model: Model, images: list[Path], progress: bool | None = None,
+              letterbox: bool | None = None) -> CalibrationRun:
+    """Thresholds for the input of every conv layer of an FP32 model."""
+    if model.backend != "fp32":
+        raise ValueError("calibration observes the FP32 engine")
+    reader = CalibrationDataReader(model, images, letterbox=letterbox)
+    ranges = RangeCollector()
+    _observe_conv_inputs(model, reader, ranges, "calibrate 1/2 ranges", progress)
+    used = len(images) - len(reader.skipped)
+    if used == 0:
+        raise InputError(f"none of the {len(images)} calibration images could be read; first: "
+                         f"{reader.skipped[0]}")
+    histograms = HistogramCollector(ranges.ranges)
+    _observe_conv_inputs(model, reader, histograms, "calibrate 2/2 histograms", progress)
+    thresholds = compute_thresholds(histograms)
+    cal = Calibration(model_id=model.model_id, thresholds=thresholds, num_images=used,
+                      created_by=f"yolo8 {__version__}",
+                      notes=f"KL (entropy) calibration of {Path(model.graph.path).name} on {used} images")
+    return CalibrationRun(cal, used, reader.skipped)
+
+
+def calibration_images(list_path: Path, limit: int | None) -> list[Path]:
+    images = read_image_list(list_path)
+    return images[:limit] if limit else images
+
+
+def cfg_text_with_calibration(model: Model, cal: Calibration) -> str:
+    """The model's cfg with yolo2_light's input_calibration line: one multiplier per conv."""
+    multipliers = [multiplier_for_threshold(cal.thresholds[c.index])
+                   for c in model.graph.convolutions()]
+    return cfg_with_input_calibration(model.graph.text, multipliers)
+
+
+def report(run: CalibrationRun, out: Path) -> None:
+    if run.skipped:
+        print(f"yolo8: warning: {len(run.skipped)} images could not be read and were skipped; "
+              f"first: {run.skipped[0]}", file=sys.stderr)
+    print(f"yolo8: calibrated {len(run.calibration.thresholds)} conv layers on {run.images_used} "
+          f"images -> {out}", file=sys.stderr)
