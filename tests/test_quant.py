@@ -405,6 +405,17 @@ def test_calibration_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left
 
 
+def test_calibration_round_trip_with_bias_corrections(tmp_path):
+    base = make_calibration()
+    corrected = Calibration(model_id=base.model_id, thresholds=base.thresholds, num_images=3,
+                            bias_corrections={2: [0.1, -1 / 3, 0.0]})
+    path = tmp_path / "c.json"
+    corrected.save(path)
+    loaded = Calibration.load(path)
+    assert loaded == corrected and loaded.bias_corrections == {2: (0.1, -1 / 3, 0.0)}
+    assert "bias_corrections" not in base.to_json()  # optional: absent when there are none
+
+
 def write_document(tmp_path, change):
     document = json.loads(make_calibration().to_json())
     change(document)
@@ -441,6 +452,11 @@ def _set_threshold(key, value):
     (_set("bins", 2.5), "bins"),
     (_set("model_id", ""), "model_id"),
     (_set("notes", 5), "notes"),
+    (_set("bias_corrections", [0.1]), "bias_corrections.*lists of numbers"),
+    (_set("bias_corrections", {"2": []}), "layer 2: bias corrections must be a non-empty list"),
+    (_set("bias_corrections", {"2": [0.1, "x"]}), "layer 2: bias correction 'x' is not a finite"),
+    (_set("bias_corrections", {"2": [0.1, True]}), "not a finite number"),
+    (_set("bias_corrections", {"x": [0.1]}), "layer index 'x'"),
 ])
 def test_load_refuses_wrong_content(tmp_path, change, message):
     path = write_document(tmp_path, change)

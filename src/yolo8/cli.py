@@ -113,16 +113,19 @@ def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, lette
 @click.option("--cfg-out", type=click.Path(path_type=Path),
               help="also write a copy of the cfg with yolo2_light's input_calibration line")
 @click.option("--letterbox", is_flag=True, default=None, help="darknet's letterbox resize")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="also measure per-channel INT8 bias corrections (a third pass)")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: when stderr is a terminal)")
-def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, progress) -> None:
+def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correction,
+              progress) -> None:
     """INT8 input thresholds (KL divergence) from calibration images, for --backend int8."""
     from .api import load
     from .calibrate import calibrate as run, calibration_images, cfg_text_with_calibration, report
 
     paths = calibration_images(images, limit)
     model = load(cfg, weights, "fp32")
-    result = run(model, paths, progress, letterbox)
+    result = run(model, paths, progress, letterbox, bias_correction)
     out = out or Path(f"{Path(model.graph.path).stem}.calibration.json")
     result.calibration.save(out)
     if cfg_out is not None:

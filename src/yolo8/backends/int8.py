@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import CalibrationError
 from ..graph import Graph
 from ..layers import HEAD_KINDS, Convolutional
@@ -42,35 +44,47 @@ def thresholds_from_cfg(graph: Graph) -> dict[int, float] | None:
     return {c.index: threshold_for_multiplier(m) for c, m in zip(convs, multipliers)}
 
 
-def resolve_thresholds(graph: Graph, model_id: str, calibration: str | Path | None,
-                       default_calibration: Path | None) -> tuple[dict[int, float], str | None]:
-    """The thresholds to use and where they came from: an explicit file, else the cfg's
-    input_calibration line, else the calibration shipped with the default model."""
-    if calibration is not None:
-        cal = Calibration.load(calibration)
-        cal.check_model(model_id, calibration)
-        return dict(cal.thresholds), str(calibration)
-    from_cfg = thresholds_from_cfg(graph)
+Corrections = dict[int, "np.ndarray"]
+
+
+def resolve_calibration(graph: Graph, model_id: str, calibration: str | Path | None,
+                        default_calibration: Path | None
+                        ) -> tuple[dict[int, float], Corrections, str | None]:
+    """Thresholds, bias corrections and where they came from: an explicit file, else the
+    cfg's input_calibration line (thresholds only), else the default model's shipped file."""
+    from_cfg = thresholds_from_cfg(graph) if calibration is None else None
     if from_cfg is not None:
-        return from_cfg, f"{graph.path} (input_calibration)"
-    if default_calibration is not None and default_calibration.exists():
-        cal = Calibration.load(default_calibration)
-        cal.check_model(model_id, default_calibration)
-        return dict(cal.thresholds), str(default_calibration)
-    return {}, None
+        return from_cfg, {}, f"{graph.path} (input_calibration)"
+    path = calibration
+    if path is None and default_calibration is not None and default_calibration.exists():
+        path = default_calibration
+    if path is None:
+        return {}, {}, None
+    cal = Calibration.load(path)
+    cal.check_model(model_id, path)
+    corrections = {k: np.asarray(v, dtype=np.float32) for k, v in cal.bias_corrections.items()}
+    return dict(cal.thresholds), corrections, str(path)
 
 
-def _int8_conv(layer: Convolutional, multiplier: float) -> Op:
+def _int8_conv(layer: Convolutional, multiplier: float, correction: np.ndarray | None) -> Op:
     from ..kernels.conv_int8 import Int8ConvWeights, conv2d_int8
 
     packed = Int8ConvWeights.from_float(layer.weights, layer.groups)
     code = layer.activation_code
-    return lambda x: conv2d_int8(x, packed, layer.bias, multiplier, layer.stride, layer.pad, code,
+    bias = layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
+    return lambda x: conv2d_int8(x, packed, bias, multiplier, layer.stride, layer.pad, code,
                                  layer.groups)
 
 
-def build(graph: Graph, thresholds: dict[int, float]) -> Program:
-    """Compile `graph` with INT8 convolutions using the given per-layer input thresholds."""
+def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections | None = None
+          ) -> Program:
+    """Compile `graph` with INT8 convolutions using per-layer input thresholds and (optional)
+    per-channel bias corrections."""
+    corrections = corrections or {}
+    for index, values in corrections.items():
+        layer = graph.layers[index] if 0 <= index < len(graph.layers) else None
+        if not isinstance(layer, Convolutional) or len(values) != layer.filters:
+            raise CalibrationError(f"bias correction for layer {index} does not fit the model")
     wanted = int8_layers(graph)
     missing = [i for i in wanted if i not in thresholds]
     if missing:
@@ -84,7 +98,7 @@ def build(graph: Graph, thresholds: dict[int, float]) -> Program:
 
     def conv(layer: Convolutional, g: Graph) -> Op:
         if layer.index in quantized:
-            return _int8_conv(layer, 127.0 / thresholds[layer.index])
+            return _int8_conv(layer, 127.0 / thresholds[layer.index], corrections.get(layer.index))
         return fp32_conv(layer, g)
 
     return Program(graph, {**FP32_OPS, Convolutional: conv})
@@ -92,5 +106,6 @@ def build(graph: Graph, thresholds: dict[int, float]) -> Program:
 
 def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
                     default_calibration: Path | None) -> tuple[Program, str | None]:
-    thresholds, source = resolve_thresholds(graph, model_id, calibration, default_calibration)
-    return build(graph, thresholds), source
+    thresholds, corrections, source = resolve_calibration(graph, model_id, calibration,
+                                                          default_calibration)
+    return build(graph, thresholds, corrections), source

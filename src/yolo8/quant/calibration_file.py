@@ -7,7 +7,8 @@ measured on one network are meaningless for another.
 File layout (UTF-8 JSON):
     {"format": "yolo8-calibration", "version": 1, "model_id": "...", "method": "kl",
      "num_images": 500, "bins": 2048, "created_by": "yolo8 0.1.0", "notes": null,
-     "thresholds": {"1": 4.25, "2": 11.5, ...}}        # layer index -> threshold of |x|
+     "thresholds": {"1": 4.25, "2": 11.5, ...},       # layer index -> threshold of |x|
+     "bias_corrections": {"2": [0.01, -0.003, ...]}}   # optional: layer -> per-channel shift
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class Calibration:
 
     thresholds: layer index -> threshold (> 0, finite); the INT8 input of that layer is
     round(x * 127 / threshold) clipped to [-127, 127].
+    bias_corrections: layer index -> per-output-channel mean error of that layer's INT8
+    pre-activation on the calibration images (INT8 minus FP32, same FP32 input); the INT8
+    backend subtracts it from the layer's bias (empirical bias correction).
     """
 
     model_id: str
@@ -45,6 +49,7 @@ class Calibration:
     bins: int = 2048
     created_by: str = field(default_factory=lambda: f"yolo8 {__version__}")
     notes: str | None = None
+    bias_corrections: Mapping[int, Sequence[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problem = _problem_with_fields(self.model_id, self.method, self.num_images, self.bins,
@@ -62,6 +67,13 @@ class Calibration:
                 raise ValueError(f"layer {key}: threshold {problem}")
             clean[key] = float(value)
         object.__setattr__(self, "thresholds", dict(sorted(clean.items())))
+        corrections = {}
+        for key, values in self.bias_corrections.items():
+            problem = _problem_with_correction(key, values)
+            if problem:
+                raise ValueError(problem)
+            corrections[key] = tuple(float(v) for v in values)
+        object.__setattr__(self, "bias_corrections", dict(sorted(corrections.items())))
 
     # -- file ---------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -78,6 +90,8 @@ class Calibration:
             # back to the same double.
             "thresholds": {str(k): v for k, v in self.thresholds.items()},
         }
+        if self.bias_corrections:
+            document["bias_corrections"] = {str(k): list(v) for k, v in self.bias_corrections.items()}
         return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
     def save(self, path: str | PathLike) -> None:
@@ -139,9 +153,11 @@ class Calibration:
         if problem:
             raise fail(problem)
         thresholds = _parse_thresholds(document["thresholds"], fail)
+        corrections = _parse_corrections(document.get("bias_corrections", {}), fail)
         return cls(model_id=document["model_id"], thresholds=thresholds,
                    num_images=document["num_images"], method=document["method"],
-                   bins=document["bins"], created_by=document["created_by"], notes=notes)
+                   bins=document["bins"], created_by=document["created_by"], notes=notes,
+                   bias_corrections=corrections)
 
     # -- model check ----------------------------------------------------------------------
     def check_model(self, model_id: str, path: str | PathLike | None = None) -> None:
@@ -293,6 +309,31 @@ def _parse_thresholds(raw: Any, fail: Callable[..., CalibrationError]) -> dict[i
             raise fail(f"layer {key}: threshold {problem}", key="thresholds")
         thresholds[int(key)] = float(value)
     return thresholds
+
+
+def _problem_with_correction(key: Any, values: Any) -> str | None:
+    if isinstance(key, bool) or not isinstance(key, int) or key < 0:
+        return f"bias correction layer index {key!r} is not an int >= 0"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        return f"layer {key}: bias corrections must be a non-empty list of numbers"
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"layer {key}: bias correction {v!r} is not a finite number"
+    return None
+
+
+def _parse_corrections(raw: Any, fail: Callable[..., CalibrationError]) -> dict[int, list[float]]:
+    if not isinstance(raw, dict):
+        raise fail("must map layer indices to lists of numbers", key="bias_corrections")
+    corrections: dict[int, list[float]] = {}
+    for key, values in raw.items():
+        if not (key.isascii() and key.isdigit() and str(int(key)) == key):
+            raise fail(f"layer index {key!r} is not a non-negative integer", key="bias_corrections")
+        problem = _problem_with_correction(int(key), values)
+        if problem:
+            raise fail(problem, key="bias_corrections")
+        corrections[int(key)] = [float(v) for v in values]
+    return corrections
 
 
 def _brief_pair(a: str, b: str, width: int = 12) -> tuple[str, str]:

@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""yolo8 benchmarks: medians and ratios, engines side by side.
+
+Forward latency: yolo8 fp32, yolo8 int8 and OpenCV dnn (FP32) each run in their own process
+(thread pools of different runtimes disturb each other inside one process), in rotation
+(A B C A B C ...); each process times `--iters` forwards of the same blob after a warm-up
+and reports its median; the table gives the median over rounds and the median of the
+per-round ratios against OpenCV.
+
+Also: `map`-style throughput (images/s over a folder, decode included), whole-process
+`yolo8 detect` wall time with warm caches and with an empty JIT cache, its peak RSS, and
+kernel rows (xnor vs fp32 vs int8 conv on one layer shape, same process).
+
+    python scripts/bench.py                 # everything, table on stdout
+    python scripts/bench.py --json out.json # and the figures as JSON
+    python scripts/bench.py --only forward  # one section (forward, throughput, detect, kernels)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTO = ROOT / "tests" / "data" / "images" / "000000000009.jpg"
+
+
+# ------------------------------------------------------------------------------- workers
+def _blob(width: int = 416, height: int = 416):
+    from yolo8.preprocess import read_image, to_blob
+
+    return to_blob([read_image(PHOTO)], width, height)
+
+
+def worker_forward(engine: str, iters: int) -> dict:
+    """Time `iters` forwards of one engine in this process; returns its median (ms)."""
+    import numpy as np
+
+    x = _blob()
+    if engine == "opencv":
+        import cv2
+
+        from yolo8 import models
+
+        net = cv2.dnn.readNetFromDarknet(str(models.default_cfg()), str(models.default_weights()))
+        blob = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        names = net.getUnconnectedOutLayersNames()
+
+        def run():
+            net.setInput(blob)
+            net.forward(names)
+    else:
+        import yolo8
+
+        model = yolo8.load(backend=engine)
+
+        def run():
+            model.forward_nhwc(x)
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times)}
+
+
+def worker_throughput(engine: str, folder: str, batch: int) -> dict:
+    """map-style: every image of a folder through decode-ahead + batched detect at 0.005."""
+    import numpy as np
+
+    import yolo8
+    from yolo8.pipeline import batched, load_images
+
+    model = yolo8.load(backend=engine)
+    paths = sorted(Path(folder).glob("*.jpg"))
+    model.forward_nhwc(_blob())  # compile/warm
+    start = time.perf_counter()
+    count = 0
+    for group in batched(load_images(paths, prepare=model.prepare), batch):
+        blob = np.stack([item.prepared for item in group])
+        model.detect_prepared(blob, [(i.image.shape[1], i.image.shape[0]) for i in group], 0.005)
+        count += len(group)
+    elapsed = time.perf_counter() - start
+    return {"images": count, "seconds": elapsed, "images_per_s": count / elapsed}
+
+
+def worker_kernels(iters: int) -> dict:
+    """One conv shape in fp32, int8 and xnor, in this process (kernels only)."""
+    import numpy as np
+
+    from yolo8.kernels.activations import LEAKY
+    from yolo8.kernels.conv_fp32 import Fp32Conv
+    from yolo8.kernels.conv_int8 import Int8ConvWeights, conv2d_int8
+
+    rows = {}
+    rng = np.random.default_rng(0)
+    for h, c, cout in ((52, 128, 256), (26, 256, 512), (13, 512, 1024)):
+        x = rng.standard_normal((1, h, h, c)).astype(np.float32)
+        w = (rng.standard_normal((cout, 3, 3, c)) * 0.05).astype(np.float32)
+        b = np.zeros(cout, np.float32)
+        fp32 = Fp32Conv(w, b, 1, 1, 1, LEAKY)
+        q = Int8ConvWeights.from_float(w)
+        ops = {"fp32": lambda: fp32(x),
+               "int8": lambda: conv2d_int8(x, q, b, 127 / 4.0, 1, 1, LEAKY)}
+        try:
+            from yolo8.kernels.xnor import XnorConvWeights, conv2d_xnor
+
+            xw = XnorConvWeights.from_float(w)
+            ops["xnor"] = lambda: conv2d_xnor(x, xw, b, 1, 1, LEAKY)
+        except ImportError:
+            pass
+        medians = {name: _median_ms(op, iters) for name, op in ops.items()}
+        rows[f"{h}x{h}x{c}->{cout} 3x3"] = medians
+    return rows
+
+
+def _median_ms(op, iters: int) -> float:
+    for _ in range(3):
+        op()
+    times = []
+    # interleaving happens across shapes; within one op the median of many runs
+    for _ in range(iters):
+        t = time.perf_counter()
+        op()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+# --------------------------------------------------------------------------- orchestration
+def _run_worker(args: list[str], env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True,
+                         text=True, env=env, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _opencv_available() -> bool:
+    try:
+        import cv2
+
+        return hasattr(cv2, "dnn") and hasattr(cv2.dnn, "readNetFromDarknet")
+    except ImportError:
+        return False
+
+
+def bench_forward(rounds: int, iters: int) -> dict:
+    engines = ["fp32", "int8"] + (["opencv"] if _opencv_available() else [])
+    per_round: dict[str, list[float]] = {e: [] for e in engines}
+    for _ in range(rounds):
+        for engine in engines:
+            per_round[engine].append(_run_worker(["forward", engine, str(iters)])["median_ms"])
+    result = {e: {"median_ms": statistics.median(v), "rounds_ms": v} for e, v in per_round.items()}
+    if "opencv" in per_round:
+        for e in ("fp32", "int8"):
+            ratios = [a / b for a, b in zip(per_round[e], per_round["opencv"])]
+            result[e]["ratio_vs_opencv"] = statistics.median(ratios)
+    return result
+
+
+def bench_throughput(folder: Path, rounds: int) -> dict:
+    result = {}
+    for engine in ("fp32", "int8"):
+        runs = [_run_worker(["throughput", engine, str(folder), "4"]) for _ in range(rounds)]
+        result[engine] = {"images": runs[0]["images"],
+                          "images_per_s": statistics.median(r["images_per_s"] for r in runs)}
+    return result
+
+
+def _time_process(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=600)
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before) / 1024
+
+
+def bench_detect(rounds: int) -> dict:
+    exe = shutil.which("yolo8") or str(Path(sys.executable).with_name("yolo8"))
+    cmd = [exe, "detect", str(PHOTO), "--no-save"]
+    result = {}
+    for backend in ("fp32", "int8"):
+        full = cmd + ["--backend", backend]
+        subprocess.run(full, check=True, capture_output=True)  # warm caches
+        walls, rss = [], []
+        for _ in range(rounds):
+            # each measured in a fresh child so ru_maxrss is this process's own peak
+            wall, peak = _measure_isolated(full)
+            walls.append(wall)
+            rss.append(peak)
+        result[backend] = {"wall_s": statistics.median(walls), "peak_rss_mb": statistics.median(rss)}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        wall, peak = _measure_isolated(cmd, env)
+        result["cold_jit_cache"] = {"wall_s": wall, "peak_rss_mb": peak}
+    return result
+
+
+def _measure_isolated(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    code = ("import json, resource, subprocess, sys, time\n"
+            "t = time.perf_counter()\n"
+            "subprocess.run(sys.argv[1:], check=True, capture_output=True)\n"
+            "w = time.perf_counter() - t\n"
+            "print(json.dumps([w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))")
+    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True,
+                         env=env, check=True, timeout=600)
+    wall, peak = json.loads(out.stdout)
+    return wall, peak
+
+
+def _table(results: dict) -> str:
+    lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"python {platform.python_version()}"]
+    if "forward" in results:
+        lines += ["", "forward, yolov3-tiny 416x416, batch 1 (median of per-process medians)",
+                  f"{'engine':10s} {'ms':>8s} {'x opencv':>9s}"]
+        for e, r in results["forward"].items():
+            ratio = r.get("ratio_vs_opencv")
+            lines.append(f"{e:10s} {r['median_ms']:8.1f} {ratio if ratio is None else f'{ratio:9.2f}'}")
+    if "throughput" in results:
+        lines += ["", "map-style throughput (decode-ahead, batch 4, thresh 0.005)"]
+        for e, r in results["throughput"].items():
+            lines.append(f"{e:10s} {r['images_per_s']:8.1f} images/s over {r['images']} images")
+    if "detect" in results:
+        lines += ["", "`yolo8 detect photo.jpg` whole process"]
+        for k, r in results["detect"].items():
+            lines.append(f"{k:15s} {r['wall_s']:6.2f} s wall, peak RSS {r['peak_rss_mb']:6.0f} MB")
+    if "kernels" in results:
+        lines += ["", "one conv layer, kernels only (ms, median; same process)"]
+        for shape, r in results["kernels"].items():
+            cells = "  ".join(f"{k} {v:7.2f}" for k, v in r.items())
+            ratios = "  ".join(f"fp32/{k} {r['fp32'] / v:5.1f}x" for k, v in r.items() if k != "fp32")
+            lines.append(f"{shape:22s} {cells}   {ratios}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "coco128-train" / "images",
+                        help="folder for the throughput run (default: ../shared coco128, else tests/data)")
+    parser.add_argument("--only", choices=["forward", "throughput", "detect", "kernels"], action="append")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == "forward":
+            print(json.dumps(worker_forward(rest[0], int(rest[1]))))
+        elif kind == "throughput":
+            print(json.dumps(worker_throughput(rest[0], rest[1], int(rest[2]))))
+        elif kind == "kernels":
+            print(json.dumps(worker_kernels(int(rest[0]))))
+        return
+    sections = args.only or ["forward", "throughput", "detect", "kernels"]
+    folder = args.images if args.images.is_dir() else ROOT / "tests" / "data" / "images"
+    results = {}
+    if "forward" in sections:
+        results["forward"] = bench_forward(args.rounds, args.iters)
+    if "throughput" in sections:
+        results["throughput"] = bench_throughput(folder, max(1, args.rounds // 2))
+    if "detect" in sections:
+        results["detect"] = bench_detect(args.rounds)
+    if "kernels" in sections:
+        results["kernels"] = _run_worker(["kernels", str(args.iters)])
+    print(_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
