@@ -14,12 +14,23 @@ from .base import Op
 
 def conv(layer: Convolutional, graph: Graph) -> Op:
     if layer.xnor:
-        from ..kernels.xnor import XnorConvWeights, conv2d_xnor
-        packed = XnorConvWeights.from_float(layer.weights)
-        return lambda x: conv2d_xnor(x, packed, layer.bias, layer.stride, layer.pad,
-                                     layer.activation_code)
+        return xnor_conv(layer)
     return Fp32Conv(layer.weights, layer.bias, layer.stride, layer.pad, layer.groups,
                     layer.activation_code)
+
+
+def xnor_conv(layer: Convolutional) -> Op:
+    """xnor=1: binary input and weights (XOR + popcount), in every backend. Batch norm's
+    factor scales each filter's mean |w| (darknet applies BN after the binary conv)."""
+    from dataclasses import replace
+
+    from ..kernels.xnor import XnorConvWeights, conv2d_xnor
+
+    packed = XnorConvWeights.from_float(layer.weights)
+    if layer.output_scale is not None:
+        packed = replace(packed, alpha=(packed.alpha * layer.output_scale).astype(np.float32))
+    return lambda x: conv2d_xnor(x, packed, layer.bias, layer.stride, layer.pad,
+                                 layer.activation_code)
 
 
 def max_pool(layer: MaxPool, graph: Graph) -> Op:

@@ -24,26 +24,35 @@ def expected_size(graph: Graph, major: int, minor: int) -> int:
     return _HEADER.size + _seen_size(major, minor) + 4 * floats
 
 
-def _fold(layer: Convolutional, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fold(layer: Convolutional, values: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Split one layer's floats and fold batch norm as darknet computes it:
-    y = scale * (conv - mean) / (sqrt(var) + 1e-6) + bias."""
+    y = scale * (conv - mean) / (sqrt(var) + 1e-6) + bias.
+
+    Returns (weights, bias, output_scale). xnor layers keep their raw weights and get the
+    batch norm's per-channel factor as output_scale instead: darknet binarizes the raw
+    weights (w == 0 -> -mean|w|), and folding a negative scale first would flip that case."""
     n = layer.filters
     bias = values[:n].astype(np.float64)
     offset = n
     cin = layer.in_shape.c // layer.groups
     weights = values[offset + (3 * n if layer.batch_normalize else 0):]
     weights = weights.reshape(n, cin, layer.size, layer.size).astype(np.float64)
+    output_scale = None
     if layer.batch_normalize:
         scale, mean, var = (values[offset + i * n: offset + (i + 1) * n].astype(np.float64)
                             for i in range(3))
         if (var < 0).any():
             raise ValueError("negative rolling variance")
         k = scale / (np.sqrt(var) + 1e-6)
-        weights = weights * k[:, None, None, None]
         bias = bias - mean * k
+        if layer.xnor:
+            output_scale = k.astype(np.float32)
+        else:
+            weights = weights * k[:, None, None, None]
     # darknet (Cout, Cin, kh, kw) -> ours (Cout, kh, kw, Cin): channels innermost for NHWC.
     folded = np.ascontiguousarray(weights.transpose(0, 2, 3, 1), dtype=np.float32)
-    return folded, bias.astype(np.float32)
+    return folded, bias.astype(np.float32), output_scale
 
 
 def load_weights(graph: Graph, path: str | Path) -> str:
@@ -81,7 +90,7 @@ def load_weights(graph: Graph, path: str | Path) -> str:
             raise WeightsError(f"layer {layer.index} ([convolutional] at cfg line {layer.line}) has "
                                f"non-finite values (NaN or inf): damaged file?", path=path)
         try:
-            layer.weights, layer.bias = _fold(layer, chunk)
+            layer.weights, layer.bias, layer.output_scale = _fold(layer, chunk)
         except ValueError as exc:
             raise WeightsError(f"layer {layer.index} ([convolutional] at cfg line {layer.line}): "
                                f"{exc}: damaged file?", path=path) from None

@@ -10,6 +10,10 @@ from ..kernels.activations import CODES
 from .base import BuildContext, Layer, Shape, checked_shape
 
 MAX_KERNEL = 64  # larger kernels are typos; refusing them bounds the weights before reading
+# Bound on the values one output pixel reads (size * size * input channels per group): the FP32
+# kernel's im2col buffer holds at least 64 such rows (64 << 20 floats = 256 MiB). Real layers
+# read at most a few thousand (yolov2: 3 * 3 * 1280).
+MAX_PATCH = 1 << 20
 
 
 @dataclass(eq=False)
@@ -24,9 +28,11 @@ class Convolutional(Layer):
     batch_normalize: bool
     activation: str
     xnor: bool
-    # Filled by the weights loader: (filters, size, size, in_c/groups) float32, BN folded.
+    # Filled by the weights loader: (filters, size, size, in_c/groups) float32, BN folded
+    # (xnor layers: raw weights, and BN's per-channel factor in output_scale).
     weights: np.ndarray | None = None
     bias: np.ndarray | None = None
+    output_scale: np.ndarray | None = None
 
     @property
     def activation_code(self) -> int:
@@ -79,8 +85,17 @@ def build(section: Section, ctx: BuildContext) -> Convolutional:
     section.ignore(*_TRAINING_KEYS)
     out_h = (in_shape.h + 2 * padding - size) // stride + 1
     out_w = (in_shape.w + 2 * padding - size) // stride + 1
-    return Convolutional(
-        index=ctx.index, line=section.line, inputs=(prev,),
-        out_shape=checked_shape(section, filters, out_h, out_w), in_shape=in_shape,
+    out_shape = checked_shape(section, filters, out_h, out_w)
+    # The INT8 and XNOR kernels copy the input with its zero border.
+    checked_shape(section, in_shape.c, in_shape.h + 2 * padding, in_shape.w + 2 * padding,
+                  "padded input")
+    patch = size * size * (in_shape.c // groups)
+    if patch > MAX_PATCH:
+        raise section.error(f"each output value would read {size}x{size}x{in_shape.c // groups} = "
+                            f"{patch} inputs, more than yolo8 accepts ({MAX_PATCH})", "size")
+    layer = Convolutional(
+        index=ctx.index, line=section.line, inputs=(prev,), out_shape=out_shape, in_shape=in_shape,
         filters=filters, size=size, stride=stride, pad=padding, groups=groups,
         batch_normalize=batch_normalize, activation=activation, xnor=xnor)
+    ctx.charge(section, weights=layer.weight_floats(), work=out_shape.size * patch)
+    return layer

@@ -1,0 +1,174 @@
+"""A small network mixing FP32 and xnor=1 layers, in every backend, against darknet's
+semantics written out in plain numpy (NCHW, read straight from the .weights bytes).
+
+Bound 1e-3 absolute on the raw head outputs: the binary layers are exact integers times
+float32 factors, the FP32 layers differ from the float64 reference by ~1e-6; the margin
+covers a rare input sign flip at 0 in the FP32 layer feeding an xnor layer (x > 0 decides)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import yolo8
+
+from .conftest import BACKENDS
+
+CFG = """[net]
+width=40
+height=40
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=20
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=70
+size=3
+stride=1
+pad=1
+activation=leaky
+xnor=1
+
+[convolutional]
+batch_normalize=1
+filters=33
+size=3
+stride=2
+pad=1
+activation=leaky
+xnor=1
+
+[convolutional]
+batch_normalize=1
+filters=40
+size=1
+stride=1
+pad=1
+activation=relu
+xnor=1
+
+[route]
+layers=-1,-2
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=21
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=4,6, 9,12, 20,24
+classes=2
+num=3
+"""
+
+# (filters, cin, size, stride, pad, batch_normalize, activation, xnor) of each conv, in order
+CONVS = [(20, 3, 3, 1, 1, True, "leaky", False), (70, 20, 3, 1, 1, True, "leaky", True),
+         (33, 70, 3, 2, 1, True, "leaky", True), (40, 33, 1, 1, 0, True, "relu", True),
+         (21, 73, 1, 1, 0, False, "linear", False)]
+
+
+def _write_weights(path, rng):
+    parts = [np.array([0, 2, 0], "<i4").tobytes(), np.zeros(1, "<i8").tobytes()]
+    raw = []
+    for filters, cin, size, _, _, bn, _, _ in CONVS:
+        bias = rng.normal(0, 0.3, filters)
+        scale = rng.uniform(-1.5, 1.5, filters) if bn else None  # negative BN scales too
+        mean = rng.normal(0, 0.3, filters) if bn else None
+        var = rng.uniform(0.2, 2, filters) if bn else None
+        w = rng.normal(0, 1, (filters, cin, size, size)) / np.sqrt(cin * size * size)
+        w[rng.uniform(size=w.shape) < 0.02] = 0.0  # darknet binarizes w == 0 to -mean|w|
+        chunks = [bias] + ([scale, mean, var] if bn else []) + [w.ravel()]
+        values = np.concatenate(chunks).astype("<f4")
+        parts.append(values.tobytes())
+        raw.append(values.astype(np.float64))
+    path.write_bytes(b"".join(parts))
+    return raw
+
+
+def _conv_nchw(x, w, stride, pad):
+    n, c, h, wd = x.shape
+    f, _, k, _ = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+    out = np.zeros((n, f, ho, wo))
+    for ky in range(k):
+        for kx in range(k):
+            patch = xp[:, :, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
+            out += np.einsum("nchw,fc->nfhw", patch, w[:, :, ky, kx])
+    return out
+
+
+def _darknet_forward(x, raw):
+    """darknet's forward_convolutional_layer for each conv (binarize if xnor, conv, batch norm
+    or bias, activation), maxpool 2/2, route, and [yolo]'s logistic on x, y, obj, classes."""
+    def conv(i, x):
+        filters, cin, size, stride, pad, bn, act, xnor = CONVS[i]
+        v = raw[i].astype(np.float32).astype(np.float64)
+        bias = v[:filters]
+        off = filters * (4 if bn else 1)
+        w = v[off:].reshape(filters, cin, size, size)
+        if xnor:
+            alpha = np.abs(w).reshape(filters, -1).mean(axis=1)
+            w = np.where(w > 0, 1.0, -1.0) * alpha[:, None, None, None]
+            x = np.where(x > 0, 1.0, -1.0)
+        y = _conv_nchw(x, w, stride, pad)
+        if bn:
+            scale, mean, var = v[filters:2 * filters], v[2 * filters:3 * filters], v[3 * filters:4 * filters]
+            y = (y - mean[:, None, None]) / (np.sqrt(var)[:, None, None] + 1e-6) * scale[:, None, None]
+        y = y + bias[:, None, None]
+        return {"leaky": np.where(y > 0, y, 0.1 * y), "relu": np.maximum(y, 0), "linear": y}[act]
+
+    l0 = conv(0, x)
+    n, c, h, w = l0.shape
+    l1 = l0.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+    l2 = conv(1, l1)
+    l3 = conv(2, l2)
+    l4 = conv(3, l3)
+    l5 = np.concatenate([l4, l3], axis=1)
+    l6 = conv(4, l5)
+    v = l6.reshape(n, 3, 7, *l6.shape[2:]).copy()
+    logistic = 1 / (1 + np.exp(-v))
+    v[:, :, [0, 1, 4, 5, 6]] = logistic[:, :, [0, 1, 4, 5, 6]]
+    return v.reshape(l6.shape)
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("xnor")
+    cfg, weights = folder / "xnor.cfg", folder / "xnor.weights"
+    cfg.write_text(CFG)
+    raw = _write_weights(weights, np.random.default_rng(7))
+    return cfg, weights, raw
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_xnor_network_matches_darknet_semantics(network, backend):
+    cfg, weights, raw = network
+    model = yolo8.load(cfg, weights, backend=backend)
+    assert [l.xnor for l in model.graph.convolutions()] == [c[7] for c in CONVS]
+    x = np.random.default_rng(1).uniform(0, 1, (2, 3, 40, 40)).astype(np.float32)
+    got = model.forward(x)[0]
+    want = _darknet_forward(x.astype(np.float64), raw)
+    assert got.shape == want.shape == (2, 21, 10, 10)
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+    assert want.std() > 0.1  # a real signal, not a constant
+
+
+def test_xnor_layers_are_not_int8_layers(network):
+    from yolo8.backends.int8 import int8_layers
+
+    cfg, weights, _ = network
+    assert int8_layers(yolo8.load(cfg, weights).graph) == []
