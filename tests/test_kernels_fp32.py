@@ -23,6 +23,8 @@ from yolo8.postprocess import nms, nms_reference
     (1, 9, 9, 6, 4, 3, 1, 1, 2),
     (2, 5, 13, 3, 2, 5, 2, 2, 1),
     (1, 10, 10, 7, 3, 1, 2, 0, 1),
+    (2, 13, 11, 3, 16, 3, 1, 1, 1),   # direct path (3*3*3 <= DIRECT_MAX_PATCH)
+    (1, 12, 9, 2, 19, 3, 2, 1, 1),    # direct path, stride 2, odd Cout
 ])
 @pytest.mark.parametrize("act", ["leaky", "linear", "mish", "logistic"])
 def test_conv_matches_reference(n, h, w, c, cout, size, stride, pad, groups, act):
@@ -34,6 +36,12 @@ def test_conv_matches_reference(n, h, w, c, cout, size, stride, pad, groups, act
     want = conv2d_reference(x, wt, bias, stride, pad, groups, CODES[act])
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_direct_and_im2col_paths_are_both_taken():
+    wt = np.zeros((4, 3, 3, 3), np.float32)
+    assert Fp32Conv(wt, np.zeros(4, np.float32), 1, 1, 1, 0).direct
+    assert not Fp32Conv(np.zeros((4, 3, 3, 4), np.float32), np.zeros(4, np.float32), 1, 1, 1, 0).direct
 
 
 def test_conv_chunking_covers_every_row(monkeypatch):
