@@ -11,4 +11,4 @@ def progress_bar(total: int | None, desc: str, enabled: bool | None = None) -> t
     if enabled is None:
         enabled = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled,
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=True, leave=True)
