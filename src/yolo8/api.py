@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +13,7 @@ from . import models
 from .backends import get_backend
 from .darknet.weights import load_weights
 from .data import read_names
-from .errors import InputError, Yolo8Error
+from .errors import ConfigError, InputError, ModelFetchError, Yolo8Error
 from .graph import Graph, load_graph
 from .layers import Region, Yolo
 from .postprocess import Detection, detections_from_heads
@@ -36,6 +36,7 @@ class Model:
         self.calibration_source = calibration_source
         self.heads: list[Yolo | Region] = [graph.layers[i] for i in graph.heads]
         self.program = None  # set by load()
+        self._warned_non_finite = False
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -75,9 +76,22 @@ class Model:
         letterbox = self.letterbox if letterbox is None else letterbox
         w, h = self.input_size
         outs = self.forward_nhwc(blob)
-        return [detections_from_heads([o[i] for o in outs], self.heads, w, h, iw, ih, thresh, nms,
-                                      letterbox, self.names)
-                for i, (iw, ih) in enumerate(image_sizes)]
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN boxes are dropped below
+            found = [detections_from_heads([o[i] for o in outs], self.heads, w, h, iw, ih, thresh,
+                                           nms, letterbox, self.names)
+                     for i, (iw, ih) in enumerate(image_sizes)]
+        return [self._finite(dets) for dets in found]
+
+    def _finite(self, dets: list[Detection]) -> list[Detection]:
+        """Detections without inf/NaN: weights that overflow the network (damaged, or garbage
+        that happens to have the right size) must not yield boxes nobody can draw."""
+        kept = [d for d in dets if math.isfinite(d.score) and all(map(math.isfinite, d.box))]
+        if len(kept) < len(dets) and not self._warned_non_finite:
+            self._warned_non_finite = True
+            log.warning("the network's output has values that are not finite (inf or NaN); the "
+                        "boxes made of them are dropped. Damaged weights, or weights made for "
+                        "another cfg?")
+        return kept
 
     def detect_batch(self, images: Sequence[np.ndarray], thresh: float = 0.25, nms: float = 0.45,
                      letterbox: bool | None = None) -> list[list[Detection]]:
@@ -108,13 +122,11 @@ def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
 
 
 def _load_default_weights(graph: Graph) -> str:
-    path = models.default_weights()
+    path = models.default_weights()  # verified against its sha256, fetched again if corrupted
     digest = load_weights(graph, path)
-    if digest != models.WEIGHTS_SHA256:
-        print(f"yolo8: cached weights {path} are corrupted (sha256 mismatch); fetching again",
-              file=sys.stderr)
-        path.unlink(missing_ok=True)
-        digest = load_weights(graph, models.fetch_default_weights())
+    if digest != models.WEIGHTS_SHA256:  # replaced between the check and the read
+        raise ModelFetchError(f"the cached weights changed while being loaded (sha256 {digest}, "
+                              f"expected {models.WEIGHTS_SHA256}); try again", path=path)
     return digest
 
 
@@ -131,6 +143,10 @@ def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: 
     if cfg is not None and weights is None:
         raise Yolo8Error(f"a cfg ({cfg}) needs its weights: give weights as well")
     graph = load_graph(cfg if cfg is not None else models.default_cfg())
+    if graph.net.channels != 3:  # every image path feeds colour (BGR -> RGB) images
+        raise ConfigError(f"[net] channels={graph.net.channels}: yolo8 reads colour images, so "
+                          f"only channels=3 models are supported", path=graph.path,
+                          key="channels")
     digest = load_weights(graph, weights) if weights is not None else _load_default_weights(graph)
     model_id = hashlib.sha256(f"{graph.structure_digest()}:{digest}".encode()).hexdigest()
     model = Model(graph, backend, _names_for(graph, names), model_id)

@@ -16,14 +16,14 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from . import __version__
 from .api import Model
 from .data import read_image_list
-from .errors import InputError
+from .errors import InputError, Yolo8Error
 from .layers import Convolutional, Layer
 from .pipeline import batched, load_images
 from .progress import progress_bar
@@ -42,6 +42,7 @@ class CalibrationDataReader:
         self.model, self.images, self.batch = model, images, batch
         self.letterbox = letterbox
         self.skipped: list[str] = []
+        self.announce = True
 
     def __len__(self) -> int:
         return len(self.images)
@@ -52,6 +53,8 @@ class CalibrationDataReader:
         for group in batched(items, self.batch):
             if group[0].error is not None:
                 self.skipped.append(str(group[0].error))
+                if self.announce:  # named once, in the first pass
+                    log.warning("skipped: %s", group[0].error)
                 yield np.empty((0,), np.float32)
                 continue
             yield np.stack([item.prepared for item in group])
@@ -123,6 +126,7 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
     ranges = RangeCollector()
     passes = 3 if bias_correction else 2
     _observe_conv_inputs(model, reader, ranges, f"calibrate 1/{passes} ranges", progress)
+    reader.announce = False
     used = len(images) - len(reader.skipped)
     if used == 0:
         raise InputError(f"none of the {len(images)} calibration images could be read; first: "
@@ -154,9 +158,32 @@ def cfg_text_with_calibration(model: Model, cal: Calibration) -> str:
     return cfg_with_input_calibration(model.graph.text, multipliers)
 
 
+def check_output(path: Path) -> None:
+    """Refuse an output path that cannot be a file before hours of calibration, not after."""
+    if path.is_dir():
+        raise InputError("is a folder; expected the name of the calibration file to write",
+                         path=path)
+
+
+def _write(path: Path, write: Callable[[Path], None]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    except OSError as exc:
+        raise Yolo8Error(f"cannot write: {exc.strerror}", path=path) from None
+
+
+def write_outputs(model: Model, run: CalibrationRun, out: Path, cfg_out: Path | None) -> None:
+    """The calibration file (atomically) and, on request, the cfg with input_calibration."""
+    _write(out, run.calibration.save)
+    if cfg_out is not None:
+        text = cfg_text_with_calibration(model, run.calibration)
+        _write(cfg_out, lambda path: path.write_text(text))
+
+
 def report(run: CalibrationRun, out: Path) -> None:
     if run.skipped:
-        print(f"yolo8: warning: {len(run.skipped)} images could not be read and were skipped; "
-              f"first: {run.skipped[0]}", file=sys.stderr)
+        log.warning("%d of %d images could not be read (named above) and were left out",
+                    len(run.skipped), run.images_used + len(run.skipped))
     print(f"yolo8: calibrated {len(run.calibration.thresholds)} conv layers on {run.images_used} "
           f"images -> {out}", file=sys.stderr)

@@ -121,17 +121,20 @@ def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correct
               progress) -> None:
     """INT8 input thresholds (KL divergence) from calibration images, for --backend int8."""
     from .api import load
-    from .calibrate import calibrate as run, calibration_images, cfg_text_with_calibration, report
+    from .calibrate import (calibrate as run, calibration_images, check_output, report,
+                            write_outputs)
 
+    for path in (out, cfg_out):
+        if path is not None:
+            check_output(path)
     paths = calibration_images(images, limit)
     model = load(cfg, weights, "fp32")
     result = run(model, paths, progress, letterbox, bias_correction)
     out = out or Path(f"{Path(model.graph.path).stem}.calibration.json")
-    result.calibration.save(out)
-    if cfg_out is not None:
-        cfg_out.parent.mkdir(parents=True, exist_ok=True)
-        cfg_out.write_text(cfg_text_with_calibration(model, result.calibration))
+    write_outputs(model, result, out, cfg_out)
     report(result, out)
+    if result.skipped:  # written from the readable images; the run still reports the others
+        sys.exit(1)
 
 
 @cli.command("map")
@@ -154,17 +157,23 @@ def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correct
               help="progress bar on stderr (default: when stderr is a terminal)")
 def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thresh,
                 thresh_report, nms, letterbox, json_path, save_detections, progress) -> None:
-    """Mean average precision of a model on a labelled data set."""
+    """Mean average precision of a model on a labelled data set.
+
+    Images (or label files) that cannot be read are named on stderr and left out of the
+    metrics; the exit code is then 1."""
     from .evaluate import MapOptions, run_map
 
     if names is not None:
         raise click.UsageError("map takes the class names from the .data file (names=)")
-    result = run_map(MapOptions(
+    opts = MapOptions(
         data=data, cfg=cfg, weights=weights, backend=backend, calibration=calibration,
         thresh=thresh, iou_thresh=iou_thresh, thresh_report=thresh_report, nms=nms,
         letterbox=letterbox, json_path=json_path, save_detections=save_detections,
-        progress=progress))
+        progress=progress)
+    result = run_map(opts)
     click.echo(result.format_table())
+    if opts.skipped:
+        sys.exit(1)
 
 
 def main() -> None:
@@ -184,6 +193,14 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except MemoryError:  # the cfg's bounds passed, but this machine (or its limits) has less
+        click.echo("yolo8: error: out of memory: the network and its batch need more memory "
+                   "than this process may use (a smaller width/height in the cfg?)", err=True)
+        sys.exit(EXIT_INPUT)
+    except OSError as exc:  # the system refused a file operation: disk full, permissions, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"yolo8: error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(EXIT_INPUT)
     except Exception:  # an internal bug: show everything, ask for a report
         traceback.print_exc()
         click.echo("yolo8: internal error (a bug in yolo8): please report it with the traceback "

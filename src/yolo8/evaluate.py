@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,9 @@ from .api import Model, load
 from .data import (GroundTruth, ImageDetections, read_data_file, read_ground_truth,
                    read_image_list, read_names)
 from .detect import coco_result
-from .errors import InputError
+from .errors import InputError, Yolo8Error
 from .metrics import MapResult, evaluate
-from .pipeline import batched, load_images
+from .pipeline import Item, batched, load_images
 from .postprocess import Detection
 from .progress import progress_bar
 
@@ -38,6 +37,7 @@ class MapOptions:
     save_detections: Path | None = None
     progress: bool | None = None  # None: when stderr is a terminal
     batch: int = 4
+    skipped: list[str] = field(default_factory=list)  # filled by run_map: images left out
 
 
 def _as_arrays(dets: list[Detection]) -> ImageDetections:
@@ -57,6 +57,27 @@ class _Collected:
     skipped: list[str]
 
 
+def _skip(out: _Collected, error: Yolo8Error) -> None:
+    """An image left out of the metrics (unreadable image or label file), named at once."""
+    log.warning("skipped: %s", error)
+    out.skipped.append(str(error))
+
+
+def _with_truths(batch: list[Item], difficult: list[Path] | None, classes: int, out: _Collected
+                 ) -> list[tuple[Item, GroundTruth]]:
+    """The batch's images whose ground truth reads; the others are skipped (a metric over
+    silently truncated labels could not be trusted, so a bad label file drops its image)."""
+    kept = []
+    for item in batch:
+        height, width = item.image.shape[:2]
+        hard = difficult[item.index] if difficult is not None else None
+        try:
+            kept.append((item, read_ground_truth(item.path, classes, width, height, hard)))
+        except InputError as exc:
+            _skip(out, exc)
+    return kept
+
+
 def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes: int,
          opts: MapOptions) -> _Collected:
     out = _Collected([], [], [], [], [])
@@ -65,18 +86,19 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
     with progress_bar(len(images), "map", opts.progress) as bar:
         for batch in batched(items, opts.batch):
             if batch[0].error is not None:
-                out.skipped.append(str(batch[0].error))
+                _skip(out, batch[0].error)
                 bar.update(1)
                 continue
-            blob = np.stack([item.prepared for item in batch])
-            sizes = [(item.image.shape[1], item.image.shape[0]) for item in batch]
-            found = model.detect_prepared(blob, sizes, opts.thresh, opts.nms, letterbox)
-            for item, size, dets in zip(batch, sizes, found):
-                hard = difficult[item.index] if difficult is not None else None
-                out.truths.append(read_ground_truth(item.path, classes, size[0], size[1], hard))
-                out.detections.append(_as_arrays(dets))
-                out.sizes.append(size)
-                out.results.extend(coco_result(d, str(item.path)) for d in dets)
+            kept = _with_truths(batch, difficult, classes, out)
+            if kept:
+                blob = np.stack([item.prepared for item, _ in kept])
+                sizes = [(item.image.shape[1], item.image.shape[0]) for item, _ in kept]
+                found = model.detect_prepared(blob, sizes, opts.thresh, opts.nms, letterbox)
+                for (item, truth), size, dets in zip(kept, sizes, found):
+                    out.truths.append(truth)
+                    out.detections.append(_as_arrays(dets))
+                    out.sizes.append(size)
+                    out.results.extend(coco_result(d, str(item.path)) for d in dets)
             bar.update(len(batch))
     return out
 
@@ -95,11 +117,13 @@ def run_map(opts: MapOptions) -> MapResult:
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")
     names = read_names(config.names) if config.names is not None else model.names
     got = _run(model, images, difficult, config.classes, opts)
-    if got.skipped:
-        print(f"yolo8: warning: {len(got.skipped)} of {len(images)} images could not be read and "
-              f"are left out of the metrics; first: {got.skipped[0]}", file=sys.stderr)
+    opts.skipped[:] = got.skipped
     if not got.truths:
-        raise InputError(f"none of the {len(images)} images listed could be read", path=config.valid)
+        raise InputError(f"none of the {len(images)} images listed could be read (with their "
+                         f"labels); first: {got.skipped[0]}", path=config.valid)
+    if got.skipped:
+        log.warning("%d of %d images could not be read (named above) and are left out of the "
+                    "metrics", len(got.skipped), len(images))
     result = evaluate(got.truths, got.detections, got.sizes, config.classes, opts.iou_thresh,
                       opts.thresh_report, names[:config.classes])
     if opts.json_path is not None:
@@ -112,5 +136,8 @@ def run_map(opts: MapOptions) -> MapResult:
 
 
 def _write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1))
+    except OSError as exc:
+        raise Yolo8Error(f"cannot write: {exc.strerror}", path=path) from None

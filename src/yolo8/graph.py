@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .darknet.cfg import Section, read_cfg
 from .errors import ConfigError
-from .layers import BUILDERS, HEAD_KINDS, BuildContext, Convolutional, Layer, Shape
+from .layers import BUILDERS, HEAD_KINDS, NETWORK_INPUT, BuildContext, Convolutional, Layer, Shape
+from .layers.base import MAX_LIVE_ELEMENTS, checked_shape
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def _parse_net(section: Section) -> NetParams:
     width = section.get_int("width", low=1, high=16384)
     height = section.get_int("height", low=1, high=16384)
     channels = section.get_int("channels", 3, low=1, high=64)
+    checked_shape(section, channels, height, width, "input")
     letterbox = bool(section.get_int("letter_box", 0, low=0, high=1))
     calibration = None
     if section.has("input_calibration"):
@@ -92,6 +94,33 @@ def _warn_unused(sections: list[Section]) -> None:
                             section.name)
 
 
+def _check_live_values(input_shape: Shape, layers: list[Layer], heads: list[int],
+                       path: str) -> None:
+    """Refuse a network that would hold more than MAX_LIVE_ELEMENTS values at once for one
+    image. Outputs are counted as the backends keep them: from the layer that makes them to
+    their last reader (heads and unread outputs to the end)."""
+    end = len(layers)
+    last_use = {NETWORK_INPUT: -1}
+    for layer in layers:
+        for source in layer.inputs:
+            last_use[source] = layer.index
+    for head in heads:
+        last_use[head] = end
+    freed_after: dict[int, list[int]] = {}
+    for source, last in last_use.items():
+        freed_after.setdefault(last, []).append(source)
+    size = {NETWORK_INPUT: input_shape.size} | {l.index: l.out_shape.size for l in layers}
+    live = input_shape.size
+    for layer in layers:
+        live += layer.out_shape.size  # its inputs are still held while it runs
+        if live > MAX_LIVE_ELEMENTS:
+            raise ConfigError(
+                f"[{layer.kind}] one image would need {live} layer-output values held at once here "
+                f"({live * 4 / (1 << 30):.1f} GiB), more than yolo8 accepts ({MAX_LIVE_ELEMENTS}): "
+                f"a smaller width/height in [net]?", path=path, line=layer.line)
+        live -= sum(size[i] for i in freed_after.get(layer.index, ()))
+
+
 def build_graph(sections: list[Section], path: str, text: str) -> Graph:
     net = _parse_net(sections[0])
     ctx = BuildContext(Shape(net.channels, net.height, net.width))
@@ -108,6 +137,7 @@ def build_graph(sections: list[Section], path: str, text: str) -> Graph:
     heads = [l.index for l in ctx.layers if isinstance(l, HEAD_KINDS)]
     if not heads:
         raise ConfigError("the cfg has no [yolo] or [region] layer, so it detects nothing", path=path)
+    _check_live_values(ctx.input_shape, ctx.layers, heads, path)
     classes = {ctx.layers[i].classes for i in heads}
     if len(classes) > 1:
         first = ctx.layers[heads[0]]

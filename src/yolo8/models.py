@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import zlib
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import ModelFetchError
 
@@ -78,8 +78,21 @@ def _download_sdist(workdir: Path) -> Path:
     return archives[0]
 
 
+def _safe_member_name(member: str) -> bool:
+    """A relative path inside the archive: no absolute path, no '..', no backslashes."""
+    parts = PurePosixPath(member).parts
+    return bool(parts) and not member.startswith("/") and "\\" not in member and ".." not in parts
+
+
 def extract_member(archive: Path, member: str, size: int, sha256: str, target: Path) -> None:
-    """Copy one regular file out of a .tar.gz into `target` atomically, checking size and hash."""
+    """Copy one regular file out of a .tar.gz into `target` atomically, checking size and hash.
+
+    Only `target` is ever written (never a path taken from the archive), through a temporary
+    file in the same folder that is renamed over it once the hash matches; on any failure or
+    interruption the temporary file is removed and `target` is left as it was.
+    """
+    if not _safe_member_name(member):
+        raise ModelFetchError(f"refusing archive member {member!r}: not a plain relative path")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     moved = False
@@ -107,8 +120,11 @@ def _copy_member(archive: Path, member: str, size: int, out) -> str:
         info = next((m for m in tar if m.name == member), None)
         if info is None:
             raise ModelFetchError(f"{archive.name} has no {member}")
-        if not info.isreg() or info.size != size:
-            raise ModelFetchError(f"{member} in {archive.name} is not a regular file of {size} bytes")
+        if not info.isreg():  # a symlink, hard link, device or folder: never followed
+            raise ModelFetchError(f"{member} in {archive.name} is not a regular file")
+        if info.size != size:
+            raise ModelFetchError(f"{member} in {archive.name} is {info.size} bytes, "
+                                  f"expected {size}")
         stream = tar.extractfile(info)
         copied = 0
         while chunk := stream.read(1 << 20):
@@ -117,6 +133,8 @@ def _copy_member(archive: Path, member: str, size: int, out) -> str:
                 raise ModelFetchError(f"{member} is longer than its header says")
             digest.update(chunk)
             out.write(chunk)
+        if copied != size:
+            raise ModelFetchError(f"{member} in {archive.name} ends after {copied} of {size} bytes")
     return digest.hexdigest()
 
 
@@ -135,17 +153,35 @@ def fetch_default_weights() -> Path:
     return target
 
 
-def default_weights() -> Path:
-    """Path of the cached default weights, fetching them if absent or of the wrong size.
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as src:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    The content hash is checked by the loader on every load (it hashes the file anyway);
-    see `yolo8.api.load`, which refetches when the cached file is corrupted.
-    """
-    path = cached_weights_path()
+
+def _cache_problem(path: Path) -> str | None:
+    """Why the cached weights cannot be trusted ("" when absent), None when they can."""
     try:
-        if path.stat().st_size == WEIGHTS_SIZE:
-            return path
-        _say(f"cached weights {path} have the wrong size; fetching them again")
+        if path.stat().st_size != WEIGHTS_SIZE:
+            return "have the wrong size"
+        if _file_sha256(path) != WEIGHTS_SHA256:
+            return "are corrupted (sha256 mismatch)"
     except FileNotFoundError:
-        pass
+        return ""
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None
+
+
+def default_weights() -> Path:
+    """Path of the cached default weights, verified (size and sha256, about 0.1 s), fetched
+    again when absent, of the wrong size or corrupted."""
+    path = cached_weights_path()
+    problem = _cache_problem(path)
+    if problem is None:
+        return path
+    if problem:
+        _say(f"cached weights {path} {problem}; fetching them again")
     return fetch_default_weights()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,30 @@ log = logging.getLogger(__name__)
 # Sanity bound on any integer in a cfg: larger values are typos, and refusing them early keeps
 # absurd networks from being allocated (1 << 20 covers any real width or filter count).
 MAX_INT = 1 << 20
+
+# Line ends as editors count them (not str.splitlines, which also breaks at form feeds,
+# U+2028 and friends and would shift every line number after them).
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_SHOWN = 60  # characters of a bad value or line quoted in a message
+
+
+def _show(text: str) -> str:
+    """A value or line as quoted in a message: cut short, so binary garbage stays one line."""
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
+
+
+def _fmt(value: float) -> str:
+    """A number for a message; ints stay exact (and huge ones are not converted to float)."""
+    if isinstance(value, int):
+        digits = str(value)
+        return digits if len(digits) <= 24 else f"{digits[:12]}... ({len(digits)} digits)"
+    return f"{value:g}"
+
+
+def _plain(raw: str) -> bool:
+    """darknet reads numbers with atoi/atof: ASCII only. Python's int() and float() would also
+    take '1_000' and non-ASCII digits, which darknet reads differently (as 1, as 0)."""
+    return raw.isascii() and "_" not in raw
 
 
 @dataclass
@@ -76,11 +101,13 @@ class Section:
                 raise self.error("is required", key)
             return default
         try:
-            value = float(raw)
+            value = float(raw) if _plain(raw) else None
         except ValueError:
-            raise self.error(f"expected a number, got '{raw}'", key) from None
+            value = None
+        if value is None:
+            raise self.error(f"expected a number, got '{_show(raw)}'", key)
         if not math.isfinite(value):
-            raise self.error(f"expected a finite number, got '{raw}'", key)
+            raise self.error(f"expected a finite number, got '{_show(raw)}'", key)
         self._check_range(key, value, low, high)
         return value
 
@@ -105,11 +132,13 @@ class Section:
         values = []
         for item in self._items(key, raw):
             try:
-                v = float(item)
+                v = float(item) if _plain(item) else None
             except ValueError:
-                raise self.error(f"expected a list of numbers, got '{raw}'", key) from None
+                v = None
+            if v is None:
+                raise self.error(f"expected a list of numbers, got '{_show(raw)}'", key)
             if not math.isfinite(v):
-                raise self.error(f"expected finite numbers, got '{raw}'", key)
+                raise self.error(f"expected finite numbers, got '{_show(raw)}'", key)
             values.append(v)
         return values
 
@@ -123,7 +152,8 @@ class Section:
         except ValueError:
             ok = False
         if not ok:
-            raise self.error(f"value '{raw}' is not supported by yolo8 (only {default:g})", key)
+            raise self.error(f"value '{_show(raw)}' is not supported by yolo8 (only {default:g})",
+                             key)
 
     def ignore(self, *keys: str) -> None:
         """Mark keys as known but irrelevant to inference (training settings)."""
@@ -140,52 +170,57 @@ class Section:
         if items and items[-1] == "":  # darknet tolerates a trailing comma
             items.pop()
         if not items or any(item == "" for item in items):
-            raise self.error(f"expected a comma-separated list, got '{raw}'", key)
+            raise self.error(f"expected a comma-separated list, got '{_show(raw)}'", key)
         return items
 
     def _parse_int(self, key: str, raw: str) -> int:
+        if not _plain(raw):
+            raise self.error(f"expected an integer, got '{_show(raw)}'", key)
         try:
             return int(raw)
-        except ValueError:
+        except ValueError:  # not an integer, or more digits than int() takes
             pass
         # darknet reads some ints with atof (e.g. "1.0"); accept integral floats only.
         try:
             f = float(raw)
         except ValueError:
-            raise self.error(f"expected an integer, got '{raw}'", key) from None
+            raise self.error(f"expected an integer, got '{_show(raw)}'", key) from None
         if not math.isfinite(f) or f != int(f):
-            raise self.error(f"expected an integer, got '{raw}'", key)
+            raise self.error(f"expected an integer, got '{_show(raw)}'", key)
         return int(f)
 
     def _check_range(self, key: str, value: float, low: float | None, high: float | None) -> None:
         if low is not None and value < low:
-            raise self.error(f"must be >= {low:g}, got {value:g}", key)
+            raise self.error(f"must be >= {_fmt(low)}, got {_fmt(value)}", key)
         if high is not None and value > high:
-            raise self.error(f"must be <= {high:g}, got {value:g}", key)
+            raise self.error(f"must be <= {_fmt(high)}, got {_fmt(value)}", key)
 
 
 def parse_cfg_text(text: str, path: str = "<cfg>") -> list[Section]:
     """Split cfg text into sections. Raises ConfigError on malformed lines."""
     sections: list[Section] = []
-    for number, raw_line in enumerate(text.splitlines(), start=1):
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark (Windows editors write one)
+    for number, raw_line in enumerate(_LINE_END.split(text), start=1):
         line = "".join(raw_line.split())  # darknet's strip(): all whitespace goes
         if not line or line[0] in "#;":
             continue
         if line[0] == "[":
             if not line.endswith("]") or len(line) < 3:
-                raise ConfigError(f"malformed section header '{raw_line.strip()}', expected '[name]'",
+                raise ConfigError(f"malformed section header '{_show(raw_line.strip())}', "
+                                  "expected '[name]'",
                                   path=path, line=number)
             sections.append(Section(line[1:-1].lower(), number, path))
             continue
         if "#" in line:
             line = line[: line.index("#")]
         if "=" not in line:
-            raise ConfigError(f"expected 'key=value', got '{raw_line.strip()}'", path=path, line=number)
+            raise ConfigError(f"expected 'key=value', got '{_show(raw_line.strip())}'", path=path,
+                              line=number)
         if not sections:
             raise ConfigError("option before the first [section]", path=path, line=number)
         key, value = line.split("=", 1)
         if not key:
-            raise ConfigError(f"missing key in '{raw_line.strip()}'", path=path, line=number)
+            raise ConfigError(f"missing key in '{_show(raw_line.strip())}'", path=path, line=number)
         section = sections[-1]
         if key in section.options:
             log.warning("%s:%d: '%s' repeated in [%s]; the last value is used",
@@ -208,7 +243,7 @@ def read_cfg(path: str | Path) -> tuple[str, list[Section]]:
     except OSError as exc:
         raise ConfigError(f"cannot read cfg file: {exc.strerror}", path=path) from None
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte order mark is dropped, not part of [net]
     except UnicodeDecodeError:
         raise ConfigError("is not a text file, expected a darknet .cfg file", path=path) from None
     if "\x00" in text:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from pathlib import Path
 
@@ -55,31 +56,47 @@ def _fold(layer: Convolutional, values: np.ndarray
     return folded, bias.astype(np.float32), output_scale
 
 
-def load_weights(graph: Graph, path: str | Path) -> str:
-    """Fill every conv layer's weights and bias from a darknet .weights file.
-
-    The file size must match the cfg exactly. Returns the file's sha256 (hex).
-    """
-    path = Path(path)
+def _read_checked(graph: Graph, path: Path) -> bytearray:
+    """The whole file, once its size is known to fit the cfg: a wrong file (a video, another
+    model's weights) is refused from its size and header, without reading it all."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            header = src.read(_HEADER.size)
+            if size < _HEADER.size + 4 or len(header) < _HEADER.size:
+                raise WeightsError(f"is {size} bytes, too short for a darknet weights header "
+                                   f"(expected {expected_size(graph, 0, 2)} bytes for "
+                                   f"{graph.path})", path=path)
+            major, minor, _revision = _HEADER.unpack(header)
+            expected = expected_size(graph, major, minor)
+            if size != expected:
+                which = "short" if size < expected else "long"
+                raise WeightsError(
+                    f"is {size} bytes but {graph.path} needs exactly {expected} "
+                    f"({size - expected:+d} bytes: too {which}); wrong weights for this cfg?",
+                    path=path)
+            data = bytearray(expected)  # read in place: no second copy of a large file
+            data[:_HEADER.size] = header
+            got = _HEADER.size + src.readinto(memoryview(data)[_HEADER.size:])
     except FileNotFoundError:
         raise WeightsError("weights file not found", path=path) from None
     except IsADirectoryError:
         raise WeightsError("is a directory, expected a darknet .weights file", path=path) from None
     except OSError as exc:
         raise WeightsError(f"cannot read weights file: {exc.strerror}", path=path) from None
-    if len(data) < _HEADER.size + 4:
-        raise WeightsError(f"is {len(data)} bytes, too short for a darknet weights header "
-                           f"(expected {expected_size(graph, 0, 2)} bytes for {graph.path})",
-                           path=path)
+    if got != expected:  # the file shrank while we read it
+        raise WeightsError(f"changed while being read (expected {expected} bytes)", path=path)
+    return data
+
+
+def load_weights(graph: Graph, path: str | Path) -> str:
+    """Fill every conv layer's weights and bias from a darknet .weights file.
+
+    The file size must match the cfg exactly. Returns the file's sha256 (hex).
+    """
+    path = Path(path)
+    data = _read_checked(graph, path)
     major, minor, _revision = _HEADER.unpack_from(data)
-    expected = expected_size(graph, major, minor)
-    if len(data) != expected:
-        which = "short" if len(data) < expected else "long"
-        raise WeightsError(
-            f"is {len(data)} bytes but {graph.path} needs exactly {expected} "
-            f"({len(data) - expected:+d} bytes: too {which}); wrong weights for this cfg?", path=path)
     values = np.frombuffer(data, dtype="<f4", offset=_HEADER.size + _seen_size(major, minor))
     offset = 0
     for layer in graph.convolutions():
@@ -90,8 +107,15 @@ def load_weights(graph: Graph, path: str | Path) -> str:
             raise WeightsError(f"layer {layer.index} ([convolutional] at cfg line {layer.line}) has "
                                f"non-finite values (NaN or inf): damaged file?", path=path)
         try:
-            layer.weights, layer.bias, layer.output_scale = _fold(layer, chunk)
+            with np.errstate(over="ignore"):  # checked just below, with the layer named
+                folded = _fold(layer, chunk)
         except ValueError as exc:
             raise WeightsError(f"layer {layer.index} ([convolutional] at cfg line {layer.line}): "
                                f"{exc}: damaged file?", path=path) from None
+        # Finite values can still fold to inf (a huge scale over a zero variance).
+        if not all(part is None or np.isfinite(part).all() for part in folded):
+            raise WeightsError(f"layer {layer.index} ([convolutional] at cfg line {layer.line}): "
+                               f"batch norm folds to values beyond float32: damaged file?",
+                               path=path)
+        layer.weights, layer.bias, layer.output_scale = folded
     return hashlib.sha256(data).hexdigest()

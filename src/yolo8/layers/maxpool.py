@@ -32,6 +32,7 @@ def build(section: Section, ctx: BuildContext) -> MaxPool:
         section.require_default(key, neutral)
     out_h = (in_shape.h + padding - size) // stride + 1
     out_w = (in_shape.w + padding - size) // stride + 1
-    return MaxPool(index=ctx.index, line=section.line, inputs=(prev,),
-                   out_shape=checked_shape(section, in_shape.c, out_h, out_w), in_shape=in_shape,
-                   size=size, stride=stride, padding=padding)
+    out_shape = checked_shape(section, in_shape.c, out_h, out_w)
+    ctx.charge(section, work=out_shape.size * size * size)
+    return MaxPool(index=ctx.index, line=section.line, inputs=(prev,), out_shape=out_shape,
+                   in_shape=in_shape, size=size, stride=stride, padding=padding)
