@@ -523,9 +523,6 @@ def _png_claiming(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * (3 * width + 1))) + chunk(b"IEND", b""))
 
 
-@pytest.mark.xfail(strict=True, reason="OpenCV raises cv2.error for an image above its pixel "
-                   "limit; preprocess.read_image (not this task's file) must turn it into an "
-                   "InputError. Remove this mark with that fix.")
 def test_an_image_claiming_too_many_pixels_is_skipped(kit: Kit):
     bomb = kit.write_bytes("bomb/huge.png", _png_claiming(100_000, 100_000))
     data = kit.data_set("bomb-set", {"a.jpg": kit.photo, "huge.png": bomb})

@@ -24,7 +24,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError("is a directory, expected an image file", path=path) from None
     except OSError as exc:
         raise InputError(f"cannot read image: {exc.strerror}", path=path) from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV allows
+        raise InputError("cannot be decoded: OpenCV refused its header (image too large or "
+                         "damaged)", path=path) from None
     if image is None:
         raise InputError("is not an image OpenCV can decode (expected JPEG, PNG, BMP, ...)", path=path)
     return image

@@ -63,7 +63,16 @@ def resolve_calibration(graph: Graph, model_id: str, calibration: str | Path | N
     cal = Calibration.load(path)
     cal.check_model(model_id, path)
     corrections = {k: np.asarray(v, dtype=np.float32) for k, v in cal.bias_corrections.items()}
+    check_corrections(graph, corrections, path)
     return dict(cal.thresholds), corrections, str(path)
+
+
+def check_corrections(graph: Graph, corrections: Corrections, path: str | Path | None = None) -> None:
+    for index, values in corrections.items():
+        layer = graph.layers[index] if 0 <= index < len(graph.layers) else None
+        if not isinstance(layer, Convolutional) or len(values) != layer.filters:
+            raise CalibrationError(f"bias correction for layer {index} does not fit the model",
+                                   path=path)
 
 
 def _int8_conv(layer: Convolutional, multiplier: float, correction: np.ndarray | None) -> Op:
@@ -81,10 +90,7 @@ def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections |
     """Compile `graph` with INT8 convolutions using per-layer input thresholds and (optional)
     per-channel bias corrections."""
     corrections = corrections or {}
-    for index, values in corrections.items():
-        layer = graph.layers[index] if 0 <= index < len(graph.layers) else None
-        if not isinstance(layer, Convolutional) or len(values) != layer.filters:
-            raise CalibrationError(f"bias correction for layer {index} does not fit the model")
+    check_corrections(graph, corrections)
     wanted = int8_layers(graph)
     missing = [i for i in wanted if i not in thresholds]
     if missing:
