@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -11,9 +12,9 @@ import numpy as np
 
 from . import models
 from .backends import get_backend
-from .darknet.weights import load_weights
+from .darknet.weights import WeightsDigestError, load_weights
 from .data import read_names
-from .errors import ConfigError, InputError, ModelFetchError, Yolo8Error
+from .errors import ConfigError, InputError, Yolo8Error
 from .graph import Graph, load_graph
 from .layers import Region, Yolo
 from .postprocess import Detection, detections_from_heads
@@ -122,12 +123,14 @@ def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
 
 
 def _load_default_weights(graph: Graph) -> str:
-    path = models.default_weights()  # verified against its sha256, fetched again if corrupted
-    digest = load_weights(graph, path)
-    if digest != models.WEIGHTS_SHA256:  # replaced between the check and the read
-        raise ModelFetchError(f"the cached weights changed while being loaded (sha256 {digest}, "
-                              f"expected {models.WEIGHTS_SHA256}); try again", path=path)
-    return digest
+    """The cached weights, hashed once while read; a corrupted cache is fetched again."""
+    path = models.default_weights(verify=False)
+    try:
+        return load_weights(graph, path, models.WEIGHTS_SHA256)
+    except WeightsDigestError:
+        print(f"yolo8: cached weights {path} are corrupted (sha256 mismatch); fetching them again",
+              file=sys.stderr, flush=True)
+    return load_weights(graph, models.fetch_default_weights(), models.WEIGHTS_SHA256)
 
 
 def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: str = "fp32",

@@ -161,12 +161,12 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _cache_problem(path: Path) -> str | None:
+def _cache_problem(path: Path, verify: bool) -> str | None:
     """Why the cached weights cannot be trusted ("" when absent), None when they can."""
     try:
         if path.stat().st_size != WEIGHTS_SIZE:
             return "have the wrong size"
-        if _file_sha256(path) != WEIGHTS_SHA256:
+        if verify and _file_sha256(path) != WEIGHTS_SHA256:
             return "are corrupted (sha256 mismatch)"
     except FileNotFoundError:
         return ""
@@ -175,11 +175,12 @@ def _cache_problem(path: Path) -> str | None:
     return None
 
 
-def default_weights() -> Path:
-    """Path of the cached default weights, verified (size and sha256, about 0.1 s), fetched
-    again when absent, of the wrong size or corrupted."""
+def default_weights(verify: bool = True) -> Path:
+    """Path of the cached default weights, verified (size, and sha256 unless the caller
+    checks it while reading, as `yolo8.load` does), fetched again when absent, of the
+    wrong size or corrupted."""
     path = cached_weights_path()
-    problem = _cache_problem(path)
+    problem = _cache_problem(path, verify)
     if problem is None:
         return path
     if problem:

@@ -34,88 +34,111 @@ def _fold(layer: Convolutional, values: np.ndarray
     batch norm's per-channel factor as output_scale instead: darknet binarizes the raw
     weights (w == 0 -> -mean|w|), and folding a negative scale first would flip that case."""
     n = layer.filters
-    bias = values[:n].astype(np.float64)
+    bias = values[:n].astype(np.float32)  # float32 maths, as darknet's own normalisation
     offset = n
     cin = layer.in_shape.c // layer.groups
     weights = values[offset + (3 * n if layer.batch_normalize else 0):]
-    weights = weights.reshape(n, cin, layer.size, layer.size).astype(np.float64)
+    weights = weights.reshape(n, cin, layer.size, layer.size)
     output_scale = None
     if layer.batch_normalize:
-        scale, mean, var = (values[offset + i * n: offset + (i + 1) * n].astype(np.float64)
+        scale, mean, var = (values[offset + i * n: offset + (i + 1) * n].astype(np.float32)
                             for i in range(3))
         if (var < 0).any():
             raise ValueError("negative rolling variance")
-        k = scale / (np.sqrt(var) + 1e-6)
+        k = scale / (np.sqrt(var) + np.float32(1e-6))
         bias = bias - mean * k
         if layer.xnor:
-            output_scale = k.astype(np.float32)
-        else:
-            weights = weights * k[:, None, None, None]
-    # darknet (Cout, Cin, kh, kw) -> ours (Cout, kh, kw, Cin): channels innermost for NHWC.
-    folded = np.ascontiguousarray(weights.transpose(0, 2, 3, 1), dtype=np.float32)
-    return folded, bias.astype(np.float32), output_scale
+            output_scale = k
+    # darknet (Cout, Cin, kh, kw) -> ours (Cout, kh, kw, Cin): channels innermost for NHWC;
+    # transposed and scaled in one pass, into one new array.
+    folded = np.empty((n, layer.size, layer.size, cin), dtype=np.float32)
+    if layer.batch_normalize and not layer.xnor:
+        np.multiply(weights.transpose(0, 2, 3, 1), k[:, None, None, None], out=folded)
+    else:
+        folded[...] = weights.transpose(0, 2, 3, 1)
+    return folded, bias, output_scale
 
 
-def _read_checked(graph: Graph, path: Path) -> bytearray:
-    """The whole file, once its size is known to fit the cfg: a wrong file (a video, another
-    model's weights) is refused from its size and header, without reading it all."""
+def _check_size(graph: Graph, path: Path, src) -> int:
+    """The offset of the first float, once the file's size is known to fit the cfg: a wrong
+    file (a video, another model's weights) is refused from its size and header alone."""
+    size = os.fstat(src.fileno()).st_size
+    header = src.read(_HEADER.size)
+    if size < _HEADER.size + 4 or len(header) < _HEADER.size:
+        raise WeightsError(f"is {size} bytes, too short for a darknet weights header "
+                           f"(expected {expected_size(graph, 0, 2)} bytes for {graph.path})",
+                           path=path)
+    major, minor, _revision = _HEADER.unpack(header)
+    expected = expected_size(graph, major, minor)
+    if size != expected:
+        which = "short" if size < expected else "long"
+        raise WeightsError(f"is {size} bytes but {graph.path} needs exactly {expected} "
+                           f"({size - expected:+d} bytes: too {which}); wrong weights for this "
+                           f"cfg?", path=path)
+    return _HEADER.size + _seen_size(major, minor)
+
+
+def _sha256(src) -> str:
+    src.seek(0)
+    digest = hashlib.sha256()
+    while chunk := src.read(1 << 22):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+class WeightsDigestError(WeightsError):
+    """The file is not the one expected (its sha256 differs)."""
+
+
+def _load_layer(layer: Convolutional, src, path: Path) -> None:
+    count = layer.weight_floats()
+    chunk = np.fromfile(src, dtype="<f4", count=count)
+    if len(chunk) != count:  # the file shrank while we read it
+        raise WeightsError("changed while being read", path=path)
+    where = f"layer {layer.index} ([convolutional] at cfg line {layer.line})"
+    if not np.isfinite(chunk).all():
+        raise WeightsError(f"{where} has non-finite values (NaN or inf): damaged file?", path=path)
+    try:
+        with np.errstate(over="ignore"):  # checked just below, with the layer named
+            folded = _fold(layer, chunk)
+    except ValueError as exc:
+        raise WeightsError(f"{where}: {exc}: damaged file?", path=path) from None
+    # Finite values can still fold to inf (a huge scale over a zero variance).
+    if not all(part is None or np.isfinite(part).all() for part in folded):
+        raise WeightsError(f"{where}: batch norm folds to values beyond float32: damaged file?",
+                           path=path)
+    layer.weights, layer.bias, layer.output_scale = folded
+
+
+def load_weights(graph: Graph, path: str | Path, expected_sha256: str | None = None) -> str:
+    """Fill every conv layer's weights and bias from a darknet .weights file.
+
+    The file size must match the cfg exactly; with `expected_sha256`, so must its hash
+    (checked before any value is used). Returns the file's sha256 (hex).
+    """
+    path = Path(path)
     try:
         with path.open("rb") as src:
-            size = os.fstat(src.fileno()).st_size
-            header = src.read(_HEADER.size)
-            if size < _HEADER.size + 4 or len(header) < _HEADER.size:
-                raise WeightsError(f"is {size} bytes, too short for a darknet weights header "
-                                   f"(expected {expected_size(graph, 0, 2)} bytes for "
-                                   f"{graph.path})", path=path)
-            major, minor, _revision = _HEADER.unpack(header)
-            expected = expected_size(graph, major, minor)
-            if size != expected:
-                which = "short" if size < expected else "long"
-                raise WeightsError(
-                    f"is {size} bytes but {graph.path} needs exactly {expected} "
-                    f"({size - expected:+d} bytes: too {which}); wrong weights for this cfg?",
-                    path=path)
-            data = bytearray(expected)  # read in place: no second copy of a large file
-            data[:_HEADER.size] = header
-            got = _HEADER.size + src.readinto(memoryview(data)[_HEADER.size:])
+            # Hashed in chunks, then read layer by layer: no copy of the whole file is ever
+            # held (the peak is the folded weights plus one layer). A file that must have a
+            # given hash is checked before anything else (even its header could be damaged);
+            # any other file is first checked by its size, so a wrong large file is not read.
+            if expected_sha256 is not None:
+                digest = _sha256(src)
+                if digest != expected_sha256:
+                    raise WeightsDigestError(f"has sha256 {digest}, expected {expected_sha256}",
+                                             path=path)
+                src.seek(0)
+            first = _check_size(graph, path, src)
+            if expected_sha256 is None:
+                digest = _sha256(src)
+            src.seek(first)
+            for layer in graph.convolutions():
+                _load_layer(layer, src, path)
     except FileNotFoundError:
         raise WeightsError("weights file not found", path=path) from None
     except IsADirectoryError:
         raise WeightsError("is a directory, expected a darknet .weights file", path=path) from None
     except OSError as exc:
         raise WeightsError(f"cannot read weights file: {exc.strerror}", path=path) from None
-    if got != expected:  # the file shrank while we read it
-        raise WeightsError(f"changed while being read (expected {expected} bytes)", path=path)
-    return data
-
-
-def load_weights(graph: Graph, path: str | Path) -> str:
-    """Fill every conv layer's weights and bias from a darknet .weights file.
-
-    The file size must match the cfg exactly. Returns the file's sha256 (hex).
-    """
-    path = Path(path)
-    data = _read_checked(graph, path)
-    major, minor, _revision = _HEADER.unpack_from(data)
-    values = np.frombuffer(data, dtype="<f4", offset=_HEADER.size + _seen_size(major, minor))
-    offset = 0
-    for layer in graph.convolutions():
-        count = layer.weight_floats()
-        chunk = values[offset: offset + count]
-        offset += count
-        if not np.isfinite(chunk).all():
-            raise WeightsError(f"layer {layer.index} ([convolutional] at cfg line {layer.line}) has "
-                               f"non-finite values (NaN or inf): damaged file?", path=path)
-        try:
-            with np.errstate(over="ignore"):  # checked just below, with the layer named
-                folded = _fold(layer, chunk)
-        except ValueError as exc:
-            raise WeightsError(f"layer {layer.index} ([convolutional] at cfg line {layer.line}): "
-                               f"{exc}: damaged file?", path=path) from None
-        # Finite values can still fold to inf (a huge scale over a zero variance).
-        if not all(part is None or np.isfinite(part).all() for part in folded):
-            raise WeightsError(f"layer {layer.index} ([convolutional] at cfg line {layer.line}): "
-                               f"batch norm folds to values beyond float32: damaged file?",
-                               path=path)
-        layer.weights, layer.bias, layer.output_scale = folded
-    return hashlib.sha256(data).hexdigest()
+    return digest
