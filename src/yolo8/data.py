@@ -22,7 +22,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from yolo8.errors import InputError
+from yolo8.errors import InputError, reading
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,10 @@ class ImageDetections:
 def _read_lines(path: Path, what: str) -> list[str]:
     """The lines of a text file without line ends (LF or CRLF, optional UTF-8 BOM)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{what} not found", path=path) from None
-    except IsADirectoryError:
-        raise InputError(f"expected a {what}, found a folder", path=path) from None
+        with reading(path, what, InputError):
+            text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{what} is not UTF-8 text ({exc.reason})", path=path) from None
-    except OSError as exc:
-        raise InputError(f"cannot read {what}: {exc.strerror}", path=path) from None
     return text.splitlines()
 
 

@@ -5,6 +5,8 @@ else that escapes is an internal bug and is reported as such (with a traceback).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from os import PathLike
 
 
@@ -58,3 +60,16 @@ class CalibrationError(Yolo8Error):
 
 class ModelFetchError(Yolo8Error):
     """The default model could not be fetched or verified."""
+
+
+@contextmanager
+def reading(path: str | PathLike, what: str, error: type[Yolo8Error]) -> Iterator[None]:
+    """Turn the system's refusals to read `path` into one `error` naming it and what it is."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise error(f"{what} not found", path=path) from None
+    except IsADirectoryError:
+        raise error(f"is a directory, expected a {what}", path=path) from None
+    except OSError as exc:
+        raise error(f"cannot read {what}: {exc.strerror}", path=path) from None

@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, reading
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -16,14 +16,8 @@ def read_image(path: str | Path) -> np.ndarray:
     (a PNG named .jpg is fine).
     """
     path = Path(path)
-    try:
+    with reading(path, "image", InputError):
         data = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise InputError("image not found", path=path) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, expected an image file", path=path) from None
-    except OSError as exc:
-        raise InputError(f"cannot read image: {exc.strerror}", path=path) from None
     try:
         image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     except cv2.error:  # e.g. a header claiming more pixels than OpenCV allows

@@ -16,7 +16,7 @@ def conv(layer: Convolutional, graph: Graph) -> Op:
     if layer.xnor:
         return xnor_conv(layer)
     return Fp32Conv(layer.weights, layer.bias, layer.stride, layer.pad, layer.groups,
-                    layer.activation_code)
+                    layer.activation_code, out_hw=(layer.out_shape.h, layer.out_shape.w))
 
 
 def xnor_conv(layer: Convolutional) -> Op:
@@ -99,20 +99,26 @@ def _logistic(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
+def _box_part(x: np.ndarray, anchors: int) -> tuple[np.ndarray, np.ndarray]:
+    """A head's input viewed per anchor (N, H, W, A, entries), and its output with darknet's
+    box activations done: logistic x, y; raw w, h. The caller fills objectness and classes."""
+    n, h, w, _ = x.shape
+    v = x.reshape(n, h, w, anchors, -1)
+    out = np.empty_like(v)
+    out[..., :2] = _logistic(v[..., :2])
+    out[..., 2:4] = v[..., 2:4]
+    return v, out
+
+
 def yolo(layer: Yolo, graph: Graph) -> Op:
     """darknet's forward_yolo_layer at inference: logistic on everything but w and h, then
     x, y scaled by scale_x_y about the cell centre (AlexeyAB)."""
-    per = 5 + layer.classes
     a = layer.num_anchors
     scale = np.float32(layer.scale_x_y)
     shift = np.float32(-0.5 * (layer.scale_x_y - 1))
 
     def head(x: np.ndarray) -> np.ndarray:
-        n, h, w, _ = x.shape
-        v = x.reshape(n, h, w, a, per)
-        out = np.empty_like(v)
-        out[..., 2:4] = v[..., 2:4]
-        out[..., :2] = _logistic(v[..., :2])
+        v, out = _box_part(x, a)
         out[..., 4:] = _logistic(v[..., 4:])
         if layer.scale_x_y != 1:
             out[..., :2] = out[..., :2] * scale + shift
@@ -122,15 +128,10 @@ def yolo(layer: Yolo, graph: Graph) -> Op:
 
 def region(layer: Region, graph: Graph) -> Op:
     """darknet's forward_region_layer at inference: logistic x, y, objectness; softmax classes."""
-    per = layer.coords + 1 + layer.classes
     a = layer.num_anchors
 
     def head(x: np.ndarray) -> np.ndarray:
-        n, h, w, _ = x.shape
-        v = x.reshape(n, h, w, a, per)
-        out = np.empty_like(v)
-        out[..., 2:4] = v[..., 2:4]
-        out[..., :2] = _logistic(v[..., :2])
+        v, out = _box_part(x, a)
         out[..., 4] = _logistic(v[..., 4])
         classes = v[..., 5:]
         if layer.softmax:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reading
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +234,8 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> list[Section]:
 def read_cfg(path: str | Path) -> tuple[str, list[Section]]:
     """Read a cfg file. Returns its text (for fingerprints and --cfg-out) and its sections."""
     path = Path(path)
-    try:
+    with reading(path, "cfg file", ConfigError):
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("cfg file not found", path=path) from None
-    except IsADirectoryError:
-        raise ConfigError("is a directory, expected a darknet .cfg file", path=path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read cfg file: {exc.strerror}", path=path) from None
     try:
         text = data.decode("utf-8-sig")  # a byte order mark is dropped, not part of [net]
     except UnicodeDecodeError:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WeightsError
+from ..errors import WeightsError, reading
 from ..graph import Graph
 from ..layers import Convolutional
 
@@ -117,28 +117,21 @@ def load_weights(graph: Graph, path: str | Path, expected_sha256: str | None = N
     (checked before any value is used). Returns the file's sha256 (hex).
     """
     path = Path(path)
-    try:
-        with path.open("rb") as src:
-            # Hashed in chunks, then read layer by layer: no copy of the whole file is ever
-            # held (the peak is the folded weights plus one layer). A file that must have a
-            # given hash is checked before anything else (even its header could be damaged);
-            # any other file is first checked by its size, so a wrong large file is not read.
-            if expected_sha256 is not None:
-                digest = _sha256(src)
-                if digest != expected_sha256:
-                    raise WeightsDigestError(f"has sha256 {digest}, expected {expected_sha256}",
-                                             path=path)
-                src.seek(0)
-            first = _check_size(graph, path, src)
-            if expected_sha256 is None:
-                digest = _sha256(src)
-            src.seek(first)
-            for layer in graph.convolutions():
-                _load_layer(layer, src, path)
-    except FileNotFoundError:
-        raise WeightsError("weights file not found", path=path) from None
-    except IsADirectoryError:
-        raise WeightsError("is a directory, expected a darknet .weights file", path=path) from None
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights file: {exc.strerror}", path=path) from None
+    # Hashed in chunks, then read layer by layer: no copy of the whole file is ever held (the
+    # peak is the folded weights plus one layer). A file that must have a given hash is
+    # checked before anything else (even its header could be damaged); any other file is
+    # first checked by its size, so a wrong large file is not read at all.
+    with reading(path, "weights file", WeightsError), path.open("rb") as src:
+        if expected_sha256 is not None:
+            digest = _sha256(src)
+            if digest != expected_sha256:
+                raise WeightsDigestError(f"has sha256 {digest}, expected {expected_sha256}",
+                                         path=path)
+            src.seek(0)
+        first = _check_size(graph, path, src)
+        if expected_sha256 is None:
+            digest = _sha256(src)
+        src.seek(first)
+        for layer in graph.convolutions():
+            _load_layer(layer, src, path)
     return digest
