@@ -5,6 +5,9 @@ import hashlib
 import logging
 import math
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +24,25 @@ from .postprocess import Detection, detections_from_heads
 from .preprocess import to_blob
 
 log = logging.getLogger(__name__)
+notices = logging.getLogger("yolo8.notice")  # progress notes; the CLI shows them on stderr
+
+# The numba kernels are compiled for the CPU on the first run (~10-15 s) and loaded from
+# numba's cache afterwards (a first forward then takes well under a second).
+COMPILE_NOTICE = ("compiling the numba kernels for this CPU (first run only, about 10-20 s; "
+                  "they are cached for the next runs) ...")
+COMPILE_NOTICE_AFTER = 1.5
+
+
+@contextmanager
+def _notice_if_slow(message: str, after: float) -> Iterator[None]:
+    """Log `message` if the block is still running after `after` seconds."""
+    timer = threading.Timer(after, notices.info, args=(message,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 PathLike = str | Path
 
@@ -38,6 +60,7 @@ class Model:
         self.heads: list[Yolo | Region] = [graph.layers[i] for i in graph.heads]
         self.program = None  # set by load()
         self._warned_non_finite = False
+        self._first_run = True
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -51,7 +74,12 @@ class Model:
 
     def forward_nhwc(self, x: np.ndarray) -> list[np.ndarray]:
         """NHWC float32 RGB [0, 1] batch -> head outputs in NHWC."""
-        return self.program.run(np.ascontiguousarray(x, dtype=np.float32))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self._first_run:
+            self._first_run = False
+            with _notice_if_slow(COMPILE_NOTICE, after=COMPILE_NOTICE_AFTER):
+                return self.program.run(x)
+        return self.program.run(x)
 
     def forward(self, blob: np.ndarray) -> list[np.ndarray]:
         """darknet's view: blob (N, 3, H, W) float32 RGB in [0, 1] -> one array per

@@ -16,6 +16,8 @@ EXIT_BUG = 70   # an internal error (EX_SOFTWARE)
 
 class _OneLine(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        if record.name == "yolo8.notice":
+            return f"yolo8: {record.getMessage()}"
         return f"yolo8: {record.levelname.lower()}: {record.getMessage()}"
 
 
@@ -26,6 +28,7 @@ def _setup_logging(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     root.propagate = False
+    logging.getLogger("yolo8.notice").setLevel(logging.INFO)  # e.g. "compiling kernels ..."
 
 
 model_options = [
