@@ -1,192 +1,169 @@
-"""FP32 convolution in NHWC: im2col (numba) + sgemm (numpy's BLAS) + fused bias/activation.
+"""FP32 convolution in NHWC: implicit GEMM or Winograd, bias and activation fused.
 
-1x1 stride-1 convolutions skip im2col: an NHWC tensor already is the (pixels, channels)
-matrix. Rows are processed in chunks so that the im2col buffer stays cache-sized and memory
-stays bounded for large inputs and batches. Layers that read few values per output pixel
-(the first layer: 3x3x3 = 27) run a direct convolution instead: im2col would write 27 floats
-per pixel for a GEMM too thin to use BLAS well, while the direct loop keeps a pixel's output
-channels in vector registers.
+Two ways, chosen per layer when the weights are prepared (`choose_method`):
+
+* "gemm": an implicit GEMM (gemm_fp32). The input is copied once into a zero-padded NHWC
+  buffer (none when pad = 0) and the FMA micro-kernel reads every kernel tap straight from
+  it: no im2col matrix. Bias and activation are applied to each tile as it is stored.
+* "winograd4" / "winograd2": 3x3 stride-1 layers by Winograd F(m x m, 3 x 3) (winograd.py),
+  4x (m = 4) or 2.25x (m = 2) fewer multiply-adds than the direct sum, at the price of
+  4x (m = 4) or 16/9x (m = 2) the weights' memory (see `choose_method`).
+
+There is no "direct" kernel for thin layers any more: the implicit GEMM runs the first layer
+(3 -> 16 channels, K = 27) at vector speed (one zmm of 16 output channels per pixel row of
+the tile, 24 pixels per tile), faster than the old direct loop and than im2col + sgemm.
+
+`conv2d_reference` (plain numpy, float64) is what the tests compare both with.
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 from numba import njit, prange
 
-from .activations import LEAKY, activate, activate_numpy
+from .activations import activate_numpy
+from .gemm_fp32 import PackedWeights, run_gemm_tiles
+from .winograd import WinogradWeights, conv3x3_winograd
 
-# Floats in one im2col chunk: 2**21 floats = 8 MiB, well inside L3, big enough for sgemm.
-_CHUNK_FLOATS = 1 << 21
+logger = logging.getLogger(__name__)
+
+METHODS = ("auto", "gemm", "winograd2", "winograd4")
+
+# Winograd F(4x4) keeps (4x4+2)^2 = 36 transformed values per 3x3 filter (4x the weights),
+# F(2x2) 16 (16/9x). F(4x4) is faster, F(2x2) lighter: F(4x4) is used while its weights stay
+# below this size, F(2x2) above (yolov3-tiny: F(4x4) up to 128 -> 256 channels, F(2x2) from
+# 256 -> 512 on; every weight of the model in F(4x4) would cost ~100 MB more memory).
+WINOGRAD4_MAX_BYTES = 8 << 20
+# Below this many F(2x2) tiles per image the transformed weights would be read for too few
+# pixels (and the transforms' cost would not pay back): the implicit GEMM is used.
+WINOGRAD_MIN_TILES = 9
+# The implicit GEMM's zero-padded copy of its input holds at most this many floats (4 MiB) or
+# one image: a batch is padded and multiplied a few images at a time.
+_PAD_CHUNK_FLOATS = 1 << 20
 
 
 def output_size(size_in: int, size: int, stride: int, pad: int) -> int:
     return (size_in + 2 * pad - size) // stride + 1
 
 
-@njit(parallel=True, cache=True)
-def _im2col(x, size, stride, pad, c0, cg, ho, wo, row0, cols):
-    """cols[r, (ky*size + kx)*cg + c] = x[n, oy*stride - pad + ky, ox*stride - pad + kx, c0 + c]
-    for output pixel row0 + r (flattened over n, oy, ox); zero outside the image."""
-    h, w = x.shape[1], x.shape[2]
-    for r in prange(cols.shape[0]):
-        m = row0 + r
-        n = m // (ho * wo)
-        oy = (m // wo) % ho
-        ox = m % wo
-        for ky in range(size):
-            iy = oy * stride - pad + ky
-            for kx in range(size):
-                ix = ox * stride - pad + kx
-                base = (ky * size + kx) * cg
-                if 0 <= iy < h and 0 <= ix < w:
-                    for c in range(cg):
-                        cols[r, base + c] = x[n, iy, ix, c0 + c]
-                else:
-                    for c in range(cg):
-                        cols[r, base + c] = 0.0
-
-
-# Direct convolution when a pixel reads at most this many values (kh * kw * cin).
-DIRECT_MAX_PATCH = 32
+def choose_method(size: int, stride: int, groups: int, cin_g: int, cout: int,
+                  out_hw: tuple[int, int] | None) -> str:
+    """The method for a layer: Winograd for 3x3 stride-1 ungrouped layers with at least 8
+    input channels (the GEMMs' K) and enough output tiles, F(4x4) while its transformed
+    weights stay small (WINOGRAD4_MAX_BYTES), else F(2x2); the implicit GEMM otherwise.
+    out_hw is the output map of one image, or None when unknown."""
+    if size != 3 or stride != 1 or groups != 1 or cin_g < 8:
+        return "gemm"
+    if out_hw is not None and -(-out_hw[0] // 2) * -(-out_hw[1] // 2) < WINOGRAD_MIN_TILES:
+        return "gemm"
+    return "winograd4" if 36 * cin_g * cout * 4 <= WINOGRAD4_MAX_BYTES else "winograd2"
 
 
 @njit(parallel=True, cache=True)
-def _direct_conv(x, w, bias, size, stride, pad, code, out):
-    """out[b, oy, ox, :] = activate(bias + sum over valid taps of x[b, iy, ix, c] * w[ky, kx, c, :]).
-
-    One output row at a time, accumulated in a (wo, cout) buffer that stays in L1: for each
-    tap, the valid output columns are computed once (no per-pixel border tests), and the
-    innermost loop runs over the output channels (w laid out (size, size, cin, cout))."""
-    h, wd, cin = x.shape[1], x.shape[2], x.shape[3]
-    ho, wo, cout = out.shape[1], out.shape[2], out.shape[3]
-    slope = np.float32(0.1)
-    for job in prange(out.shape[0] * ho):
-        b = job // ho
-        oy = job % ho
-        acc = np.empty((wo, cout), np.float32)
-        for ox in range(wo):
-            acc[ox, :] = bias
-        for ky in range(size):
-            iy = oy * stride - pad + ky
-            if iy < 0 or iy >= h:
-                continue
-            for kx in range(size):
-                first = max(0, -((kx - pad) // stride))       # ox*stride - pad + kx >= 0
-                last = min(wo, (wd - 1 + pad - kx) // stride + 1)  # ... <= wd - 1
-                for ci in range(cin):
-                    for ox in range(first, last):
-                        v = x[b, iy, ox * stride - pad + kx, ci]
-                        # blocks of 16 with a constant trip count: one zmm multiply-add
-                        for c0 in range(0, cout - 15, 16):
-                            for co in range(16):
-                                acc[ox, c0 + co] += v * w[ky, kx, ci, c0 + co]
-                        for co in range(cout - cout % 16, cout):
-                            acc[ox, co] += v * w[ky, kx, ci, co]
-        if code == LEAKY:
-            for ox in range(wo):
-                for co in range(cout):
-                    a = acc[ox, co]
-                    out[b, oy, ox, co] = a if a > 0 else slope * a
-        else:
-            for ox in range(wo):
-                for co in range(cout):
-                    out[b, oy, ox, co] = activate(acc[ox, co], code)
-
-
-@njit(parallel=True, cache=True)
-def _bias_activation(out, bias, code):
-    """In place on a (rows, channels) block: out = activate(out + bias)."""
-    for r in prange(out.shape[0]):
-        for c in range(out.shape[1]):
-            out[r, c] = activate(out[r, c] + bias[c], code)
-
-
-@njit(parallel=True, cache=True)
-def _bias_leaky(out, bias):
-    """The common case written so LLVM vectorises it (a select, no call, no code branch)."""
-    slope = np.float32(0.1)
-    for r in prange(out.shape[0]):
-        for c in range(out.shape[1]):
-            v = out[r, c] + bias[c]
-            out[r, c] = v if v > 0 else slope * v
-
-
-def bias_activation(out: np.ndarray, bias: np.ndarray, code: int) -> None:
-    """Fused epilogue, in place on a float32 (rows, channels) block: activate(out + bias)."""
-    if out.ndim != 2 or out.dtype != np.float32 or bias.shape != (out.shape[1],):
-        raise ValueError("bias_activation expects a float32 (rows, channels) block and a bias per channel")
-    bias = bias.astype(np.float32, copy=False)
-    if code == LEAKY:
-        _bias_leaky(out, bias)
-    else:
-        _bias_activation(out, bias, code)
-
-
-def im2col(x: np.ndarray, size: int, stride: int, pad: int, c0: int = 0, cg: int | None = None,
-           row0: int = 0, rows: int | None = None) -> np.ndarray:
-    """im2col of an NHWC float32 tensor (channels c0..c0+cg), rows row0..row0+rows."""
-    if x.ndim != 4 or x.dtype != np.float32:
-        raise ValueError("im2col expects an NHWC float32 array")
+def _pad_copy(x, pad, xp):
+    """xp[:, pad:pad+h, pad:pad+w] = x; xp's border is zero already and never written."""
     n, h, w, c = x.shape
-    cg = c - c0 if cg is None else cg
-    ho, wo = output_size(h, size, stride, pad), output_size(w, size, stride, pad)
-    rows = n * ho * wo - row0 if rows is None else rows
-    cols = np.empty((rows, size * size * cg), dtype=np.float32)
-    _im2col(x, size, stride, pad, c0, cg, ho, wo, row0, cols)
-    return cols
+    for r in prange(n * h):
+        img = r // h
+        y = r - img * h
+        src = x[img, y].reshape(w * c)
+        dst = xp[img, y + pad, pad:pad + w].reshape(w * c)
+        for i in range(w * c):
+            dst[i] = src[i]
 
 
 class Fp32Conv:
-    """A conv layer prepared for FP32 execution: weights as (K, Cout) matrices per group."""
+    """A conv layer prepared for FP32 execution (weights packed once for its method).
+
+    weights (Cout, kh, kw, Cin/groups) float32, bias (Cout,), darknet geometry (pad pixels
+    per side). `method` is "auto" (choose_method, with `out_hw` the expected output map if
+    known), "gemm", "winograd2" or "winograd4" (3x3 stride-1 ungrouped layers only).
+    """
 
     def __init__(self, weights: np.ndarray, bias: np.ndarray, stride: int, pad: int, groups: int,
-                 activation: int) -> None:
+                 activation: int, method: str = "auto",
+                 out_hw: tuple[int, int] | None = None) -> None:
+        if weights.ndim != 4 or weights.shape[1] != weights.shape[2]:
+            raise ValueError(f"conv weights must be (Cout, k, k, Cin/groups), got {weights.shape}")
         cout, size, _, cin_g = weights.shape
+        if groups < 1 or cout % groups or stride < 1 or pad < 0:
+            raise ValueError(f"bad conv geometry: Cout={cout} groups={groups} stride={stride} "
+                             f"pad={pad}")
+        if method not in METHODS:
+            raise ValueError(f"unknown conv method {method!r}; expected one of {METHODS}")
         self.size, self.stride, self.pad, self.groups = size, stride, pad, groups
         self.activation = activation
-        self.cout = cout
+        self.cout, self.cin_g = cout, cin_g
         self.bias = np.ascontiguousarray(bias, dtype=np.float32)
-        cout_g = cout // groups
-        self.w_t = [np.ascontiguousarray(weights[g * cout_g:(g + 1) * cout_g].reshape(cout_g, -1).T)
-                    for g in range(groups)]
-        self.cin_g = cin_g
-        self.direct = groups == 1 and size * size * cin_g <= DIRECT_MAX_PATCH
-        if self.direct:
-            self.w_direct = np.ascontiguousarray(weights.transpose(1, 2, 3, 0))
+        if self.bias.shape != (cout,):
+            raise ValueError(f"conv bias must have shape ({cout},), got {self.bias.shape}")
+        if method == "auto":
+            method = choose_method(size, stride, groups, cin_g, cout, out_hw)
+        elif method != "gemm" and (size != 3 or stride != 1 or groups != 1):
+            raise ValueError(f"{method} needs a 3x3 stride-1 ungrouped conv")
+        self.method = method
+        weights = np.asarray(weights, dtype=np.float32)
+        if method == "gemm":
+            # Taps (ky, kx) in K order (ky, kx, c): with one group the kx taps of a row are
+            # adjacent in the NHWC input, so a row of the kernel is one tap of size * Cin.
+            taps = size if groups == 1 else size * size
+            self.packed = PackedWeights(weights.reshape(cout, taps, -1), groups)
+            self.winograd = None
+        else:
+            self.winograd = WinogradWeights(weights, int(method[-1]))
+            self.packed = None
+        logger.debug("conv %dx%d/%d %d -> %d (groups %d, output %s): %s, %.1f MB of weights",
+                     size, size, stride, cin_g * groups, cout, groups, out_hw, method,
+                     self.nbytes / 1e6)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of prepared weights this layer holds."""
+        held = self.packed if self.packed is not None else self.winograd
+        return held.nbytes + self.bias.nbytes
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        n, h, w, c = x.shape
-        ho = output_size(h, self.size, self.stride, self.pad)
-        wo = output_size(w, self.size, self.stride, self.pad)
-        out = np.empty((n, ho, wo, self.cout), dtype=np.float32)
-        if self.direct:
-            _direct_conv(x, self.w_direct, self.bias, self.size, self.stride, self.pad,
-                         self.activation, out)
-            return out
-        out2d = out.reshape(-1, self.cout)
-        if self.size == 1 and self.stride == 1 and self.pad == 0 and self.groups == 1:
-            np.matmul(x.reshape(-1, c), self.w_t[0], out=out2d)
-        else:
-            self._im2col_gemm(x, out2d, ho, wo)
-        bias_activation(out2d, self.bias, self.activation)
-        return out
+        if x.ndim != 4 or x.dtype != np.float32:
+            raise ValueError("Fp32Conv expects an NHWC float32 array")
+        if x.shape[3] != self.cin_g * self.groups:
+            raise ValueError(f"conv input has {x.shape[3]} channels, the layer expects "
+                             f"{self.cin_g * self.groups}")
+        x = np.ascontiguousarray(x)
+        if self.winograd is not None:
+            return conv3x3_winograd(x, self.winograd, self.bias, self.pad, self.activation)
+        return self._implicit_gemm(x)
 
-    def _im2col_gemm(self, x: np.ndarray, out2d: np.ndarray, ho: int, wo: int) -> None:
-        total = out2d.shape[0]
-        k = self.size * self.size * self.cin_g
-        chunk = max(64, _CHUNK_FLOATS // k)
-        cols = np.empty((min(chunk, total), k), dtype=np.float32)
-        cout_g = self.cout // self.groups
-        for row0 in range(0, total, chunk):
-            rows = min(chunk, total - row0)
-            block = cols[:rows]
-            for g in range(self.groups):
-                _im2col(x, self.size, self.stride, self.pad, g * self.cin_g, self.cin_g, ho, wo,
-                        row0, block)
-                target = out2d[row0:row0 + rows, g * cout_g:(g + 1) * cout_g]
-                if self.groups == 1:
-                    np.matmul(block, self.w_t[g], out=target)
-                else:
-                    target[...] = block @ self.w_t[g]
+    def _implicit_gemm(self, x: np.ndarray) -> np.ndarray:
+        n, h, w, c = x.shape
+        size, stride, pad = self.size, self.stride, self.pad
+        ho, wo = output_size(h, size, stride, pad), output_size(w, size, stride, pad)
+        out = np.empty((n, max(ho, 0), max(wo, 0), self.cout), dtype=np.float32)
+        if out.size == 0:
+            return out
+        hp, wp = h + 2 * pad, w + 2 * pad
+        if self.groups == 1:
+            taps = np.arange(size, dtype=np.int64) * (wp * c)
+        else:
+            taps = ((np.arange(size)[:, None] * wp + np.arange(size)[None, :]) * c).ravel()
+        taps = taps.astype(np.int64)
+        # Images in chunks whose padded copy stays within _PAD_CHUNK_FLOATS (one image at
+        # least): one buffer, its zero border written once, reused for every chunk.
+        per_image = hp * wp * c
+        chunk = max(1, _PAD_CHUNK_FLOATS // per_image) if pad else n
+        padded = np.zeros((min(chunk, n), hp, wp, c), dtype=np.float32) if pad else None
+        for i0 in range(0, n, chunk):
+            i1 = min(n, i0 + chunk)
+            if pad:
+                src = padded[:i1 - i0]
+                _pad_copy(x[i0:i1], pad, src)
+            else:
+                src = x[i0:i1]
+            geometry = ((i1 - i0) * ho * wo, ho, wo, per_image, stride * wp * c, stride * c)
+            run_gemm_tiles(src.reshape(-1), geometry, taps, self.packed, self.bias,
+                           out[i0:i1].reshape(-1), self.cout, self.activation,
+                           a_group_stride=self.cin_g)
+        return out
 
 
 def conv2d_reference(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, stride: int, pad: int,
