@@ -10,7 +10,7 @@ from .base import BuildContext, Layer
 
 _TRAINING_KEYS = (
     "jitter", "ignore_thresh", "truth_thresh", "random", "iou_normalizer", "cls_normalizer",
-    "obj_normalizer", "iou_loss", "iou_thresh", "max_delta", "beta_nms", "nms_kind", "resize",
+    "obj_normalizer", "iou_loss", "iou_thresh", "max_delta", "beta_nms", "resize",
     "counters_per_class", "label_smooth_eps", "focal_loss", "uc_normalizer", "objectness_smooth",
     "max", "map", "thresh", "track_history_size", "sim_thresh", "dets_for_track",
     "dets_for_show", "track_ciou_norm", "embedding_layer", "iou_thresh_kind")
@@ -62,6 +62,10 @@ def build(section: Section, ctx: BuildContext) -> Yolo:
     anchors = read_anchors(section, total)[mask]
     scale_x_y = section.get_float("scale_x_y", 1.0, low=0.0)
     section.require_default("new_coords", 0)
+    nms_kind = section.get_str("nms_kind", "default")
+    if nms_kind != "default":
+        ctx.warn_once(section, "nms_kind", f"'{nms_kind}' (AlexeyAB's DIoU variants) is not "
+                      f"implemented; yolo8 uses darknet's classic per-class NMS (do_nms_sort)")
     section.ignore(*_TRAINING_KEYS)
     check_head_channels(section, in_shape.c, len(mask), 5 + classes, f"5 + {classes} classes")
     return Yolo(index=ctx.index, line=section.line, inputs=(prev,), out_shape=in_shape,
