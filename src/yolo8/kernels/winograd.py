@@ -40,7 +40,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .activations import LEAKY, LINEAR, activate, activate_numpy
-from .gemm_fp32 import LANES, TILE_VECTORS, PackedWeights, _microkernel, run_gemm_tiles
+from .gemm_fp32 import (_F32, _I32, _I64, _VF, _VI64, _VMASK, LANES, TILE_VECTORS,
+                        PackedWeights, _microkernel, run_gemm_tiles)
 
 # Transform matrices (interpolation points 0, +-1, +-2 and infinity for F(4x4); 0, +-1 for
 # F(2x2)): Y = A^T [(G g G^T) (.) (B^T d B)] A.
@@ -126,14 +127,6 @@ class WinogradWeights:
 # (numba's loops over channel slices paid ~100 cycles of set-up per line of a tile, which is
 # most of the work when a layer has 16 or 32 channels.)
 # ----------------------------------------------------------------------------------------------
-
-_F32 = ir.FloatType()
-_I1 = ir.IntType(1)
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_VF = ir.VectorType(_F32, LANES)
-_VI64 = ir.VectorType(_I64, LANES)
-_VMASK = ir.VectorType(_I1, LANES)
 
 
 def _splat(value: float) -> ir.Constant:
