@@ -94,18 +94,24 @@ def _warn_unused(sections: list[Section]) -> None:
                             section.name)
 
 
-def _check_live_values(input_shape: Shape, layers: list[Layer], heads: list[int],
-                       path: str) -> None:
-    """Refuse a network that would hold more than MAX_LIVE_ELEMENTS values at once for one
-    image. Outputs are counted as the backends keep them: from the layer that makes them to
-    their last reader (heads and unread outputs to the end)."""
-    end = len(layers)
+def last_uses(layers: list[Layer], heads: list[int]) -> dict[int, int]:
+    """For each output (NETWORK_INPUT included), the index of the last layer that reads it;
+    heads are kept to the end (len(layers)). Backends free an output after its last use."""
     last_use = {NETWORK_INPUT: -1}
     for layer in layers:
         for source in layer.inputs:
             last_use[source] = layer.index
     for head in heads:
-        last_use[head] = end
+        last_use[head] = len(layers)
+    return last_use
+
+
+def _check_live_values(input_shape: Shape, layers: list[Layer], heads: list[int],
+                       path: str) -> None:
+    """Refuse a network that would hold more than MAX_LIVE_ELEMENTS values at once for one
+    image. Outputs are counted as the backends keep them: from the layer that makes them to
+    their last reader (heads and unread outputs to the end)."""
+    last_use = last_uses(layers, heads)
     freed_after: dict[int, list[int]] = {}
     for source, last in last_use.items():
         freed_after.setdefault(last, []).append(source)

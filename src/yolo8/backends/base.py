@@ -6,7 +6,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..graph import Graph
+from ..graph import Graph, last_uses
 from ..layers import NETWORK_INPUT, Layer
 
 Op = Callable[..., np.ndarray]           # op(*input_arrays) -> output array (NHWC)
@@ -27,23 +27,13 @@ class Program:
                  taps: Callable[[Layer], Op | None] | None = None) -> None:
         self.graph = graph
         self.steps: list[Step] = []
-        last_use = self._last_uses(graph)
+        last_use = last_uses(graph.layers, graph.heads)
         for layer in graph.layers:
             maker = ops.get(type(layer))
             if maker is None:
                 raise NotImplementedError(f"no op for {type(layer).__name__}")
             done = tuple(src for src, last in last_use.items() if last == layer.index)
             self.steps.append(Step(layer, maker(layer, graph), done))
-
-    @staticmethod
-    def _last_uses(graph: Graph) -> dict[int, int]:
-        last = {}
-        for layer in graph.layers:
-            for src in layer.inputs:
-                last[src] = layer.index
-        for head in graph.heads:
-            last[head] = len(graph.layers)  # kept to the end
-        return last
 
     def run(self, x: np.ndarray, observer: Callable[[Layer, list[np.ndarray]], None] | None = None
             ) -> list[np.ndarray]:
