@@ -1,18 +1,30 @@
-"""Benchmark: XNOR conv (input packing included) vs the same layer in FP32 (im2col + numpy sgemm).
+"""Benchmark: XNOR conv vs yolo8's FP32 conv of the same layer, in the same process.
 
-Both run in this process, interleaved in rounds (the OpenBLAS and numba thread pools
-spin for a while after their calls, so each side is timed in blocks and the medians
-over all blocks are compared).
+`conv2d_xnor` (input packing and epilogue included, allocating its output, as the network
+calls it) against `Fp32Conv(w, b, stride, pad, 1, LEAKY)` with its automatic method
+(Winograd for 3x3 stride 1, else the implicit GEMM). Both run in this process, interleaved
+in rounds (A B A B ...: a burst of load on the machine hits both); each round times
+`--repeats` calls of each and the table gives the medians over all calls and the median
+of the per-round ratios.
 
 --single-thread runs both on one thread (NUMBA_NUM_THREADS = OPENBLAS_NUM_THREADS = 1)
 and times process CPU time instead of wall time: a per-core ratio that stays meaningful
-when other jobs share the machine (wall times then come in scheduler slices).
+when other jobs share the machine.
+
+--baseline FILE adds a column for another xnor.py (e.g. the previous version:
+`git show HEAD~1:src/yolo8/kernels/xnor.py > /tmp/xnor_old.py`), timed in the same rounds.
+
+--ghz F adds the share of the popcount bound each xnor call reaches: 3 vector ops (xor,
+popcount, add) per 16 channels x 32-bit word of every window, at 2 zmm ops per cycle per
+core (AVX-512 on Zen 4) and F GHz.
 
 Usage: python scripts/kernel_bench_xnor.py [--rounds R] [--repeats K] [--single-thread]
+                                            [--baseline FILE] [--ghz F]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -24,45 +36,36 @@ if __name__ == "__main__" and "--single-thread" in sys.argv:
     for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = "1"
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
+from yolo8.kernels import xnor  # noqa: E402
 from yolo8.kernels.activations import LEAKY  # noqa: E402
-from yolo8.kernels.xnor import (  # noqa: E402
-    XnorConvWeights,
-    _xnor_conv,
-    conv2d_xnor,
-    pack_input_bits,
-)
+from yolo8.kernels.conv_fp32 import Fp32Conv  # noqa: E402
 
-# (H, W, Cin, Cout, size, stride)
+# (H, W, Cin, Cout, size, stride): the five 3x3 layers of issue 5 first, then others.
 SHAPES = [
     (52, 52, 128, 256, 3, 1),
     (26, 26, 256, 512, 3, 1),
     (13, 13, 512, 1024, 3, 1),
     (104, 104, 64, 128, 3, 1),
+    (208, 208, 32, 64, 3, 1),
     (208, 208, 16, 32, 3, 1),
     (13, 13, 1024, 256, 1, 1),
     (52, 52, 128, 256, 3, 2),
 ]
 
 
-def fp32_conv(x: np.ndarray, w2d: np.ndarray, size: int, stride: int, pad: int) -> np.ndarray:
-    """The FP32 baseline: numpy im2col, then one sgemm."""
-    n, h, w, c = x.shape
-    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    ho = (h + 2 * pad - size) // stride + 1
-    wo = (w + 2 * pad - size) // stride + 1
-    cols = np.empty((n, ho, wo, size, size, c), dtype=np.float32)
-    for ky in range(size):
-        for kx in range(size):
-            rows = slice(ky, ky + stride * ho, stride)
-            columns = slice(kx, kx + stride * wo, stride)
-            cols[:, :, :, ky, kx, :] = padded[:, rows, columns, :]
-    y = cols.reshape(n * ho * wo, -1) @ w2d
-    return y.reshape(n, ho, wo, -1)
+def load_module(path: str):
+    """Import an xnor.py from a file path as its own module."""
+    spec = importlib.util.spec_from_file_location("xnor_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-def timed(fn, repeats: int, clock=time.perf_counter) -> list[float]:
+def timed(fn, repeats: int, clock) -> list[float]:
     times = []
     for _ in range(repeats):
         start = clock()
@@ -71,62 +74,87 @@ def timed(fn, repeats: int, clock=time.perf_counter) -> list[float]:
     return times
 
 
+def popcount_bound_ms(h: int, w: int, cin: int, cout: int, size: int, stride: int,
+                      ghz: float, threads: int) -> float:
+    pad = size // 2
+    ho = (h + 2 * pad - size) // stride + 1
+    wo = (w + 2 * pad - size) // stride + 1
+    words = size * size * -(-cin // 32)
+    vector_ops = 3 * ho * wo * -(-cout // 16) * words
+    return vector_ops / 2 / (ghz * 1e9) / threads * 1e3
+
+
+def bench_shape(shape, args, clock, baseline) -> dict:
+    h, w, cin, cout, size, stride = shape
+    pad = size // 2
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, h, w, cin), dtype=np.float32)
+    wf = (rng.standard_normal((cout, size, size, cin), dtype=np.float32) * 0.05).astype(np.float32)
+    bias = rng.standard_normal(cout, dtype=np.float32)
+    fp32 = Fp32Conv(wf, bias, stride, pad, 1, LEAKY)
+    packed = xnor.XnorConvWeights.from_float(wf)
+    runs = {
+        "fp32": lambda: fp32(x),
+        "xnor": lambda: xnor.conv2d_xnor(x, packed, bias, stride, pad, LEAKY),
+    }
+    if baseline is not None:
+        old_packed = baseline.XnorConvWeights.from_float(wf)
+        runs["baseline"] = lambda: baseline.conv2d_xnor(x, old_packed, bias, stride, pad, LEAKY)
+    for run in runs.values():  # compile or load from the cache, warm up
+        run()
+        run()
+    times = {name: [] for name in runs}
+    ratios = []
+    for _ in range(args.rounds):
+        medians = {}
+        for name, run in runs.items():
+            block = timed(run, args.repeats, clock)
+            times[name] += block
+            medians[name] = statistics.median(block)
+        ratios.append(medians["fp32"] / medians["xnor"])
+    result = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    result["xnor_min"] = min(times["xnor"]) * 1e3
+    result["ratio"] = statistics.median(ratios)
+    result["method"] = fp32.method
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--single-thread", action="store_true")
+    parser.add_argument("--baseline", help="another xnor.py to time alongside")
+    parser.add_argument("--ghz", type=float, help="core clock, for the popcount-bound column")
+    parser.add_argument("--shapes", type=int, nargs="*", help="indices into SHAPES")
     args = parser.parse_args()
     clock = time.process_time if args.single_thread else time.perf_counter
-    threads = 1 if args.single_thread else os.cpu_count()
+    threads = numba.get_num_threads()
+    baseline = load_module(args.baseline) if args.baseline else None
+    shapes = [SHAPES[i] for i in args.shapes] if args.shapes else SHAPES
     print(f"# {platform.machine()}, {threads} thread(s), clock {clock.__name__}, "
-          f"numpy {np.__version__}")
-    print("# xnor: conv2d_xnor (packing included, allocates its output); +out: writing into a")
-    print("# reused output; pack / kern: pack_input_bits / the popcount kernel + epilogue alone")
-    print(f"{'layer':>30} {'fp32 ms':>9} {'xnor ms':>9} {'+out ms':>8} {'pack ms':>8}"
-          f" {'kern ms':>8} {'ratio':>6} {'+out':>6}")
-    rng = np.random.default_rng(0)
-    total_fp32 = total_xnor = total_out = 0.0
-    for h, w, cin, cout, size, stride in SHAPES:
-        pad = size // 2
-        x = rng.standard_normal((1, h, w, cin), dtype=np.float32)
-        wf = rng.standard_normal((cout, size, size, cin), dtype=np.float32)
-        bias = rng.standard_normal(cout, dtype=np.float32)
-        w2d = np.ascontiguousarray(wf.reshape(cout, -1).T)
-        packed_w = XnorConvWeights.from_float(wf)
-        xbits = pack_input_bits(x, pad)
-        out = conv2d_xnor(x, packed_w, bias, stride, pad, LEAKY)  # compile / load cache
-
-        reused = np.empty_like(out)
-
-        def run_xnor():
-            conv2d_xnor(x, packed_w, bias, stride, pad, LEAKY)
-
-        def run_xnor_reusing_out():
-            conv2d_xnor(x, packed_w, bias, stride, pad, LEAKY, out=reused)
-
-        def run_kernel():
-            _xnor_conv(xbits, packed_w.bits, packed_w.tap_popcounts, packed_w.alpha, bias,
-                       h, w, cin, stride, pad, LEAKY, out)
-
-        fp32, xnor, xnor_out, pack, kern = [], [], [], [], []
-        for _ in range(args.rounds):
-            fp32 += timed(lambda: fp32_conv(x, w2d, size, stride, pad), args.repeats, clock)
-            xnor += timed(run_xnor, args.repeats, clock)
-            xnor_out += timed(run_xnor_reusing_out, args.repeats, clock)
-            pack += timed(lambda: pack_input_bits(x, pad), args.repeats, clock)
-            kern += timed(run_kernel, args.repeats, clock)
-        t_fp32, t_xnor = statistics.median(fp32), statistics.median(xnor)
-        total_fp32 += t_fp32
-        total_xnor += t_xnor
+          f"numpy {np.__version__}, numba {numba.__version__}, uptime load "
+          f"{os.getloadavg()[0]:.2f}")
+    print("# medians in ms; ratio = median over rounds of fp32 / xnor (same process, "
+          "interleaved)")
+    header = f"{'layer':>28} {'fp32':>14} {'xnor':>7} {'min':>7} {'ratio':>6}"
+    if baseline is not None:
+        header += f" {'baseline':>9} {'ratio':>6}"
+    if args.ghz:
+        header += f" {'bound':>6} {'share':>6}"
+    print(header)
+    for shape in shapes:
+        h, w, cin, cout, size, stride = shape
+        r = bench_shape(shape, args, clock, baseline)
         name = f"{h}x{w}x{cin}->{cout} {size}x{size}/{stride}"
-        t_out = statistics.median(xnor_out)
-        total_out += t_out
-        print(f"{name:>30} {t_fp32*1e3:9.3f} {t_xnor*1e3:9.3f} {t_out*1e3:8.3f}"
-              f" {statistics.median(pack)*1e3:8.3f} {statistics.median(kern)*1e3:8.3f}"
-              f" {t_fp32/t_xnor:6.1f} {t_fp32/t_out:6.1f}")
-    print(f"{'total':>30} {total_fp32*1e3:9.3f} {total_xnor*1e3:9.3f} {total_out*1e3:8.3f}"
-          f" {'':>8} {'':>8} {total_fp32/total_xnor:6.1f} {total_fp32/total_out:6.1f}")
+        line = (f"{name:>28} {r['fp32']:7.3f} {r['method']:>6} {r['xnor']:7.3f}"
+                f" {r['xnor_min']:7.3f} {r['ratio']:6.2f}")
+        if baseline is not None:
+            line += f" {r['baseline']:9.3f} {r['fp32'] / r['baseline']:6.2f}"
+        if args.ghz:
+            bound = popcount_bound_ms(*shape, args.ghz, threads)
+            line += f" {bound:6.3f} {bound / r['xnor_min']:6.0%}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

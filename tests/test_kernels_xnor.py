@@ -1,6 +1,8 @@
 """XNOR conv kernels vs plain-numpy references (bit-packing, integer dot, float output)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -8,11 +10,12 @@ from hypothesis import strategies as st
 
 from yolo8.kernels.activations import LEAKY, LINEAR, LOGISTIC, MISH, RELU, SWISH
 from yolo8.kernels.xnor import (
-    LANES,
     XnorConvWeights,
+    _xnor_conv,
     conv2d_xnor,
     conv2d_xnor_dot,
     conv2d_xnor_reference,
+    lanes_for,
     pack_input_bits,
     pack_input_bits_reference,
     xnor_dot_reference,
@@ -35,7 +38,7 @@ def _weights(rng, cout, size, cin, zero_fraction=0.1):
 # ---------------------------------------------------------------------------------------
 # Input bit-packing
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cin", [1, 3, 63, 64, 65, 130])
+@pytest.mark.parametrize("cin", [1, 3, 31, 32, 33, 64, 65, 130])
 @pytest.mark.parametrize("pad", [0, 1, 2])
 def test_pack_input_bits_matches_numpy_packbits(cin, pad):
     rng = np.random.default_rng(cin * 10 + pad)
@@ -46,14 +49,14 @@ def test_pack_input_bits_matches_numpy_packbits(cin, pad):
 
 
 def test_pack_input_bits_layout_by_hand():
-    # 66 channels -> 2 words; channel c is bit c % 64 of word c // 64.
-    x = np.full((1, 1, 1, 66), -1.0, dtype=np.float32)
-    x[0, 0, 0, [0, 5, 63, 65]] = 2.0
+    # 34 channels -> 2 uint32 words; channel c is bit c % 32 of word c // 32.
+    x = np.full((1, 1, 1, 34), -1.0, dtype=np.float32)
+    x[0, 0, 0, [0, 5, 31, 33]] = 2.0
     x[0, 0, 0, 1] = 0.0
     packed = pack_input_bits(x, 1)
-    assert packed.shape == (1, 3, 3, 2)
-    assert packed[0, 1, 1, 0] == np.uint64((1 << 0) | (1 << 5) | (1 << 63))
-    assert packed[0, 1, 1, 1] == np.uint64(1 << 1)
+    assert packed.shape == (1, 3, 3, 2) and packed.dtype == np.uint32
+    assert packed[0, 1, 1, 0] == (1 << 0) | (1 << 5) | (1 << 31)
+    assert packed[0, 1, 1, 1] == 1 << 1
     packed[0, 1, 1] = 0
     assert not packed.any()  # the padded border is all zero
 
@@ -65,32 +68,59 @@ def test_weights_from_float_by_hand():
     w = np.array([1.0, -2.0, 0.0, 3.0], dtype=np.float32).reshape(1, 1, 1, 4)
     packed = XnorConvWeights.from_float(w)
     assert packed.alpha.tolist() == [1.5]  # mean |w| = 6 / 4
-    assert packed.bits.shape == (1, 1, 1, 1, LANES)
+    assert packed.bits.shape == (1, 1, 1, 1, 32)  # one block of 32 lanes for cout <= 32
     assert packed.bits[0, 0, 0, 0, 0] == 0b1001  # w > 0 at channels 0 and 3; w == 0 -> 0 bit
     assert not packed.bits[..., 1:].any()  # lanes beyond cout are empty filters
-    assert packed.tap_popcounts.shape == (1, 1, 1, LANES)
+    assert packed.tap_popcounts.shape == (1, 1, 1, 32)
     assert packed.tap_popcounts[0, 0, 0, 0] == 2
+
+
+@pytest.mark.parametrize("cout, lanes, blocks", [(1, 32, 1), (32, 32, 1), (33, 64, 1),
+                                                 (64, 64, 1), (65, 64, 2), (130, 64, 3)])
+def test_weight_blocks_and_lanes(cout, lanes, blocks):
+    rng = np.random.default_rng(cout)
+    w = _weights(rng, cout, 3, 40)
+    packed = XnorConvWeights.from_float(w)
+    assert lanes_for(cout) == lanes
+    assert packed.bits.shape == (blocks, 3, 3, 2, lanes)
+    # Filter co sits in block co // lanes, lane co % lanes: compare with packing it alone.
+    for co in (0, cout // 2, cout - 1):
+        alone = XnorConvWeights.from_float(w[co:co + 1])
+        np.testing.assert_array_equal(packed.bits[co // lanes, ..., co % lanes],
+                                      alone.bits[0, ..., 0])
+    assert not packed.bits[-1, ..., cout - (blocks - 1) * lanes:].any()
+
+
+def test_tap_sums_are_prefix_sums_of_tap_popcounts():
+    rng = np.random.default_rng(4)
+    packed = XnorConvWeights.from_float(_weights(rng, 40, 3, 50))
+    pops = packed.tap_popcounts
+    for a in range(4):
+        for b in range(4):
+            np.testing.assert_array_equal(packed.tap_sums[:, a, b],
+                                          pops[:, :a, :b].sum(axis=(1, 2)))
 
 
 # ---------------------------------------------------------------------------------------
 # Integer part: the popcount dot must equal a numpy integer conv exactly.
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cin", [3, 63, 65, 130])
+@pytest.mark.parametrize("cin", [3, 31, 32, 33, 65, 130])
 @pytest.mark.parametrize(
     "size,stride,pad", [(1, 1, 0), (1, 2, 0), (3, 1, 0), (3, 1, 1), (3, 2, 1), (3, 2, 0)]
 )
-def test_dot_equals_integer_reference(cin, size, stride, pad):
-    rng = np.random.default_rng(cin * 100 + size * 10 + stride + pad)
+@pytest.mark.parametrize("cout", [20, 37, 70])  # 32-lane, 64-lane partial, two 64-lane blocks
+def test_dot_equals_integer_reference(cin, size, stride, pad, cout):
+    rng = np.random.default_rng(cin * 100 + size * 10 + stride + pad + cout)
     x = _signed_input(rng, (2, 9, 7, cin))
-    w = _weights(rng, 37, size, cin)  # 37 output channels: one full lane block and a partial one
+    w = _weights(rng, cout, size, cin)
     got = conv2d_xnor_dot(x, XnorConvWeights.from_float(w), stride, pad)
     np.testing.assert_array_equal(got, xnor_dot_reference(x, w, stride, pad))
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 9), cin=st.integers(1, 150),
-    cout=st.integers(1, 70), size=st.sampled_from([1, 2, 3, 5]), stride=st.integers(1, 3),
+    n=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 14), cin=st.integers(1, 150),
+    cout=st.integers(1, 140), size=st.sampled_from([1, 2, 3, 5]), stride=st.integers(1, 3),
     pad=st.integers(0, 3), seed=st.integers(0, 2**32 - 1),
 )
 def test_dot_equals_integer_reference_random_shapes(n, h, w, cin, cout, size, stride, pad, seed):
@@ -104,13 +134,24 @@ def test_dot_equals_integer_reference_random_shapes(n, h, w, cin, cout, size, st
 
 @pytest.mark.parametrize("h,w_,size,pad", [(1, 1, 1, 0), (2, 3, 3, 1), (5, 13, 3, 2), (3, 6, 1, 1)])
 def test_dot_tiny_and_over_padded_inputs(h, w_, size, pad):
-    # Rows narrower than the 4-position register tile, and pads >= the kernel size, where
-    # whole output positions see only padding (dot = 0).
+    # Maps smaller than a register tile, and pads >= the kernel size, where whole output
+    # positions see only padding (dot = 0).
     rng = np.random.default_rng(h * w_ + pad)
     x = _signed_input(rng, (2, h, w_, 70))
     w = _weights(rng, 70, size, 70)
     got = conv2d_xnor_dot(x, XnorConvWeights.from_float(w), 1, pad)
     np.testing.assert_array_equal(got, xnor_dot_reference(x, w, 1, pad))
+
+
+@pytest.mark.parametrize("w_,cout", [(37, 45), (45, 23)])
+def test_dot_wide_rows(w_, cout):
+    # Rows of many whole tiles (one kernel call per row) with a ragged end, rows crossing
+    # from one tile to the next, three images: both tile shapes (64 and 32 lanes).
+    rng = np.random.default_rng(w_)
+    x = _signed_input(rng, (3, 6, w_, 64))
+    w = _weights(rng, cout, 3, 64)
+    got = conv2d_xnor_dot(x, XnorConvWeights.from_float(w), 1, 1)
+    np.testing.assert_array_equal(got, xnor_dot_reference(x, w, 1, 1))
 
 
 def test_dot_at_the_borders_by_hand():
@@ -126,6 +167,21 @@ def test_dot_at_the_borders_by_hand():
         np.testing.assert_array_equal(dots[0, :, :, co], -cin * valid_taps)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 5])
+def test_result_does_not_depend_on_the_split_into_work_items(n_threads):
+    # Each work item packs the input rows of its own range of positions; 3 images of
+    # 13 x 29 positions make 3 to 10 items (equal or guided sizes) whose boundaries fall
+    # inside rows and images.
+    rng = np.random.default_rng(n_threads)
+    x = _signed_input(rng, (3, 13, 29, 40))
+    w = _weights(rng, 50, 3, 40)
+    bias = rng.standard_normal(50).astype(np.float32)
+    packed = XnorConvWeights.from_float(w)
+    out = np.full((3, 13, 29, 50), np.nan, dtype=np.float32)
+    _xnor_conv(x, packed.bits, packed.tap_sums, packed.alpha, bias, 1, 1, LEAKY, out, n_threads)
+    np.testing.assert_array_equal(out, conv2d_xnor_reference(x, w, bias, 1, 1, LEAKY))
+
+
 # ---------------------------------------------------------------------------------------
 # Float output
 # ---------------------------------------------------------------------------------------
@@ -133,14 +189,15 @@ def test_dot_at_the_borders_by_hand():
 # (partial sums are integer multiples of alpha, far below 2**53 ulps), so its float32
 # rounding equals the kernel's float32(dot) * alpha; both then add the bias in float32 and
 # apply the same float32 op (or none) for these activations.
-@pytest.mark.parametrize("cin", [3, 63, 65, 130])
+@pytest.mark.parametrize("cin", [3, 32, 65, 130])
 @pytest.mark.parametrize("size,stride,pad", [(1, 1, 0), (3, 1, 1), (3, 2, 1), (3, 2, 0)])
 @pytest.mark.parametrize("activation", [LINEAR, LEAKY, RELU])
-def test_conv_equals_float_reference_exactly(cin, size, stride, pad, activation):
-    rng = np.random.default_rng(cin + 7 * size + 3 * stride + pad + 50 * activation)
+@pytest.mark.parametrize("cout", [29, 45])
+def test_conv_equals_float_reference_exactly(cin, size, stride, pad, activation, cout):
+    rng = np.random.default_rng(cin + 7 * size + 3 * stride + pad + 50 * activation + cout)
     x = _signed_input(rng, (2, 11, 9, cin))
-    w = _weights(rng, 45, size, cin)
-    bias = rng.standard_normal(45).astype(np.float32)
+    w = _weights(rng, cout, size, cin)
+    bias = rng.standard_normal(cout).astype(np.float32)
     got = conv2d_xnor(x, XnorConvWeights.from_float(w), bias, stride, pad, activation)
     expected = conv2d_xnor_reference(x, w, bias, stride, pad, activation)
     assert got.dtype == np.float32 and got.shape == expected.shape
@@ -152,11 +209,12 @@ def test_conv_equals_float_reference_exactly(cin, size, stride, pad, activation)
 # results, `activate_numpy` computes in float64 and rounds once. That costs at most a few
 # float32 ulp: rtol 4 * 2**-23 (measured <= 3 ulp over many random layers).
 @pytest.mark.parametrize("activation", [LOGISTIC, MISH, SWISH])
-def test_conv_transcendental_activations_within_ulps(activation):
-    rng = np.random.default_rng(activation)
+@pytest.mark.parametrize("cout", [33, 70])
+def test_conv_transcendental_activations_within_ulps(activation, cout):
+    rng = np.random.default_rng(activation + cout)
     x = _signed_input(rng, (2, 7, 9, 65))
-    w = _weights(rng, 33, 3, 65)
-    bias = (rng.standard_normal(33) * 3).astype(np.float32)
+    w = _weights(rng, cout, 3, 65)
+    bias = (rng.standard_normal(cout) * 3).astype(np.float32)
     got = conv2d_xnor(x, XnorConvWeights.from_float(w), bias, 1, 1, activation)
     expected = conv2d_xnor_reference(x, w, bias, 1, 1, activation)
     np.testing.assert_allclose(got, expected, rtol=4 * 2.0**-23, atol=1e-30)
@@ -181,6 +239,22 @@ def test_activation_by_name_and_fully_padded_outputs_give_bias():
     y = conv2d_xnor(x, XnorConvWeights.from_float(w), bias, 1, 1, "leaky")
     np.testing.assert_array_equal(y[0, 0, 0], np.array([-0.1, 2.0, 0.5, -0.05], dtype=np.float32))
     np.testing.assert_array_equal(y, conv2d_xnor_reference(x, w, bias, 1, 1, LEAKY))
+
+
+def test_replaced_alpha_scales_the_output():
+    # backends.ops folds batch norm's factor into alpha with dataclasses.replace: the copy
+    # must recompute its derived arrays and give float32(dot) * alpha' + bias.
+    rng = np.random.default_rng(8)
+    x = _signed_input(rng, (1, 6, 7, 33))
+    w = _weights(rng, 40, 3, 33)
+    packed = XnorConvWeights.from_float(w)
+    scale = rng.uniform(-2, 2, 40).astype(np.float32)
+    scaled = dataclasses.replace(packed, alpha=(packed.alpha * scale).astype(np.float32))
+    np.testing.assert_array_equal(scaled.tap_sums, packed.tap_sums)
+    bias = rng.standard_normal(40).astype(np.float32)
+    dots = xnor_dot_reference(x, w, 1, 1).astype(np.float32)  # exact: |dot| < 2**24
+    expected = dots * scaled.alpha + bias
+    np.testing.assert_array_equal(conv2d_xnor(x, scaled, bias, 1, 1, LINEAR), expected)
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,6 +313,8 @@ def test_hand_built_weights_must_be_consistent():
         XnorConvWeights(good.bits[:, :2].copy(), good.tap_popcounts, good.alpha, 4, 3, 3, 8)
     with pytest.raises(ValueError, match="alpha"):
         XnorConvWeights(good.bits, good.tap_popcounts, good.alpha[:3].copy(), 4, 3, 3, 8)
+    with pytest.raises(ValueError, match="bits"):  # 40 filters need 64-lane blocks
+        XnorConvWeights(good.bits, good.tap_popcounts, np.ones(40, np.float32), 40, 3, 3, 8)
 
 
 def test_out_parameter_is_validated_and_written():
@@ -252,7 +328,7 @@ def test_out_parameter_is_validated_and_written():
 
 
 # ---------------------------------------------------------------------------------------
-# Without AVX-512: LLVM lowers the <32 x i64> popcount differently (vpshufb + vpsadbw on
+# Without AVX-512: LLVM lowers the <16 x i32> popcounts differently (vpshufb-based on
 # AVX2). Compiled for a Haswell target in a subprocess, with its own numba cache.
 # ---------------------------------------------------------------------------------------
 _HASWELL_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
@@ -264,12 +340,13 @@ from yolo8.kernels.xnor import XnorConvWeights, conv2d_xnor, conv2d_xnor_referen
 rng = np.random.default_rng(5)
 x = rng.standard_normal((2, 9, 7, 130)).astype(np.float32)
 x[rng.random(x.shape) < 0.2] = 0.0
-w = rng.standard_normal((37, 3, 3, 130)).astype(np.float32)
-b = rng.standard_normal(37).astype(np.float32)
-y = conv2d_xnor(x, XnorConvWeights.from_float(w), b, 2, 1, "leaky")
-assert np.array_equal(y, conv2d_xnor_reference(x, w, b, 2, 1, "leaky"))
+for cout in (37, 20):  # the 4 x 64 and the 8 x 32 tile
+    w = rng.standard_normal((cout, 3, 3, 130)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    y = conv2d_xnor(x, XnorConvWeights.from_float(w), b, 2, 1, "leaky")
+    assert np.array_equal(y, conv2d_xnor_reference(x, w, b, 2, 1, "leaky"))
 asm = _xnor_conv.inspect_asm(_xnor_conv.signatures[0])
-assert "zmm" not in asm and "vpopcntq" not in asm, "not an AVX2-only build"
+assert "zmm" not in asm and "vpopcntd" not in asm, "not an AVX2-only build"
 print("ok")
 """
 

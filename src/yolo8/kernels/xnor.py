@@ -6,162 +6,74 @@ Semantics (darknet's reference CPU path):
   contribute nothing, they are not -1);
 * weights: alpha[co] = mean(|w[co]|) over kh*kw*Cin; binary weight = +alpha if w > 0
   else -alpha (w == 0 -> -alpha);
-* output:  y = float32(dot) * alpha[co] + bias[co], then the activation, where
-  dot = sum over valid taps of sign(x) * sign(w) (an integer).
+* output:  y = float32(dot) * alpha[co] + bias[co] (a float32 multiply, then a float32 add,
+  never an FMA), then the activation, where dot = sum over valid taps of
+  sign(x) * sign(w) (an integer).
 
-Bit layout: a pixel's Cin signs are packed 64 channels per uint64 word (channel c is bit
-c % 64 of word c // 64, bit set = +1); pad bits beyond Cin are 0 in input and weights,
+Bit layout: a pixel's Cin signs are packed 32 channels per uint32 word (channel c is bit
+c % 32 of word c // 32, bit set = +1); pad bits beyond Cin are 0 in input and weights,
 so their XOR is 0 and they never count. For one valid tap,
-dot_tap = Cin - 2 * popcount(x_bits ^ w_bits).
+dot_tap = Cin - 2 * popcount(x_bits ^ w_bits). 32-bit words (not 64) leave no padding
+bits in a 32-channel layer (yolov3-tiny's 208x208x32): its 3x3 window is 9 full words.
 
-The input is packed once per call into (N, H + 2p, W + 2p, words) whose border pixels
-are all-zero words. The hot loop therefore runs over every tap without a branch and
-counts popcount(0 ^ w) = popcount(w_tap) for each padded tap; the epilogue subtracts
-those (per-filter, per-tap popcounts precomputed at load) for the few border positions.
+Each call packs the input into zero-bordered rows (one buffer per work item: the rows its
+output positions read), so the hot loop runs over every tap without a branch and counts
+popcount(0 ^ w) = popcount(w_tap) for each padded tap; a position's "base"
+(valid_bits + 2 * those popcounts, from prefix sums of the tap popcounts computed at load)
+cancels them: dot = base - 2 * count. With one group the kw taps of a kernel row are
+adjacent pixels, so a window is kh runs of kw * words contiguous words.
 
-The micro-kernel keeps a tile of `_TILE_POSITIONS` output positions x `LANES` output
-channels in registers: LANES 64-bit counters form one LLVM vector <LANES x i64> (four
-zmm registers with AVX-512), so each weight word loaded from memory is used for
-`_TILE_POSITIONS` positions and each input word is broadcast across LANES channels.
-numba has no vector type, so a small one is defined here, with intrinsics for the few
-operations the kernel needs (LLVM lowers them to vpxorq / vpopcntq / vpaddq on AVX-512
-VPOPCNTDQ CPUs, and to a shuffle-based popcount on any other x86-64).
+The micro-kernel (`_define_microkernel`, LLVM IR) computes tiles of 4 output positions x
+64 channels (8 x 32 for layers of at most 32 filters): 16 <16 x i32> accumulators in zmm
+registers. Per 32-bit word of the window it broadcasts one word of each position, loads
+the weight vectors and issues xor + popcount + add per accumulator (vpxord, vpopcntd,
+vpaddd with AVX-512 VPOPCNTDQ; a shuffle-based popcount on other x86-64): 3 vector ops per
+16 channels x 32 taps, the bound of this kernel. The epilogue runs on the registers
+(accumulators that start at -base / 2 make it float32(acc) * (-2 alpha) + bias, exact),
+applies leaky or relu and stores; other activations are applied by numba on the stored
+tile. One parallel region per call; its threads take work items (ranges of output
+positions) from a shared counter.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import llvmlite.ir as ir
+import numba
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic
 
-from yolo8.kernels.activations import CODES, LEAKY, LINEAR, RELU, activate, activate_numpy
+from .activations import CODES, LEAKY, LINEAR, RELU, activate, activate_numpy
 
-WORD_BITS = 64
-# Output channels per register tile (one <LANES x i64> accumulator). 32 lanes = 4 zmm.
-LANES = 32
-# Output positions (along a row) per register tile: 4 x 4 zmm = 16 accumulators.
-_TILE_POSITIONS = 4
+WORD_BITS = 32
+# Register tiles, by channel block width ("lanes", output channels per block): lanes ->
+# (positions, <16 x i32> vectors per position). Both keep 16 accumulators in zmm registers
+# and leave room for the weight vectors and the broadcast words, which LLVM loads at the
+# top of the loop (24 accumulators made it spill). 64 lanes (4 x 4) is used from 33
+# output channels on: it broadcasts half as many input words as 8 x 2 and was 2-7% faster
+# (single thread) on the five 3x3 layers of issue 5; 32 lanes for layers of <= 32 filters.
+TILE_SHAPES = {64: (4, 4), 32: (8, 2)}
+_POSITIONS_64, _POSITIONS_32 = TILE_SHAPES[64][0], TILE_SHAPES[32][0]  # numba reads ints
+# Work items (see _work_items): from GUIDED_MIN_TILES tiles per thread on, each takes
+# 1 / (GUIDED_SHARE * threads) of the tiles left, and at least MIN_ITEM_TILES.
+GUIDED_SHARE = 2
+MIN_ITEM_TILES = 16
+GUIDED_MIN_TILES = 128
 
+# Epilogue modes of the micro-kernel: the activation it applies itself (others: numba),
+# | _HALVED when its accumulators start at -base / 2 (see _define_microkernel).
+_EPILOGUE_LINEAR, _EPILOGUE_LEAKY, _EPILOGUE_RELU = 0, 1, 2
+_HALVED = 4
 
-# --------------------------------------------------------------------------------------
-# A minimal LLVM vector type for numba: LANES uint64 counters.
-# --------------------------------------------------------------------------------------
-class _CounterVector(types.Type):
-    def __init__(self) -> None:
-        super().__init__(name=f"CounterVector{LANES}")
-
-
-_counter_vector = _CounterVector()
-_LLVM_VECTOR = ir.VectorType(ir.IntType(64), LANES)
-_LLVM_I32 = ir.IntType(32)
-
-
-@register_model(_CounterVector)
-class _CounterVectorModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _LLVM_VECTOR)
-
-
-def _is_c_array(ty, dtype) -> bool:
-    return isinstance(ty, types.Array) and ty.dtype == dtype and ty.layout == "C"
-
-
-def _element_pointer(context, builder, array_type, array, index):
-    """Pointer to element `index` of the flattened C-contiguous array (no checks)."""
-    data = context.make_array(array_type)(context, builder, array).data
-    return builder.gep(data, [index])
-
-
-@intrinsic
-def _zero_counters(typingctx):
-    def codegen(context, builder, signature, args):
-        return ir.Constant(_LLVM_VECTOR, None)
-
-    return _counter_vector(), codegen
-
-
-@intrinsic
-def _load_word(typingctx, array, index):
-    """array.ravel()[index] for a C-contiguous uint64 array, without wraparound or
-    bounds checks (numba's indexing adds a negative-index fix-up per access, which
-    costs as much as the popcount work in the inner loop)."""
-    if not (_is_c_array(array, types.uint64) and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], *args)
-        return builder.load(pointer, align=8)
-
-    return types.uint64(array, index), codegen
-
-
-@intrinsic
-def _accumulate_xor_popcount(typingctx, counters, word, weight_bits, offset):
-    """counters + popcount(broadcast(word) ^ weight_bits[offset : offset + LANES])."""
-    if not (
-        counters == _counter_vector
-        and word == types.uint64
-        and _is_c_array(weight_bits, types.uint64)
-        and isinstance(offset, types.Integer)
-    ):
-        return None
-
-    def codegen(context, builder, signature, args):
-        acc, x_word, bits, index = args
-        pointer = _element_pointer(context, builder, signature.args[2], bits, index)
-        weights = builder.load(builder.bitcast(pointer, _LLVM_VECTOR.as_pointer()), align=8)
-        undef = ir.Constant(_LLVM_VECTOR, ir.Undefined)
-        one_lane = builder.insert_element(undef, x_word, ir.Constant(_LLVM_I32, 0))
-        all_lanes = builder.shuffle_vector(
-            one_lane, undef, ir.Constant(ir.VectorType(_LLVM_I32, LANES), [0] * LANES)
-        )
-        ctpop = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_LLVM_VECTOR, [_LLVM_VECTOR]), f"llvm.ctpop.v{LANES}i64"
-        )
-        return builder.add(acc, builder.call(ctpop, [builder.xor(all_lanes, weights)]))
-
-    return _counter_vector(counters, word, weight_bits, offset), codegen
-
-
-@intrinsic
-def _store_counters(typingctx, array, offset, counters):
-    """array.ravel()[offset : offset + LANES] = counters (int64 array, no checks)."""
-    if not (
-        _is_c_array(array, types.int64)
-        and isinstance(offset, types.Integer)
-        and counters == _counter_vector
-    ):
-        return None
-
-    def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        builder.store(args[2], builder.bitcast(pointer, _LLVM_VECTOR.as_pointer()), align=8)
-        return context.get_dummy_value()
-
-    return types.none(array, offset, counters), codegen
-
-
-@intrinsic
-def _positive_bits64(typingctx, array, offset):
-    """Bit i set iff array.ravel()[offset + i] > 0, for i in 0..63 (float32, no checks).
-
-    One <64 x float> compare whose <64 x i1> result is bitcast to i64 (element 0 -> bit 0):
-    on AVX-512 four vcmpps into mask registers and a kmovq.
-    """
-    if not (_is_c_array(array, types.float32) and isinstance(offset, types.Integer)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        float_vector = ir.VectorType(ir.FloatType(), WORD_BITS)
-        pointer = _element_pointer(context, builder, signature.args[0], *args)
-        values = builder.load(builder.bitcast(pointer, float_vector.as_pointer()), align=4)
-        positive = builder.fcmp_ordered(">", values, ir.Constant(float_vector, [0.0] * WORD_BITS))
-        return builder.bitcast(positive, ir.IntType(WORD_BITS))
-
-    return types.uint64(array, offset), codegen
+_I1 = ir.IntType(1)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_F32 = ir.FloatType()
+_VI = ir.VectorType(_I32, 16)
+_VF = ir.VectorType(_F32, 16)
+_VMASK = ir.VectorType(_I1, 16)
 
 
 # --------------------------------------------------------------------------------------
@@ -171,9 +83,11 @@ def _positive_bits64(typingctx, array, offset):
 class XnorConvWeights:
     """Binarized conv weights, packed for `conv2d_xnor`.
 
-    bits:          (blocks, kh, kw, words, LANES) uint64; lane l of block b is output
-                   channel b * LANES + l (channels beyond cout are all-zero filters).
-    tap_popcounts: (blocks, kh, kw, LANES) int64, popcount of each filter tap's bits,
+    bits:          (blocks, kh, kw, words, lanes) uint32; lane l of block b is output
+                   channel b * lanes + l (channels beyond cout are all-zero filters);
+                   lanes = lanes_for(cout) (a key of TILE_SHAPES);
+                   words = ceil(cin / 32).
+    tap_popcounts: (blocks, kh, kw, lanes) int32, popcount of each filter tap's bits,
                    subtracted for padded taps at the borders.
     alpha:         (cout,) float32, mean |w| per filter.
     """
@@ -185,14 +99,18 @@ class XnorConvWeights:
     kh: int
     kw: int
     cin: int
+    # Derived in __post_init__: (blocks, kh + 1, kw + 1, lanes) int32 2-D prefix sums of
+    # tap_popcounts over (ky, kx), for the border positions' corrections.
+    tap_sums: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The kernel reads these arrays without bounds checks: make an inconsistent
         # hand-built instance fail here rather than read out of bounds.
-        blocks = -(-self.cout // LANES)
+        lanes = lanes_for(self.cout)
+        blocks = -(-self.cout // lanes)
         expected = {
-            "bits": (self.bits, np.uint64, (blocks, self.kh, self.kw, _words_for(self.cin), LANES)),
-            "tap_popcounts": (self.tap_popcounts, np.int64, (blocks, self.kh, self.kw, LANES)),
+            "bits": (self.bits, np.uint32, (blocks, self.kh, self.kw, words_for(self.cin), lanes)),
+            "tap_popcounts": (self.tap_popcounts, np.int32, (blocks, self.kh, self.kw, lanes)),
             "alpha": (self.alpha, np.float32, (self.cout,)),
         }
         for name, (array, dtype, shape) in expected.items():
@@ -200,6 +118,9 @@ class XnorConvWeights:
                     and array.flags.c_contiguous):
                 raise ValueError(f"XnorConvWeights.{name} must be a C-contiguous {np.dtype(dtype)} "
                                  f"array of shape {shape}, got {_describe(array)}")
+        sums = np.zeros((blocks, self.kh + 1, self.kw + 1, lanes), dtype=np.int32)
+        sums[:, 1:, 1:] = self.tap_popcounts.cumsum(axis=1).cumsum(axis=2)
+        object.__setattr__(self, "tap_sums", sums)  # frozen dataclass: set once, here
 
     @classmethod
     def from_float(cls, w: np.ndarray) -> "XnorConvWeights":
@@ -213,21 +134,18 @@ class XnorConvWeights:
         if not np.isfinite(w).all():
             raise ValueError("weights contain NaN or infinity")
         cout, kh, kw, cin = w.shape
-        alpha = mean_abs_per_filter(w)
-        words = _words_for(cin)
-        blocks = -(-cout // LANES)
+        words = words_for(cin)
+        lanes = lanes_for(cout)
+        blocks = -(-cout // lanes)
 
-        signs = np.zeros((blocks * LANES, kh, kw, words * WORD_BITS), dtype=bool)
+        signs = np.zeros((blocks * lanes, kh, kw, words * WORD_BITS), dtype=bool)
         signs[:cout, :, :, :cin] = w > 0
-        # Little bit order + little-endian uint64 view: channel c -> bit c % 64 of word c // 64.
-        packed = np.packbits(signs, axis=-1, bitorder="little").view("<u8").astype(np.uint64)
-        bits = packed.reshape(blocks, LANES, kh, kw, words).transpose(0, 2, 3, 4, 1)
-
-        ones_per_tap = signs.sum(axis=-1, dtype=np.int64).reshape(blocks, LANES, kh, kw)
+        bits = _pack_signs(signs).reshape(blocks, lanes, kh, kw, words).transpose(0, 2, 3, 4, 1)
+        ones_per_tap = signs.sum(axis=-1, dtype=np.int32).reshape(blocks, lanes, kh, kw)
         return cls(
-            bits=np.ascontiguousarray(bits),
+            bits=_aligned_copy(bits),
             tap_popcounts=np.ascontiguousarray(ones_per_tap.transpose(0, 2, 3, 1)),
-            alpha=alpha,
+            alpha=mean_abs_per_filter(w),
             cout=cout,
             kh=kh,
             kw=kw,
@@ -247,40 +165,110 @@ def mean_abs_per_filter(w: np.ndarray) -> np.ndarray:
     return (flat.sum(axis=1) / flat.shape[1]).astype(np.float32)
 
 
-def _words_for(channels: int) -> int:
+def lanes_for(cout: int) -> int:
+    """Output channels per block (and register tile) for a layer of `cout` filters."""
+    return 32 if cout <= 32 else 64
+
+
+def words_for(channels: int) -> int:
+    """uint32 words per pixel for `channels` sign bits."""
     return -(-channels // WORD_BITS)
+
+
+def _pack_signs(signs: np.ndarray) -> np.ndarray:
+    """Bool (..., 32 * words) -> uint32 (..., words), element i -> bit i % 32 of word i // 32."""
+    return np.packbits(signs, axis=-1, bitorder="little").view("<u4").astype(np.uint32)
+
+
+def _aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of `a` whose data starts on an `align`-byte boundary (each
+    weight vector of the micro-kernel is then one cache line)."""
+    raw = np.empty(a.nbytes + align, dtype=np.uint8)
+    start = (-raw.ctypes.data) % align
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 # --------------------------------------------------------------------------------------
 # Input packing (per call).
 # --------------------------------------------------------------------------------------
+@intrinsic
+def _positive_bits32(typingctx, array, offset, count):
+    """Bit i set iff array.ravel()[offset + i] > 0, for i < count (1 <= count <= 32);
+    bits count..31 are 0. float32 C-contiguous array, no bounds checks.
+
+    A masked <32 x float> load (lanes >= count are neither read nor set), one compare whose
+    <32 x i1> result is bitcast to i32 (element 0 -> bit 0): on AVX-512 two vcmpps into
+    mask registers and a kunpck.
+    """
+    if not (isinstance(array, types.Array) and array.dtype == types.float32
+            and array.layout == "C" and isinstance(offset, types.Integer)
+            and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vector = ir.VectorType(_F32, WORD_BITS)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vector, [vector.as_pointer(), _I32, ir.VectorType(_I1, WORD_BITS),
+                                     vector]),
+            f"llvm.masked.load.v{WORD_BITS}f32.p0")
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer = builder.bitcast(builder.gep(data, [args[1]]), vector.as_pointer())
+        count = context.cast(builder, args[2], signature.args[2], types.int32)
+        lanes = ir.Constant(ir.VectorType(_I32, WORD_BITS), list(range(WORD_BITS)))
+        counts = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(_I32, WORD_BITS), ir.Undefined),
+                                   count, _I32(0)),
+            ir.Constant(ir.VectorType(_I32, WORD_BITS), ir.Undefined),
+            ir.Constant(ir.VectorType(_I32, WORD_BITS), None))
+        mask = builder.icmp_unsigned("<", lanes, counts)
+        zeros = ir.Constant(vector, None)
+        values = builder.call(masked_load, [pointer, _I32(4), mask, zeros])
+        positive = builder.fcmp_ordered(">", values, zeros)
+        return builder.bitcast(positive, _I32)
+
+    return types.uint32(array, offset, count), codegen
+
+
+@njit(inline="always", cache=True)
+def _pack_row(flat, src, dst, dst_start, w, c, words):
+    """dst[dst_start + (col * words + word)] = sign bits of the C channels of pixel `col` of
+    the image row starting at flat[src], for col < w (flat float32, dst uint32)."""
+    if c % WORD_BITS == 0:
+        # Whole words only: the row is one run of w * words words (unsigned indices skip
+        # numba's negative-index fix-up in this loop).
+        for i in range(w * words):
+            dst[np.uint64(dst_start + i)] = _positive_bits32(flat, src + i * WORD_BITS, WORD_BITS)
+    else:
+        for col in range(w):
+            for word in range(words):
+                first = word * WORD_BITS
+                dst[np.uint64(dst_start + col * words + word)] = _positive_bits32(
+                    flat, src + col * c + first, min(WORD_BITS, c - first))
+
+
 @njit(parallel=True, cache=True)
 def _pack_input(x, pad, packed):
-    """packed[n, y + pad, x + pad, :] = sign bits of x[n, y, x, :]; border left as is."""
+    """packed[n, y + pad, x + pad, :] = sign bits of x[n, y, x, :]; the border is untouched."""
     n, h, w, c = x.shape
-    full_words = c // WORD_BITS
-    tail = c - full_words * WORD_BITS
+    hp, wp, words = packed.shape[1], packed.shape[2], packed.shape[3]
+    flat = x.reshape(n * h * w * c)
+    dst = packed.reshape(packed.size)
     for row in prange(n * h):
         b = row // h
-        y = row % h
-        # The last, partial word goes through a zero-filled copy: its unused bits stay 0.
-        tail_values = np.zeros(WORD_BITS, dtype=np.float32)
-        for col in range(w):
-            src = ((b * h + y) * w + col) * c
-            for word in range(full_words):
-                packed[b, y + pad, col + pad, word] = _positive_bits64(x, src + word * WORD_BITS)
-            if tail:
-                tail_values[:tail] = x[b, y, col, full_words * WORD_BITS:]
-                packed[b, y + pad, col + pad, full_words] = _positive_bits64(tail_values, 0)
+        y = row - b * h
+        _pack_row(flat, row * w * c, dst, ((b * hp + y + pad) * wp + pad) * words, w, c, words)
 
 
 def pack_input_bits(x: np.ndarray, pad: int) -> np.ndarray:
     """Sign bits of an NHWC float32 tensor, zero-padded: (N, H + 2 pad, W + 2 pad, words)
-    uint64, bit set where x > 0; padded pixels and pad bits beyond C are 0."""
+    uint32, bit set where x > 0; padded pixels and pad bits beyond C are 0."""
     _check_input(x)
     _check_int("pad", pad, minimum=0)
     n, h, w, c = x.shape
-    packed = np.empty((n, h + 2 * pad, w + 2 * pad, _words_for(c)), dtype=np.uint64)
+    packed = np.empty((n, h + 2 * pad, w + 2 * pad, words_for(c)), dtype=np.uint32)
     if pad:
         _zero_border(packed, pad)
     _pack_input(x, pad, packed)
@@ -290,10 +278,9 @@ def pack_input_bits(x: np.ndarray, pad: int) -> np.ndarray:
 def pack_input_bits_reference(x: np.ndarray, pad: int) -> np.ndarray:
     """Plain-numpy reference of `pack_input_bits`."""
     n, h, w, c = x.shape
-    words = _words_for(c)
-    signs = np.zeros((n, h + 2 * pad, w + 2 * pad, words * WORD_BITS), dtype=bool)
+    signs = np.zeros((n, h + 2 * pad, w + 2 * pad, words_for(c) * WORD_BITS), dtype=bool)
     signs[:, pad : pad + h, pad : pad + w, :c] = x > 0
-    return np.packbits(signs, axis=-1, bitorder="little").view("<u8").astype(np.uint64)
+    return _pack_signs(signs)
 
 
 def _zero_border(packed: np.ndarray, pad: int) -> None:
@@ -304,126 +291,548 @@ def _zero_border(packed: np.ndarray, pad: int) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# The XNOR-popcount convolution.
+# The micro-kernel, in LLVM IR.
 # --------------------------------------------------------------------------------------
-@njit(cache=True)
-def _count_valid(start, taps, size):
-    """How many of the taps start, start + 1, ..., start + taps - 1 lie in [0, size)."""
-    return max(0, min(start + taps, size) - max(start, 0))
+def _splat(builder: ir.IRBuilder, value: ir.Value, vector_type: ir.VectorType) -> ir.Value:
+    undef = ir.Constant(vector_type, ir.Undefined)
+    one = builder.insert_element(undef, value, _I32(0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, vector_type.count),
+                                                          None))
 
 
-@njit(inline="always", cache=True)
-def _subtract_padded_taps(counts, tap_popcounts, iy0, ix0, h, w):
-    """counts[lane] -= popcounts of the filter taps that fall into the zero padding."""
-    kh, kw = tap_popcounts.shape[0], tap_popcounts.shape[1]
-    for ky in range(kh):
-        for kx in range(kw):
-            iy = iy0 + ky
-            ix = ix0 + kx
-            if iy < 0 or iy >= h or ix < 0 or ix >= w:
-                for lane in range(counts.size):
-                    counts[lane] -= tap_popcounts[ky, kx, lane]
+def _define_microkernel(module: ir.Module, positions: int, nv: int) -> ir.Function:
+    """Emit (once per LLVM module) the kernel for `ntiles` tiles along an image row
 
+        void tiles(u32* x, i64* pos, i64* word_offsets, i64 kwords, u32* w, i32* bases,
+                   i64* base_rows, f32* alpha, f32* bias, f32* out, i64 ldo, i64 rows_valid,
+                   i64 cols_valid, i64 mode, i64 ntiles, i64 x_step, i64 out_step)
 
-@njit(inline="always", cache=True)
-def _activate_in_place(values, activation):
-    # LEAKY and RELU are written out so these loops vectorise: the generic `activate`
-    # branches on the code per element, which made the epilogue slower than the
-    # whole popcount kernel.
-    if activation == LEAKY:
-        for i in range(values.size):
-            v = values[i]
-            values[i] = v if v > 0 else np.float32(0.1) * v
-    elif activation == RELU:
-        for i in range(values.size):
-            v = values[i]
-            values[i] = v if v > 0 else np.float32(0.0)
-    elif activation != LINEAR:
-        for i in range(values.size):
-            values[i] = activate(values[i], activation)
+    For tile i < ntiles, with x_i = x + i * x_step and out_i = out + i * out_step, and
+    B[p] = bases[base_rows[p] * NR :] (a row of NR = 16 * nv int32):
+    acc[p, :] = init[p] + sum over k < kwords of popcount(x_i[pos[p] + word_offsets[k]]
+    ^ w[k * NR : (k + 1) * NR]) for p < positions; then, for p < rows_valid and lanes
+    < cols_valid, out_i[p * ldo + :] = act(float32(dot) * alpha + bias), a float32
+    multiply and a float32 add, where
 
+    * mode & _HALVED (every base even): init = B[p] = -base / 2, so dot = base - 2 * count
+      = -2 * acc and float32(dot) * alpha = float32(acc) * (-2 alpha) exactly (scaling by
+      -2 is exact: the caller checks that -2 alpha does not overflow);
+    * otherwise: init = 0, B[p] = base, dot = fma(float32(acc), -2, float32(base)), exact
+      (an integer below 2**24).
 
-@njit(inline="always", cache=True)
-def _epilogue(counts, values, out_row, ox, first, scale, shift, tap_popcounts,
-              iy0, ix0, h, w, cin, activation):
-    """out_row[ox, first:first + n] = activation(float32(dot) * scale + shift), n = values.size.
-
-    counts: the position's LANES popcounts over all taps, padded taps included (consumed);
-    values: scratch of n float32; scale, shift, tap_popcounts (kh, kw, LANES): the
-    channel block's views; (iy0, ix0): the input pixel under the kernel's top-left tap.
+    act = mode & 3: _EPILOGUE_LINEAR, _EPILOGUE_LEAKY (y > 0 ? y : 0.1f * y) or
+    _EPILOGUE_RELU (y > 0 ? y : 0).
+    Preconditions: kwords, ntiles >= 1; 1 <= rows_valid <= positions; 1 <= cols_valid
+    <= NR; every pos[p] (also p >= rows_valid) addresses a valid window in every tile.
     """
-    kh, kw = tap_popcounts.shape[0], tap_popcounts.shape[1]
-    valid_taps = _count_valid(iy0, kh, h) * _count_valid(ix0, kw, w)
-    if valid_taps != kh * kw:
-        _subtract_padded_taps(counts, tap_popcounts, iy0, ix0, h, w)
-    valid_bits = valid_taps * cin
-    for lane in range(values.size):
-        values[lane] = np.float32(valid_bits - 2 * counts[lane]) * scale[lane] + shift[lane]
-    _activate_in_place(values, activation)
-    for lane in range(values.size):
-        # An unsigned index skips numba's negative-index fix-up, which otherwise keeps
-        # this loop scalar (vectorised, the epilogue costs 2x less).
-        out_row[ox, np.uint64(first + lane)] = values[lane]
+    name = f"yolo8_xnor_tiles_{positions}x{nv}"
+    if name in module.globals:
+        return module.globals[name]
+    i32p, i64p, f32p = _I32.as_pointer(), _I64.as_pointer(), _F32.as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i32p, i64p, i64p, _I64, i32p, i32p, i64p, f32p, f32p,
+                                           f32p, _I64, _I64, _I64, _I64, _I64, _I64, _I64])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")  # one copy per module: the call costs nothing next to a tile
+    (x, pos, word_offsets, kwords, w_start, bases, base_rows, alpha, bias, out, ldo,
+     rows_valid, cols_valid, mode, ntiles, x_step, out_step) = fn.args
+    nr = 16 * nv
+
+    entry = fn.append_basic_block("entry")
+    tile_head = fn.append_basic_block("tile_head")
+    init_from_bases = fn.append_basic_block("init_from_bases")
+    loop = fn.append_basic_block("word_loop")
+    epilogue = fn.append_basic_block("epilogue")
+    tile_latch = fn.append_basic_block("tile_latch")
+    done = fn.append_basic_block("done")
+
+    b = ir.IRBuilder(entry)
+    offsets = [b.load(b.gep(pos, [_I64(p)])) for p in range(positions)]
+    halved = b.icmp_signed("!=", b.and_(mode, _I64(_HALVED)), _I64(0))
+    b.branch(tile_head)
+
+    b.position_at_end(tile_head)
+    tile = b.phi(_I64)
+    x_tile = b.phi(i32p)
+    out_tile = b.phi(f32p)
+    pos_ptrs = [b.gep(x_tile, [offset]) for offset in offsets]
+    b.cbranch(halved, init_from_bases, loop)
+
+    b.position_at_end(init_from_bases)
+    init = [[b.load(b.bitcast(b.gep(_base_row(b, bases, base_rows, p, nr), [_I64(16 * v)]),
+                              _VI.as_pointer()), align=4) for v in range(nv)]
+            for p in range(positions)]
+    b.branch(loop)
+
+    # Per word k: one broadcast word per position x nv weight vectors.
+    b.position_at_end(loop)
+    k = b.phi(_I64)
+    w_k = b.phi(i32p)
+    acc_k = [[b.phi(_VI) for _ in range(nv)] for _ in range(positions)]
+    acc_next = _emit_word_step(b, module, acc_k, pos_ptrs, b.load(b.gep(word_offsets, [k])), w_k)
+    w_next = b.gep(w_k, [_I64(nr)])
+    k_next = b.add(k, _I64(1))
+    b.cbranch(b.icmp_signed("<", k_next, kwords), loop, epilogue)
+    for block, k_in, w_in in ((tile_head, _I64(0), w_start), (init_from_bases, _I64(0), w_start),
+                              (loop, k_next, w_next)):
+        k.add_incoming(k_in, block)
+        w_k.add_incoming(w_in, block)
+    for p in range(positions):
+        for v in range(nv):
+            acc_k[p][v].add_incoming(ir.Constant(_VI, None), tile_head)
+            acc_k[p][v].add_incoming(init[p][v], init_from_bases)
+            acc_k[p][v].add_incoming(acc_next[p][v], loop)
+
+    b.position_at_end(epilogue)
+    _emit_epilogues(b, fn, acc_next, bases, base_rows, alpha, bias, out_tile, ldo, rows_valid,
+                    cols_valid, mode, tile_latch)
+
+    b.position_at_end(tile_latch)
+    tile_next = b.add(tile, _I64(1))
+    x_next = b.gep(x_tile, [x_step])
+    out_next = b.gep(out_tile, [out_step])
+    b.cbranch(b.icmp_signed("<", tile_next, ntiles), tile_head, done)
+    for phi, first, following in ((tile, _I64(0), tile_next), (x_tile, x, x_next),
+                                  (out_tile, out, out_next)):
+        phi.add_incoming(first, entry)
+        phi.add_incoming(following, tile_latch)
+
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+def _base_row(b: ir.IRBuilder, bases: ir.Value, base_rows: ir.Value, p: int, nr: int) -> ir.Value:
+    """Pointer to position p's row of the bases table."""
+    return b.gep(bases, [b.mul(b.load(b.gep(base_rows, [_I64(p)])), _I64(nr))])
+
+
+def _emit_word_step(b: ir.IRBuilder, module: ir.Module, acc, pos_ptrs, offset, w_k):
+    """acc[p][v] + popcount(broadcast(x_p[offset]) ^ w_k[16 v : 16 v + 16]) for every p, v."""
+    ctpop = cgutils.get_or_insert_function(module, ir.FunctionType(_VI, [_VI]), "llvm.ctpop.v16i32")
+    nv = len(acc[0])
+    weights = [b.load(b.bitcast(b.gep(w_k, [_I64(16 * v)]), _VI.as_pointer()), align=4)
+               for v in range(nv)]
+    result = []
+    for p, pointer in enumerate(pos_ptrs):
+        word = _splat(b, b.load(b.gep(pointer, [offset]), align=4), _VI)
+        result.append([b.add(acc[p][v], b.call(ctpop, [b.xor(word, weights[v])]))
+                       for v in range(nv)])
+    return result
+
+
+def _emit_epilogues(b: ir.IRBuilder, fn: ir.Function, acc, bases, base_rows, alpha, bias,
+                    out_tile, ldo, rows_valid, cols_valid, mode, exit_block) -> None:
+    """The stores of one tile, in one copy per mode (one branch per tile, not per vector):
+    a chain of blocks per mode, one block per position, leaving at rows_valid."""
+    module = fn.module
+    positions, nv = len(acc), len(acc[0])
+    nr = 16 * nv
+    vfp = _VF.as_pointer()
+    fma = cgutils.get_or_insert_function(module, ir.FunctionType(_VF, [_VF, _VF, _VF]),
+                                         "llvm.fma.v16f32")
+    masked_load = cgutils.get_or_insert_function(
+        module, ir.FunctionType(_VF, [vfp, _I32, _VMASK, _VF]), "llvm.masked.load.v16f32.p0")
+    masked_store = cgutils.get_or_insert_function(
+        module, ir.FunctionType(ir.VoidType(), [_VF, vfp, _I32, _VMASK]),
+        "llvm.masked.store.v16f32.p0")
+    zero = ir.Constant(_VF, None)
+    minus_two = ir.Constant(_VF, [-2.0] * 16)
+    slope = ir.Constant(_VF, [0.1] * 16)
+
+    lanes = b.trunc(cols_valid, _I32)
+    masks = [b.icmp_signed("<", ir.Constant(_VI, list(range(16 * v, 16 * v + 16))),
+                           _splat(b, lanes, _VI)) for v in range(nv)]
+    alphas = [b.call(masked_load, [b.bitcast(b.gep(alpha, [_I64(16 * v)]), vfp), _I32(4),
+                                   masks[v], zero]) for v in range(nv)]
+    biases = [b.call(masked_load, [b.bitcast(b.gep(bias, [_I64(16 * v)]), vfp), _I32(4),
+                                   masks[v], zero]) for v in range(nv)]
+    switch_block = b.block
+
+    def activate(y: ir.Value, kind: int) -> ir.Value:
+        # y > t ? y : t is exactly x86's maxps(y, t): leaky's y > 0 ? y : 0.1f * y (the
+        # two tests agree for every y, NaN and signed zeros included), relu's y > 0 ? y : 0.
+        if kind == _EPILOGUE_LINEAR:
+            return y
+        t = b.fmul(y, slope) if kind == _EPILOGUE_LEAKY else zero
+        return b.select(b.fcmp_ordered(">", y, t), y, t)
+
+    chains = {}
+    for halved in (False, True):
+        for kind in (_EPILOGUE_LINEAR, _EPILOGUE_LEAKY, _EPILOGUE_RELU):
+            code = kind | (_HALVED if halved else 0)
+            blocks = [fn.append_basic_block(f"store_{code}_{p}") for p in range(positions)]
+            chains[code] = blocks
+            b.position_at_end(blocks[0])
+            scales = [b.fmul(a, minus_two) for a in alphas] if halved else alphas
+            for p in range(positions):
+                if p:
+                    b.position_at_end(blocks[p])
+                row = b.gep(out_tile, [b.mul(_I64(p), ldo)])
+                base = None if halved else _base_row(b, bases, base_rows, p, nr)
+                for v in range(nv):
+                    counts = b.sitofp(acc[p][v], _VF)
+                    if halved:
+                        scaled = b.fmul(counts, scales[v])  # = float32(dot) * alpha, exactly
+                    else:
+                        base_v = b.load(b.bitcast(b.gep(base, [_I64(16 * v)]), _VI.as_pointer()),
+                                        align=4)
+                        dot = b.call(fma, [counts, minus_two, b.sitofp(base_v, _VF)])
+                        scaled = b.fmul(dot, alphas[v])
+                    y = activate(b.fadd(scaled, biases[v]), kind)
+                    b.call(masked_store, [y, b.bitcast(b.gep(row, [_I64(16 * v)]), vfp), _I32(4),
+                                          masks[v]])
+                if p + 1 < positions:
+                    b.cbranch(b.icmp_signed("<", _I64(p + 1), rows_valid), blocks[p + 1],
+                              exit_block)
+                else:
+                    b.branch(exit_block)
+    b.position_at_end(switch_block)
+    switch = b.switch(mode, chains[_EPILOGUE_LINEAR][0])
+    for code, blocks in chains.items():
+        if code != _EPILOGUE_LINEAR:
+            switch.add_case(_I64(code), blocks[0])
+
+
+def _make_tiles_intrinsic(positions: int, nv: int):
+    """A numba intrinsic calling the (positions x 16*nv) IR kernel on numba arrays:
+    w = wbits.ravel()[w_offset:], alpha and bias from their element 0 (pass slices),
+    out = out.ravel()[out_offset:]; the other arguments as in `_define_microkernel`."""
+
+    @intrinsic
+    def tiles(typingctx, xbits, pos, word_offsets, wbits, w_offset, bases, base_rows, alpha,
+              bias, out, out_offset, ldo, rows_valid, cols_valid, mode, ntiles, x_step,
+              out_step):
+        sig = types.void(xbits, pos, word_offsets, wbits, types.int64, bases, base_rows, alpha,
+                         bias, out, *([types.int64] * 8))
+
+        def codegen(context, builder, signature, args):
+            arrays = [context.make_array(ty)(context, builder, value)
+                      if isinstance(ty, types.Array) else value
+                      for ty, value in zip(signature.args, args)]
+            (x_a, pos_a, offsets_a, w_a, w_off, bases_a, rows_a, alpha_a, bias_a, out_a,
+             out_off, *scalars) = arrays
+            fn = _define_microkernel(builder.module, positions, nv)
+            i32p, i64p, f32p = _I32.as_pointer(), _I64.as_pointer(), _F32.as_pointer()
+            kwords = builder.extract_value(offsets_a.shape, 0)
+            builder.call(fn, [
+                builder.bitcast(x_a.data, i32p), builder.bitcast(pos_a.data, i64p),
+                builder.bitcast(offsets_a.data, i64p), kwords,
+                builder.gep(builder.bitcast(w_a.data, i32p), [w_off]),
+                builder.bitcast(bases_a.data, i32p), builder.bitcast(rows_a.data, i64p),
+                builder.bitcast(alpha_a.data, f32p), builder.bitcast(bias_a.data, f32p),
+                builder.gep(builder.bitcast(out_a.data, f32p), [out_off]),
+                *scalars,
+            ])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tiles
+
+
+_tiles_4x4 = _make_tiles_intrinsic(*TILE_SHAPES[64])
+_tiles_8x2 = _make_tiles_intrinsic(*TILE_SHAPES[32])
+
+
+# --------------------------------------------------------------------------------------
+# The tile loop.
+# --------------------------------------------------------------------------------------
+@njit(inline="always", cache=True)
+def _valid_range(start, taps, size):
+    """(lo, hi): the taps lo..hi-1 of start, start + 1, ..., start + taps - 1 that lie in
+    [0, size); lo == hi when none does."""
+    lo = min(max(0, -start), taps)
+    return lo, max(lo, min(taps, size - start))
+
+
+@njit(cache=True)
+def _border_base(row, tap_sums, iy0, ix0, h, w, cin, halved):
+    """The base of a position for each lane: valid_bits + 2 * (popcounts of the lane's taps
+    in the zero padding), or -base / 2 if `halved` (the accumulators' start then).
+
+    The kernel's count includes popcount(0 ^ w_tap) = popcount(w_tap) for each padded tap,
+    which this cancels: dot = base - 2 * count. tap_sums (kh + 1, kw + 1, lanes) are the
+    2-D prefix sums of the block's tap popcounts, so the valid taps' sum is a rectangle.
+    """
+    kh, kw = tap_sums.shape[0] - 1, tap_sums.shape[1] - 1
+    y0, y1 = _valid_range(iy0, kh, h)
+    x0, x1 = _valid_range(ix0, kw, w)
+    valid_bits = (y1 - y0) * (x1 - x0) * cin
+    total, a, b = tap_sums[kh, kw], tap_sums[y1, x1], tap_sums[y0, x1]
+    c, d = tap_sums[y1, x0], tap_sums[y0, x0]
+    for lane in range(row.size):
+        base = valid_bits + 2 * (total[lane] - (a[lane] - b[lane] - c[lane] + d[lane]))
+        row[lane] = -(base // 2) if halved else base
+
+
+@njit(inline="always", cache=True)
+def _edge_class(o, lo, hi):
+    """Class of output row (or column) o: all of lo..hi (no padded tap) share class lo;
+    every other one has its own (o < lo: o; o > hi: lo + o - hi)."""
+    if o > hi:
+        return lo + o - hi
+    return min(o, lo)
+
+
+@njit(inline="always", cache=True)
+def _class_representative(cls, lo, hi):
+    """An output row (or column) of class cls (for an unused class, a harmless one)."""
+    return cls if cls <= lo else hi + cls - lo
+
+
+@njit(cache=True)
+def _fill_bases(bases, tap_sums, ny, nx, oy_lo, oy_hi, ox_lo, ox_hi, stride, pad, h, w, cin,
+                halved):
+    """bases[cy * nx + cx] = the base row (see _border_base) of the positions of class
+    (cy, cx) (_edge_class of the output row and column) for one channel block."""
+    for cy in range(ny):
+        iy0 = _class_representative(cy, oy_lo, oy_hi) * stride - pad
+        for cx in range(nx):
+            ix0 = _class_representative(cx, ox_lo, ox_hi) * stride - pad
+            _border_base(bases[cy * nx + cx], tap_sums, iy0, ix0, h, w, cin, halved)
+
+
+@njit(cache=True)
+def _activate_rows(out2d, m0, rows, first, cols, activation):
+    for i in range(rows):
+        values = out2d[m0 + i, first:first + cols]
+        for j in range(cols):
+            values[j] = activate(values[j], activation)
+
+
+@njit(cache=True)
+def _pack_rows(flat, buffer, g0, g1, h, w, c, pad, words):
+    """Pack the padded input rows g0..g1-1 (global index image * Hp + padded row) into
+    buffer (zeroed, (g1 - g0) rows of Wp * words): the rows one chunk of positions reads."""
+    hp, wp = h + 2 * pad, w + 2 * pad
+    for g in range(g0, g1):
+        img = g // hp
+        y = g - img * hp - pad
+        if 0 <= y < h:
+            _pack_row(flat, (img * h + y) * w * c, buffer, ((g - g0) * wp + pad) * words, w, c,
+                      words)
+
+
+@njit(inline="always", cache=True)
+def _split(m, ho, wo):
+    """Output position m -> (image, row, column)."""
+    img = m // (ho * wo)
+    oy = (m - img * ho * wo) // wo
+    return img, oy, m - (img * ho + oy) * wo
+
+
+@njit(cache=True)
+def _window_offsets(kh, kw, words, wp):
+    """Offset of window word k = (ky, kx, word) from the window's first word: each kernel
+    row is kw * words contiguous words (adjacent pixels), rows are Wp * words apart."""
+    run = kw * words
+    offsets = np.empty(kh * run, np.int64)
+    for ky in range(kh):
+        for j in range(run):
+            offsets[ky * run + j] = ky * wp * words + j
+    return offsets
+
+
+@njit(cache=True)
+def _epilogue_mode(activation, halved):
+    mode = _HALVED if halved else 0
+    if activation == LEAKY:
+        return mode | _EPILOGUE_LEAKY
+    if activation == RELU:
+        return mode | _EPILOGUE_RELU
+    return mode | _EPILOGUE_LINEAR  # LINEAR, or numba applies the activation afterwards
+
+
+@njit(cache=True)
+def _can_halve(cin, alpha):
+    """Whether the halved epilogue is exact: every base is even (valid taps * cin + an even
+    correction) and -2 * alpha does not overflow."""
+    if cin % 2:
+        return False
+    for a in alpha:
+        if not abs(a) < np.float32(2.0**127):
+            return False
+    return True
+
+
+@intrinsic
+def _fetch_add(typingctx, array, index, value):
+    """Atomically array[index] += value (int64 array, no bounds check); returns the old
+    value: the work counter the threads of `_xnor_conv` share."""
+    if not (isinstance(array, types.Array) and array.dtype == types.int64
+            and isinstance(index, types.Integer) and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", builder.gep(data, [args[1]]), value, "seq_cst")
+
+    return types.int64(array, index, value), codegen
+
+
+@njit(cache=True)
+def _work_items(m_total, positions, n_threads):
+    """Start positions of the work items (and m_total at the end), in whole tiles.
+
+    With enough tiles, "guided" sizes: each item takes 1 / (GUIDED_SHARE * threads) of the
+    tiles left, at least MIN_ITEM_TILES; big items first, small ones at the end, so the
+    threads finish within a small item of each other although one starts late (a sleeping
+    pool thread takes 10-30 us to wake) or runs slower. Every item packs its rows (halo
+    included) and reloads every block's weights, hence the minimum; below
+    GUIDED_MIN_TILES tiles per thread (small maps with many channels, whose work is mostly
+    weights), one equal item per thread does better.
+    """
+    tiles = (m_total + positions - 1) // positions
+    bounds = np.empty(tiles + 1, np.int64)
+    bounds[0] = 0
+    count = 0
+    done = 0
+    guided = tiles >= GUIDED_MIN_TILES * n_threads
+    while done < tiles:
+        if guided:
+            size = max(MIN_ITEM_TILES, (tiles - done) // (GUIDED_SHARE * n_threads))
+        else:
+            size = (tiles + n_threads - 1) // n_threads
+        done = min(tiles, done + size)
+        count += 1
+        bounds[count] = min(m_total, done * positions)
+    return bounds[:count + 1]
+
+
+@njit(cache=True)
+def _list_positions(pos, base_rows, m0, rows, img, oy, ox, geometry, stride, pad, g0, words):
+    """Fill pos / base_rows for positions m0..m0+rows-1 one by one (at (img, oy, ox) now;
+    border classes, row and image changes); the tile's unused slots repeat the last
+    position (computed, never stored). Returns the (img, oy, ox) after the last one."""
+    h, w, cin, ho, wo, cout, kh, oy_lo, oy_hi, ox_lo, ox_hi, ny, nx = geometry
+    hp, wp = h + 2 * pad, w + 2 * pad
+    for p in range(rows):
+        if ox == wo:
+            img, oy, ox = _split(m0 + p, ho, wo)
+        pos[p] = ((img * hp + oy * stride - g0) * wp + ox * stride) * words
+        base_rows[p] = _edge_class(oy, oy_lo, oy_hi) * nx + _edge_class(ox, ox_lo, ox_hi)
+        ox += 1
+    for p in range(rows, pos.size):
+        pos[p] = pos[rows - 1]
+        base_rows[p] = base_rows[rows - 1]
+    return img, oy, ox
+
+
+@njit(cache=True)
+def _walk_block(xbits, g0, block, m_lo, m_hi, wbits, alpha, bias, out_flat, activation, mode,
+                stride, pad, geometry, word_offsets, pos, base_rows, bases):
+    """One channel block over output positions m_lo..m_hi-1, in tiles of pos.size
+    positions. Whole tiles within one image row and off the border go to the IR kernel in
+    one call per row; the others (border, row change, end of range) one tile per call."""
+    h, w, cin, ho, wo, cout, kh, oy_lo, oy_hi, ox_lo, ox_hi, ny, nx = geometry
+    blocks, _, _, words, lanes = wbits.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
+    positions = pos.size
+    col_step = stride * words  # words between horizontally adjacent positions
+    first = block * lanes
+    cols = min(lanes, cout - first)
+    w_flat = wbits.reshape(wbits.size)
+    fused = activation == LINEAR or activation == LEAKY or activation == RELU
+    img, oy, ox = _split(m_lo, ho, wo)
+    m0 = m_lo
+    while m0 < m_hi:
+        run_tiles = 0
+        if oy_lo <= oy <= oy_hi and ox_lo <= ox:
+            run_tiles = min((ox_hi - ox + 1) // positions, (m_hi - m0) // positions)
+        if run_tiles > 0:
+            start = ((img * hp + oy * stride - g0) * wp + ox * stride) * words
+            for p in range(positions):
+                pos[p] = start + p * col_step
+                base_rows[p] = oy_lo * nx + ox_lo  # the interior class
+            rows = run_tiles * positions
+            ox += rows
+        else:
+            run_tiles = 1
+            rows = min(positions, m_hi - m0)
+            img, oy, ox = _list_positions(pos, base_rows, m0, rows, img, oy, ox, geometry,
+                                          stride, pad, g0, words)
+        if ox == wo and m0 + rows < m_hi:
+            img, oy, ox = _split(m0 + rows, ho, wo)
+        tail = (out_flat, m0 * cout + first, cout, min(rows, positions), cols, mode, run_tiles,
+                positions * col_step, positions * cout)
+        if lanes == 64:
+            _tiles_4x4(xbits, pos, word_offsets, w_flat, block * (w_flat.size // blocks), bases,
+                       base_rows, alpha[first:], bias[first:], *tail)
+        else:
+            _tiles_8x2(xbits, pos, word_offsets, w_flat, block * (w_flat.size // blocks), bases,
+                       base_rows, alpha[first:], bias[first:], *tail)
+        if not fused:
+            _activate_rows(out_flat.reshape(-1, cout), m0, rows, first, cols, activation)
+        m0 += rows
+
+
+@njit(cache=True)
+def _run_item(flat, wbits, tap_sums, alpha, bias, stride, pad, activation, out_flat, m_lo, m_hi,
+              geometry, word_offsets, halved, pos, base_rows, bases):
+    """Output positions m_lo..m_hi-1, every channel block: pack the padded input rows they
+    read into a zero-bordered buffer, then block by block (one block's weights stay in
+    L1/L2 over the range) fill the block's base rows and walk the range."""
+    h, w, cin, ho, wo, cout, kh, oy_lo, oy_hi, ox_lo, ox_hi, ny, nx = geometry
+    words = wbits.shape[3]
+    hp, wp = h + 2 * pad, w + 2 * pad
+    # The padded input rows this range reads: g0..g1-1 (image * Hp + row).
+    img, oy, _ = _split(m_lo, ho, wo)
+    g0 = img * hp + oy * stride
+    img, oy, _ = _split(m_hi - 1, ho, wo)
+    g1 = img * hp + oy * stride + kh
+    xbits = np.zeros((g1 - g0) * wp * words, np.uint32)
+    _pack_rows(flat, xbits, g0, g1, h, w, cin, pad, words)
+    mode = _epilogue_mode(activation, halved)
+    for block in range(wbits.shape[0]):
+        _fill_bases(bases, tap_sums[block], ny, nx, oy_lo, oy_hi, ox_lo, ox_hi, stride, pad,
+                    h, w, cin, halved)
+        _walk_block(xbits, g0, block, m_lo, m_hi, wbits, alpha, bias, out_flat, activation, mode,
+                    stride, pad, geometry, word_offsets, pos, base_rows, bases)
 
 
 @njit(parallel=True, cache=True)
-def _xnor_conv(xbits, wbits, tap_popcounts, alpha, bias, h, w, cin, stride, pad, activation, out):
-    """out = activation(float32(dot) * alpha + bias) for packed input and weights.
+def _xnor_conv(x, wbits, tap_sums, alpha, bias, stride, pad, activation, out, n_threads):
+    """out = activation(float32(dot) * alpha + bias): packing, popcount tiles, epilogue.
 
-    xbits (N, Hp, Wp, words) zero-bordered; wbits (blocks, kh, kw, words, LANES);
-    tap_popcounts (blocks, kh, kw, LANES). One prange task = (image, output row, channel
-    block); it walks the row in tiles of 4 positions x LANES channels held in 16 zmm
-    registers.
+    One parallel region of n_threads workers; each takes work items (ranges of output
+    positions in (image, row, column) order, `_work_items`, `_run_item`) from a shared
+    counter until none is left, so a thread that starts late or runs slower does less.
+    wbits (blocks, kh, kw, words, lanes); tap_sums (blocks, kh + 1, kw + 1, lanes) prefix
+    sums of the tap popcounts.
     """
-    n, hp, wp, words = xbits.shape
-    blocks, kh, kw = wbits.shape[0], wbits.shape[1], wbits.shape[2]
+    n, h, w, cin = x.shape
+    _, kh, kw, words, lanes = wbits.shape
     ho, wo, cout = out.shape[1], out.shape[2], out.shape[3]
-    run = kw * words  # the kw taps of one kernel row are adjacent pixels: one contiguous run
-    tiles = (wo + _TILE_POSITIONS - 1) // _TILE_POSITIONS
-    for task in prange(n * ho * blocks):
-        block = task % blocks
-        b = task // blocks // ho
-        oy = task // blocks % ho
-        first = block * LANES
-        last = min(first + LANES, cout)
-        # Views of this channel block and per-task scratch, made once per task.
-        out_row = out[b, oy]
-        scale = alpha[first:last]
-        shift = bias[first:last]
-        values = np.empty(last - first, dtype=np.float32)
-        block_tap_popcounts = tap_popcounts[block]
-        counts = np.empty((_TILE_POSITIONS, LANES), dtype=np.int64)
-        for tile in range(tiles):
-            # The last tile of a row repeats position wo - 1: recomputed, same result.
-            ox0 = min(tile * _TILE_POSITIONS + 0, wo - 1)
-            ox1 = min(tile * _TILE_POSITIONS + 1, wo - 1)
-            ox2 = min(tile * _TILE_POSITIONS + 2, wo - 1)
-            ox3 = min(tile * _TILE_POSITIONS + 3, wo - 1)
-            acc0 = _zero_counters()
-            acc1 = _zero_counters()
-            acc2 = _zero_counters()
-            acc3 = _zero_counters()
-            for ky in range(kh):
-                row = (b * hp + oy * stride + ky) * wp
-                x0 = (row + ox0 * stride) * words
-                x1 = (row + ox1 * stride) * words
-                x2 = (row + ox2 * stride) * words
-                x3 = (row + ox3 * stride) * words
-                wofs = (block * kh + ky) * run * LANES
-                for j in range(run):
-                    acc0 = _accumulate_xor_popcount(acc0, _load_word(xbits, x0 + j), wbits, wofs)
-                    acc1 = _accumulate_xor_popcount(acc1, _load_word(xbits, x1 + j), wbits, wofs)
-                    acc2 = _accumulate_xor_popcount(acc2, _load_word(xbits, x2 + j), wbits, wofs)
-                    acc3 = _accumulate_xor_popcount(acc3, _load_word(xbits, x3 + j), wbits, wofs)
-                    wofs += LANES
-            _store_counters(counts, 0 * LANES, acc0)
-            _store_counters(counts, 1 * LANES, acc1)
-            _store_counters(counts, 2 * LANES, acc2)
-            _store_counters(counts, 3 * LANES, acc3)
-            for slot, ox in enumerate((ox0, ox1, ox2, ox3)):
-                _epilogue(counts[slot], values, out_row, ox, first, scale, shift,
-                          block_tap_popcounts, oy * stride - pad, ox * stride - pad,
-                          h, w, cin, activation)
+    m_total = n * ho * wo
+    positions = _POSITIONS_64 if lanes == 64 else _POSITIONS_32
+    # Output rows / columns whose window has no padded tap: lo..hi; the border classes of
+    # the others (_edge_class) select a base row per position.
+    oy_lo = ox_lo = (pad + stride - 1) // stride
+    oy_hi = (h + pad - kh) // stride
+    ox_hi = (w + pad - kw) // stride
+    ny = oy_lo + 1 + max(0, ho - 1 - oy_hi)
+    nx = ox_lo + 1 + max(0, wo - 1 - ox_hi)
+    geometry = (h, w, cin, ho, wo, cout, kh, oy_lo, oy_hi, ox_lo, ox_hi, ny, nx)
+    word_offsets = _window_offsets(kh, kw, words, w + 2 * pad)
+    halved = _can_halve(cin, alpha)
+    flat = x.reshape(x.size)
+    out_flat = out.reshape(out.size)
+    bounds = _work_items(m_total, positions, n_threads)
+    n_items = bounds.size - 1
+    next_item = np.empty(1, np.int64)  # (np.zeros here would be a parallel loop of its own)
+    next_item[0] = 0
+    for _ in prange(min(n_threads, n_items)):
+        pos = np.empty(positions, np.int64)
+        base_rows = np.empty(positions, np.int64)
+        bases = np.empty((ny * nx, lanes), np.int32)
+        item = _fetch_add(next_item, 0, 1)
+        while item < n_items:
+            _run_item(flat, wbits, tap_sums, alpha, bias, stride, pad, activation, out_flat,
+                      bounds[item], bounds[item + 1], geometry, word_offsets, halved, pos,
+                      base_rows, bases)
+            item = _fetch_add(next_item, 0, 1)
 
 
 def conv2d_xnor(
@@ -456,7 +865,7 @@ def conv2d_xnor(
         raise ValueError(
             f"out must be a C-contiguous float32 array of shape {shape}, got {_describe(out)}"
         )
-    return _run(x, weights, weights.alpha, bias, stride, pad, code, out)
+    return _run(x, weights, weights.alpha, np.ascontiguousarray(bias), stride, pad, code, out)
 
 
 def conv2d_xnor_dot(x: np.ndarray, weights: XnorConvWeights, stride: int, pad: int) -> np.ndarray:
@@ -464,8 +873,6 @@ def conv2d_xnor_dot(x: np.ndarray, weights: XnorConvWeights, stride: int, pad: i
     (N, Ho, Wo, Cout). Same kernel, run with alpha = 1, bias = 0, linear (|dot| < 2**24,
     so float32 holds it exactly)."""
     ho, wo = _check_conv_args(x, weights, stride, pad)
-    if weights.kh * weights.kw * weights.cin >= 2**24:
-        raise ValueError("filter too large for an exact float32 dot count")
     ones = np.ones(weights.cout, dtype=np.float32)
     zeros = np.zeros(weights.cout, dtype=np.float32)
     out = np.empty((x.shape[0], ho, wo, weights.cout), dtype=np.float32)
@@ -474,10 +881,8 @@ def conv2d_xnor_dot(x: np.ndarray, weights: XnorConvWeights, stride: int, pad: i
 
 
 def _run(x, weights, alpha, bias, stride, pad, code, out) -> np.ndarray:
-    xbits = pack_input_bits(x, pad)
-    _, h, w, cin = x.shape
-    _xnor_conv(xbits, weights.bits, weights.tap_popcounts, alpha, bias,
-               h, w, cin, stride, pad, code, out)
+    _xnor_conv(x, weights.bits, weights.tap_sums, alpha, bias, stride, pad, code, out,
+               numba.get_num_threads())
     return out
 
 
@@ -552,6 +957,9 @@ def _check_conv_args(x, weights, stride, pad) -> tuple[int, int]:
     _check_input(x)
     if x.shape[3] != weights.cin:
         raise ValueError(f"input has {x.shape[3]} channels, weights expect {weights.cin}")
+    if weights.kh * weights.kw * weights.cin >= 2**24:
+        # The epilogue converts dot-sized integers to float32, exactly only below 2**24.
+        raise ValueError("filter too large for an exact float32 dot count")
     return _output_size(x.shape, weights.kh, weights.kw, stride, pad)
 
 
