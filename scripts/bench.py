@@ -228,8 +228,9 @@ def _table(results: dict) -> str:
         lines += ["", "forward, yolov3-tiny 416x416, batch 1 (median of per-process medians)",
                   f"{'engine':10s} {'ms':>8s} {'x opencv':>9s}"]
         for e, r in results["forward"].items():
-            ratio = r.get("ratio_vs_opencv")
-            lines.append(f"{e:10s} {r['median_ms']:8.1f} {ratio if ratio is None else f'{ratio:9.2f}'}")
+            ratio = r.get("ratio_vs_opencv", 1.0 if e == "opencv" else None)
+            cell = "" if ratio is None else f"{ratio:9.2f}"
+            lines.append(f"{e:10s} {r['median_ms']:8.1f} {cell}")
     if "throughput" in results:
         lines += ["", "map-style throughput (decode-ahead, batch 4, thresh 0.005)"]
         for e, r in results["throughput"].items():
