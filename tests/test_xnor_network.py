@@ -80,10 +80,10 @@ CONVS = [(20, 3, 3, 1, 1, True, "leaky", False), (70, 20, 3, 1, 1, True, "leaky"
          (21, 73, 1, 1, 0, False, "linear", False)]
 
 
-def _write_weights(path, rng):
+def _write_weights(path, rng, convs=CONVS):
     parts = [np.array([0, 2, 0], "<i4").tobytes(), np.zeros(1, "<i8").tobytes()]
     raw = []
-    for filters, cin, size, _, _, bn, _, _ in CONVS:
+    for filters, cin, size, _, _, bn, _, _ in convs:
         bias = rng.normal(0, 0.3, filters)
         scale = rng.uniform(-1.5, 1.5, filters) if bn else None  # negative BN scales too
         mean = rng.normal(0, 0.3, filters) if bn else None
@@ -111,25 +111,31 @@ def _conv_nchw(x, w, stride, pad):
     return out
 
 
+def _darknet_conv(spec, v, x):
+    """darknet's forward_convolutional_layer on NCHW float64: binarize if xnor, conv, batch
+    norm or bias, activation; `v` is the layer's floats as stored in the .weights file."""
+    filters, cin, size, stride, pad, bn, act, xnor = spec
+    v = v.astype(np.float32).astype(np.float64)
+    bias = v[:filters]
+    off = filters * (4 if bn else 1)
+    w = v[off:].reshape(filters, cin, size, size)
+    if xnor:
+        alpha = np.abs(w).reshape(filters, -1).mean(axis=1)
+        w = np.where(w > 0, 1.0, -1.0) * alpha[:, None, None, None]
+        x = np.where(x > 0, 1.0, -1.0)
+    y = _conv_nchw(x, w, stride, pad)
+    if bn:
+        scale, mean, var = v[filters:2 * filters], v[2 * filters:3 * filters], v[3 * filters:4 * filters]
+        y = (y - mean[:, None, None]) / (np.sqrt(var)[:, None, None] + 1e-6) * scale[:, None, None]
+    y = y + bias[:, None, None]
+    return {"leaky": np.where(y > 0, y, 0.1 * y), "relu": np.maximum(y, 0), "linear": y}[act]
+
+
 def _darknet_forward(x, raw):
-    """darknet's forward_convolutional_layer for each conv (binarize if xnor, conv, batch norm
-    or bias, activation), maxpool 2/2, route, and [yolo]'s logistic on x, y, obj, classes."""
+    """The network above: convs as darknet runs them, maxpool 2/2, route, and [yolo]'s
+    logistic on x, y, obj, classes."""
     def conv(i, x):
-        filters, cin, size, stride, pad, bn, act, xnor = CONVS[i]
-        v = raw[i].astype(np.float32).astype(np.float64)
-        bias = v[:filters]
-        off = filters * (4 if bn else 1)
-        w = v[off:].reshape(filters, cin, size, size)
-        if xnor:
-            alpha = np.abs(w).reshape(filters, -1).mean(axis=1)
-            w = np.where(w > 0, 1.0, -1.0) * alpha[:, None, None, None]
-            x = np.where(x > 0, 1.0, -1.0)
-        y = _conv_nchw(x, w, stride, pad)
-        if bn:
-            scale, mean, var = v[filters:2 * filters], v[2 * filters:3 * filters], v[3 * filters:4 * filters]
-            y = (y - mean[:, None, None]) / (np.sqrt(var)[:, None, None] + 1e-6) * scale[:, None, None]
-        y = y + bias[:, None, None]
-        return {"leaky": np.where(y > 0, y, 0.1 * y), "relu": np.maximum(y, 0), "linear": y}[act]
+        return _darknet_conv(CONVS[i], raw[i], x)
 
     l0 = conv(0, x)
     n, c, h, w = l0.shape
@@ -172,3 +178,129 @@ def test_xnor_layers_are_not_int8_layers(network):
 
     cfg, weights, _ = network
     assert int8_layers(yolo8.load(cfg, weights).graph) == []
+
+
+# xnor layers between INT8 layers: the int8 backend must run them with the binary kernel on
+# whatever its INT8 neighbours produce (issue 5: "works the same whether the surrounding layers
+# run fp32 or int8").
+MIXED_CFG = """[net]
+width=24
+height=24
+channels=3
+{calibration}
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=24
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=37
+size=3
+stride=1
+pad=1
+activation=leaky
+xnor=1
+
+[convolutional]
+batch_normalize=1
+filters=29
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=45
+size=3
+stride=2
+pad=1
+activation=leaky
+xnor=1
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=21
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=4,6, 9,12, 20,24
+classes=2
+num=3
+"""
+MIXED_CONVS = [(16, 3, 3, 1, 1, True, "leaky", False), (24, 16, 3, 1, 1, True, "leaky", False),
+               (37, 24, 3, 1, 1, True, "leaky", True), (29, 37, 1, 1, 0, True, "leaky", False),
+               (45, 29, 3, 2, 1, True, "leaky", True), (21, 45, 1, 1, 0, False, "linear", False)]
+
+
+def _conv_inputs(model, x):
+    """Each conv layer's input (NHWC float32) during one forward, by layer index."""
+    conv_indices = {c.index for c in model.graph.convolutions()}
+    seen = {}
+
+    def observer(layer, inputs):
+        if layer.index in conv_indices:
+            seen[layer.index] = inputs[0].copy()
+
+    heads = model.program.run(x, observer=observer)
+    return seen, heads
+
+
+def test_xnor_layers_between_int8_layers_stay_binary(tmp_path):
+    from yolo8.backends.int8 import int8_layers
+    from yolo8.kernels.activations import CODES
+    from yolo8.kernels.conv_int8 import Int8ConvWeights, conv2d_int8_reference
+
+    weights = tmp_path / "mixed.weights"
+    raw = _write_weights(weights, np.random.default_rng(11), MIXED_CONVS)
+    cfg = tmp_path / "mixed.cfg"
+    cfg.write_text(MIXED_CFG.format(calibration=""))
+    x = np.random.default_rng(2).uniform(0, 1, (2, 24, 24, 3)).astype(np.float32)
+
+    # Thresholds at 80 % of each INT8 layer's FP32 input range: some inputs saturate too.
+    fp32_inputs, _ = _conv_inputs(yolo8.load(cfg, weights, backend="fp32"), x)
+    multipliers = [127 / (0.8 * np.abs(fp32_inputs[c.index]).max())
+                   for c in yolo8.load(cfg, weights).graph.convolutions()]
+    cfg.write_text(MIXED_CFG.format(
+        calibration="input_calibration = " + ", ".join(f"{m:.6f}" for m in multipliers)))
+    model = yolo8.load(cfg, weights, backend="int8")
+    convs = model.graph.convolutions()
+    assert int8_layers(model.graph) == [convs[1].index, convs[3].index]
+
+    seen, heads = _conv_inputs(model, x)
+    outputs = {c.index: seen[n.index] for c, n in zip(convs, convs[1:])}  # a conv feeds the next
+    for i in (1, 3):  # INT8 layers: the integer kernel's reference on the same input
+        layer = convs[i]
+        want = conv2d_int8_reference(seen[layer.index], Int8ConvWeights.from_float(layer.weights),
+                                     layer.bias, np.float32(multipliers[i]), layer.stride,
+                                     layer.pad, CODES[layer.activation])
+        np.testing.assert_allclose(outputs[layer.index], want, rtol=1e-6, atol=1e-6)
+    for i in (2, 4):  # xnor layers: darknet's binary semantics on their INT8 neighbour's output
+        layer = convs[i]
+        got = outputs[layer.index].transpose(0, 3, 1, 2)
+        want = _darknet_conv(MIXED_CONVS[i], raw[i],
+                             seen[layer.index].transpose(0, 3, 1, 2).astype(np.float64))
+        # float32 epilogue vs float64: ~1e-6 of values of order 1
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+        assert want.std() > 0.1
+    # and an INT8 layer's output differs from FP32's on the same input (it really quantizes)
+    fp32_model = yolo8.load(cfg, weights, backend="fp32")
+    fp32_seen, _ = _conv_inputs(fp32_model, x)
+    assert not np.allclose(seen[convs[2].index], fp32_seen[convs[2].index], atol=1e-5)
+    assert np.isfinite(heads[0]).all()
