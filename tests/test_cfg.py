@@ -9,6 +9,7 @@ from yolo8.darknet.cfg import parse_cfg_text
 from yolo8.errors import ConfigError
 from yolo8.graph import build_graph
 from yolo8.layers import Convolutional, MaxPool, Route, Shape, Upsample
+from yolo8.postprocess import nms_rule
 
 
 def graph_of(text: str):
@@ -88,6 +89,8 @@ def _error(text: str) -> ConfigError:
     ("[convolutional]\nfilters=4\n", None, "no [yolo] or [region]"),
     ("width\n", 5, "expected 'key=value'"),
     ("[convolutional\n", 5, "malformed section header"),
+    ("[convolutional]\nfilters=6\nsize=1\n[yolo]\nmask=0\nanchors=10,14\nnum=1\nclasses=1\n"
+     "nms_kind=diou\n", 13, "expected one of default, greedynms, diounms, cornersnms, got 'diou'"),
 ])
 def test_errors_name_line_and_problem(body, line, fragment):
     err = _error(NET + body)
@@ -127,3 +130,27 @@ def test_yolov3_tiny_graph(default_cfg):
     assert isinstance(g.layers[20], Route) and g.layers[20].out_shape == Shape(384, 26, 26)
     assert isinstance(g.layers[19], Upsample)
     assert sum(isinstance(l, Convolutional) for l in g.layers) == 13
+
+
+@pytest.mark.parametrize("keys, beta", [
+    ("", None), ("nms_kind=default\n", None), ("nms_kind=cornersnms\n", None),
+    # greedynms: AlexeyAB's box_diou has the exponent 0.6 built in, beta_nms is not read
+    ("nms_kind=greedynms\nbeta_nms=0.9\n", 0.6), ("nms_kind=diounms\nbeta_nms=0.9\n", 0.9),
+    ("nms_kind=diounms\n", 0.6),
+])
+def test_nms_kind_sets_the_diou_exponent(keys, beta, caplog):
+    with caplog.at_level(logging.WARNING, logger="yolo8"):
+        g = graph_of(NET + HEAD + keys)
+    assert g.layers[g.heads[-1]].diou_nms_beta == beta
+    assert nms_rule([g.layers[h] for h in g.heads]) == beta  # what detection uses
+    assert not caplog.records
+
+
+def test_shipped_yolov4_cfgs_use_greedy_diou_nms():
+    from pathlib import Path
+
+    from yolo8.graph import load_graph
+
+    for name in ("yolov4.cfg", "yolov4-tiny.cfg"):
+        g = load_graph(Path(__file__).parents[1] / "cfg" / name)
+        assert [g.layers[h].diou_nms_beta for h in g.heads] == [0.6] * len(g.heads)

@@ -270,12 +270,28 @@ def test_reorg_equals_darknet_loops():
     np.testing.assert_array_equal(got.transpose(0, 3, 1, 2).ravel(), expected)
 
 
+@pytest.mark.parametrize("diou_beta", [None, 0.6, 1.0])
 @pytest.mark.parametrize("seed", range(5))
-def test_nms_matches_reference(seed):
+def test_nms_matches_reference(seed, diou_beta):
     rng = np.random.default_rng(seed)
     n, classes = 60, 4
     centres = rng.uniform(0.2, 0.8, (n, 2))
     sizes = rng.uniform(0.05, 0.4, (n, 2))
     boxes = np.concatenate([centres, sizes], axis=1)
     probs = rng.uniform(0, 1, (n, classes)) * (rng.uniform(size=(n, classes)) > 0.4)
-    np.testing.assert_array_equal(nms(boxes, probs, 0.45), nms_reference(boxes, probs, 0.45))
+    got = nms(boxes, probs, 0.45, diou_beta)
+    np.testing.assert_array_equal(got, nms_reference(boxes, probs, 0.45, diou_beta))
+    assert 0 < (got > 0).sum() < (probs > 0).sum()  # some suppressed, some kept
+
+
+def test_diou_nms_by_hand():
+    # Unit squares 1/3 apart: IoU = (2/3) / (4/3) = 0.5; enclosing box 4/3 x 1, so
+    # d^2 / c^2 = (1/9) / (25/9) = 0.04: DIoU = 0.5 - 0.04 ** beta.
+    boxes = np.array([[0.0, 0.0, 1.0, 1.0], [1 / 3, 0.0, 1.0, 1.0]])
+    probs = np.array([[0.9], [0.8]])
+    assert nms(boxes, probs, 0.45)[1, 0] == 0  # IoU 0.5 > 0.45
+    assert nms(boxes, probs, 0.45, 0.6)[1, 0] == 0.8  # 0.5 - 0.145 = 0.355, kept
+    assert nms(boxes, probs, 0.45, 1.0)[1, 0] == 0  # 0.5 - 0.04 = 0.46, suppressed
+    assert nms(boxes, probs, 0.47, 1.0)[1, 0] == 0.8
+    same_centre = np.array([[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]])
+    assert nms(same_centre, probs, 0.45, 0.6)[1, 0] == 0  # d = 0: DIoU = IoU = 1

@@ -2,7 +2,8 @@
 
 Decoding follows get_yolo_detections / get_region_detections, boxes are corrected for the
 image (and letterbox) as in correct_yolo_boxes, NMS is do_nms_sort (per class, greedy, by
-score), and a box is reported once for every class above the threshold.
+score) or, for AlexeyAB's `nms_kind=greedynms/diounms`, the same with DIoU in place of IoU
+(diounms_sort), and a box is reported once for every class above the threshold.
 """
 from __future__ import annotations
 
@@ -97,25 +98,38 @@ def correct_boxes(boxes: np.ndarray, image_w: int, image_h: int, net_w: int, net
 
 
 @njit(cache=True)
-def _nms_sorted(boxes, order, thresh, keep):
-    """Greedy suppression over `order` (by score, descending) with darknet's box_iou."""
+def _overlap(a, b, diou_beta):
+    """darknet's box_iou on centre-format boxes; with diou_beta >= 0, AlexeyAB's DIoU:
+    IoU - (d^2 / c^2) ** diou_beta, d the distance between the centres, c the diagonal of
+    the smallest box enclosing both (plain IoU when c is 0)."""
+    iw = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
+    ih = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
+    iou = 0.0
+    if iw > 0 and ih > 0:
+        union = a[2] * a[3] + b[2] * b[3] - iw * ih
+        if union > 0:
+            iou = iw * ih / union
+    if diou_beta < 0:
+        return iou
+    cw = max(a[0] + a[2] / 2, b[0] + b[2] / 2) - min(a[0] - a[2] / 2, b[0] - b[2] / 2)
+    ch = max(a[1] + a[3] / 2, b[1] + b[3] / 2) - min(a[1] - a[3] / 2, b[1] - b[3] / 2)
+    c = cw * cw + ch * ch
+    if c == 0:
+        return iou
+    d = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
+    return iou - (d / c) ** diou_beta
+
+
+@njit(cache=True)
+def _nms_sorted(boxes, order, thresh, diou_beta, keep):
+    """Greedy suppression over `order` (by score, descending)."""
     for oi in range(order.shape[0]):
         i = order[oi]
         if not keep[i]:
             continue
-        xi, yi, wi, hi = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
         for oj in range(oi + 1, order.shape[0]):
             j = order[oj]
-            if not keep[j]:
-                continue
-            xj, yj, wj, hj = boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3]
-            iw = min(xi + wi / 2, xj + wj / 2) - max(xi - wi / 2, xj - wj / 2)
-            ih = min(yi + hi / 2, yj + hj / 2) - max(yi - hi / 2, yj - hj / 2)
-            if iw <= 0 or ih <= 0:
-                continue
-            inter = iw * ih
-            union = wi * hi + wj * hj - inter
-            if union > 0 and inter / union > thresh:
+            if keep[j] and _overlap(boxes[i], boxes[j], diou_beta) > thresh:
                 keep[j] = False
 
 
@@ -129,8 +143,24 @@ def box_iou_reference(a: np.ndarray, b: np.ndarray) -> float:
     return iw * ih / union if union > 0 else 0.0
 
 
-def nms_reference(boxes: np.ndarray, probs: np.ndarray, thresh: float) -> np.ndarray:
-    """do_nms_sort written plainly: per class, by score, zero the overlapping lower ones."""
+def box_diou_reference(a: np.ndarray, b: np.ndarray, beta: float) -> float:
+    """AlexeyAB's box_diounms from corner coordinates (plain Python, for tests)."""
+    al, ar, at, ab = a[0] - a[2] / 2, a[0] + a[2] / 2, a[1] - a[3] / 2, a[1] + a[3] / 2
+    bl, br, bt, bb = b[0] - b[2] / 2, b[0] + b[2] / 2, b[1] - b[3] / 2, b[1] + b[3] / 2
+    diagonal = (max(ar, br) - min(al, bl)) ** 2 + (max(ab, bb) - min(at, bt)) ** 2
+    iou = box_iou_reference(a, b)
+    if diagonal == 0:
+        return iou
+    return iou - (((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) / diagonal) ** beta
+
+
+def nms_reference(boxes: np.ndarray, probs: np.ndarray, thresh: float,
+                  diou_beta: float | None = None) -> np.ndarray:
+    """do_nms_sort / diounms_sort written plainly: per class, by score, zero the overlapping
+    lower ones."""
+    def overlap(a, b):
+        return box_iou_reference(a, b) if diou_beta is None else box_diou_reference(a, b, diou_beta)
+
     probs = probs.copy()
     for k in range(probs.shape[1]):
         order = sorted(range(len(boxes)), key=lambda i: -probs[i, k])
@@ -138,24 +168,35 @@ def nms_reference(boxes: np.ndarray, probs: np.ndarray, thresh: float) -> np.nda
             if probs[i, k] == 0:
                 continue
             for j in order[a + 1:]:
-                if box_iou_reference(boxes[i], boxes[j]) > thresh:
+                if overlap(boxes[i], boxes[j]) > thresh:
                     probs[j, k] = 0
     return probs
 
 
-def nms(boxes: np.ndarray, probs: np.ndarray, thresh: float) -> np.ndarray:
-    """Per-class NMS; returns probs with suppressed entries zeroed (darknet's do_nms_sort)."""
+def nms(boxes: np.ndarray, probs: np.ndarray, thresh: float,
+        diou_beta: float | None = None) -> np.ndarray:
+    """Per-class NMS; returns probs with suppressed entries zeroed: darknet's do_nms_sort, or
+    AlexeyAB's DIoU-NMS with distance exponent `diou_beta` (see layers/yolo.py)."""
     probs = probs.copy()
     if thresh <= 0 or len(boxes) == 0:
         return probs
+    if diou_beta is not None and not diou_beta >= 0:
+        raise ValueError("diou_beta must be None or >= 0")
+    beta = -1.0 if diou_beta is None else float(diou_beta)
     boxes = np.ascontiguousarray(boxes, dtype=np.float64)
     for k in np.flatnonzero((probs > 0).any(axis=0)):
         candidates = np.flatnonzero(probs[:, k] > 0)
         order = candidates[np.argsort(-probs[candidates, k], kind="stable")]
         keep = np.ones(len(boxes), dtype=np.bool_)
-        _nms_sorted(boxes, order, thresh, keep)
+        _nms_sorted(boxes, order, thresh, beta, keep)
         probs[~keep, k] = 0.0
     return probs
+
+
+def nms_rule(heads: list[Yolo | Region]) -> float | None:
+    """The DIoU exponent of the image's NMS (None: classic IoU), from the last head as
+    AlexeyAB's detector reads it."""
+    return getattr(heads[-1], "diou_nms_beta", None) if heads else None
 
 
 def to_detections(cands: Candidates, image_w: int, image_h: int, thresh: float,
@@ -191,5 +232,5 @@ def detections_from_heads(head_outputs: list[np.ndarray], heads: list[Yolo | Reg
     probs = np.concatenate([p.probs for p in parts]) if parts else np.zeros((0, classes))
     alive = (probs > 0).any(axis=1)  # all-zero rows can neither suppress nor be reported
     boxes, probs = correct_boxes(boxes[alive], image_w, image_h, net_w, net_h, letterbox), probs[alive]
-    probs = nms(boxes, probs, nms_thresh)
+    probs = nms(boxes, probs, nms_thresh, nms_rule(heads))
     return to_detections(Candidates(boxes, probs), image_w, image_h, thresh, names)

@@ -10,7 +10,7 @@ from .base import BuildContext, Layer
 
 _TRAINING_KEYS = (
     "jitter", "ignore_thresh", "truth_thresh", "random", "iou_normalizer", "cls_normalizer",
-    "obj_normalizer", "iou_loss", "iou_thresh", "max_delta", "beta_nms", "resize",
+    "obj_normalizer", "iou_loss", "iou_thresh", "max_delta", "resize",
     "counters_per_class", "label_smooth_eps", "focal_loss", "uc_normalizer", "objectness_smooth",
     "max", "map", "thresh", "track_history_size", "sim_thresh", "dets_for_track",
     "dets_for_show", "track_ciou_norm", "embedding_layer", "iou_thresh_kind")
@@ -22,6 +22,10 @@ class Yolo(Layer):
     classes: int
     anchors: np.ndarray  # (len(mask), 2) in network-input pixels
     scale_x_y: float
+    # AlexeyAB's nms_kind as the exponent of DIoU-NMS's distance term, None for classic IoU
+    # NMS (darknet's do_nms_sort). The last head's rule applies to the whole image, as in
+    # AlexeyAB's detector (it reads net.layers[net.n - 1]).
+    diou_nms_beta: float | None = None
 
     @property
     def num_anchors(self) -> int:
@@ -44,6 +48,25 @@ def read_anchors(section: Section, total: int) -> np.ndarray:
     return anchors
 
 
+# AlexeyAB's diounms_sort: `greedynms` suppresses on box_diou, whose distance exponent is a
+# constant 0.6 (beta_nms is not read); `diounms` uses beta_nms; `cornersnms` ends up as plain
+# IoU suppression (its box merging is commented out there), the same as `default`.
+_GREEDY_DIOU_BETA = 0.6
+_NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
+
+
+def read_nms_kind(section: Section) -> float | None:
+    kind = section.get_str("nms_kind", "default")
+    if kind not in _NMS_KINDS:
+        raise section.error(f"expected one of {', '.join(_NMS_KINDS)}, got '{kind}'", "nms_kind")
+    beta = section.get_float("beta_nms", 0.6, low=0.0, high=100.0)
+    if kind == "greedynms":
+        return _GREEDY_DIOU_BETA
+    if kind == "diounms":
+        return beta
+    return None
+
+
 def check_head_channels(section: Section, channels: int, anchors: int, per_anchor: int,
                         what: str) -> None:
     if channels != anchors * per_anchor:
@@ -62,11 +85,8 @@ def build(section: Section, ctx: BuildContext) -> Yolo:
     anchors = read_anchors(section, total)[mask]
     scale_x_y = section.get_float("scale_x_y", 1.0, low=0.0)
     section.require_default("new_coords", 0)
-    nms_kind = section.get_str("nms_kind", "default")
-    if nms_kind != "default":
-        ctx.warn_once(section, "nms_kind", f"'{nms_kind}' (AlexeyAB's DIoU variants) is not "
-                      f"implemented; yolo8 uses darknet's classic per-class NMS (do_nms_sort)")
+    diou_nms_beta = read_nms_kind(section)
     section.ignore(*_TRAINING_KEYS)
     check_head_channels(section, in_shape.c, len(mask), 5 + classes, f"5 + {classes} classes")
     return Yolo(index=ctx.index, line=section.line, inputs=(prev,), out_shape=in_shape,
-                classes=classes, anchors=anchors, scale_x_y=scale_x_y)
+                classes=classes, anchors=anchors, scale_x_y=scale_x_y, diou_nms_beta=diou_nms_beta)
