@@ -13,71 +13,30 @@ import yolo8
 
 from .conftest import BACKENDS
 
-CFG = """[net]
-width=40
-height=40
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=20
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=70
-size=3
-stride=1
-pad=1
-activation=leaky
-xnor=1
-
-[convolutional]
-batch_normalize=1
-filters=33
-size=3
-stride=2
-pad=1
-activation=leaky
-xnor=1
-
-[convolutional]
-batch_normalize=1
-filters=40
-size=1
-stride=1
-pad=1
-activation=relu
-xnor=1
-
-[route]
-layers=-1,-2
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=21
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=4,6, 9,12, 20,24
-classes=2
-num=3
-"""
-
 # (filters, cin, size, stride, pad, batch_normalize, activation, xnor) of each conv, in order
 CONVS = [(20, 3, 3, 1, 1, True, "leaky", False), (70, 20, 3, 1, 1, True, "leaky", True),
          (33, 70, 3, 2, 1, True, "leaky", True), (40, 33, 1, 1, 0, True, "relu", True),
          (21, 73, 1, 1, 0, False, "linear", False)]
+
+
+def _conv_section(filters, cin, size, stride, pad, bn, act, xnor):
+    """A [convolutional] section for one CONVS row (pad=1: darknet's padding = size // 2)."""
+    assert pad == size // 2
+    return ("[convolutional]\n" + ("batch_normalize=1\n" if bn else "") +
+            f"filters={filters}\nsize={size}\nstride={stride}\npad=1\nactivation={act}\n" +
+            ("xnor=1\n" if xnor else ""))
+
+
+def _cfg(net, layers, convs):
+    """cfg text: [net] lines, then `layers` where an int is the index of a row of `convs`."""
+    sections = [_conv_section(*convs[x]) if isinstance(x, int) else x for x in layers]
+    return "[net]\n" + net + "\n" + "\n".join(sections)
+
+
+YOLO = "[yolo]\nmask=0,1,2\nanchors=4,6, 9,12, 20,24\nclasses=2\nnum=3\n"
+CFG = _cfg("width=40\nheight=40\nchannels=3\n",
+           [0, "[maxpool]\nsize=2\nstride=2\n", 1, 2, 3, "[route]\nlayers=-1,-2\n", 4, YOLO],
+           CONVS)
 
 
 def _write_weights(path, rng, convs=CONVS):
@@ -183,70 +142,11 @@ def test_xnor_layers_are_not_int8_layers(network):
 # xnor layers between INT8 layers: the int8 backend must run them with the binary kernel on
 # whatever its INT8 neighbours produce (issue 5: "works the same whether the surrounding layers
 # run fp32 or int8").
-MIXED_CFG = """[net]
-width=24
-height=24
-channels=3
-{calibration}
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=24
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=37
-size=3
-stride=1
-pad=1
-activation=leaky
-xnor=1
-
-[convolutional]
-batch_normalize=1
-filters=29
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=45
-size=3
-stride=2
-pad=1
-activation=leaky
-xnor=1
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=21
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=4,6, 9,12, 20,24
-classes=2
-num=3
-"""
 MIXED_CONVS = [(16, 3, 3, 1, 1, True, "leaky", False), (24, 16, 3, 1, 1, True, "leaky", False),
                (37, 24, 3, 1, 1, True, "leaky", True), (29, 37, 1, 1, 0, True, "leaky", False),
                (45, 29, 3, 2, 1, True, "leaky", True), (21, 45, 1, 1, 0, False, "linear", False)]
+MIXED_NET = "width=24\nheight=24\nchannels=3\n"
+MIXED_LAYERS = [0, 1, 2, 3, 4, 5, YOLO]
 
 
 def _conv_inputs(model, x):
@@ -270,15 +170,15 @@ def test_xnor_layers_between_int8_layers_stay_binary(tmp_path):
     weights = tmp_path / "mixed.weights"
     raw = _write_weights(weights, np.random.default_rng(11), MIXED_CONVS)
     cfg = tmp_path / "mixed.cfg"
-    cfg.write_text(MIXED_CFG.format(calibration=""))
+    cfg.write_text(_cfg(MIXED_NET, MIXED_LAYERS, MIXED_CONVS))
     x = np.random.default_rng(2).uniform(0, 1, (2, 24, 24, 3)).astype(np.float32)
 
     # Thresholds at 80 % of each INT8 layer's FP32 input range: some inputs saturate too.
     fp32_inputs, _ = _conv_inputs(yolo8.load(cfg, weights, backend="fp32"), x)
     multipliers = [127 / (0.8 * np.abs(fp32_inputs[c.index]).max())
                    for c in yolo8.load(cfg, weights).graph.convolutions()]
-    cfg.write_text(MIXED_CFG.format(
-        calibration="input_calibration = " + ", ".join(f"{m:.6f}" for m in multipliers)))
+    calibration = "input_calibration = " + ", ".join(f"{m:.6f}" for m in multipliers) + "\n"
+    cfg.write_text(_cfg(MIXED_NET + calibration, MIXED_LAYERS, MIXED_CONVS))
     model = yolo8.load(cfg, weights, backend="int8")
     convs = model.graph.convolutions()
     assert int8_layers(model.graph) == [convs[1].index, convs[3].index]
