@@ -241,11 +241,17 @@ def test_output_smaller_than_kernel_is_empty():
     assert out.shape == (1, 0, 3, 4)
 
 
+# (26, 26, 2, 2, 1), (8, 6, 2, 2, 0), (6, 10, 2, 3, 1), (12, 10, 2, 1, 0) and (5, 5, 2, 2, 0)
+# take the size-2 path without bounds checks (every window inside); the others the general one.
 @pytest.mark.parametrize("h, w, size, stride, padding", [
     (13, 13, 2, 1, 1), (26, 26, 2, 2, 1), (7, 9, 3, 2, 2), (11, 11, 5, 1, 4), (9, 9, 13, 1, 12),
-    (6, 6, 2, 2, 0), (5, 5, 3, 3, 0)])
-def test_maxpool_matches_reference(h, w, size, stride, padding):
-    x = np.random.default_rng(h * w).normal(size=(2, h, w, 3)).astype(np.float32)
+    (6, 6, 2, 2, 0), (5, 5, 3, 3, 0), (8, 6, 2, 2, 0), (6, 10, 2, 3, 1), (12, 10, 2, 1, 0),
+    (5, 5, 2, 2, 0), (27, 26, 2, 2, 1), (1, 1, 2, 2, 1)])
+@pytest.mark.parametrize("channels", [3, 16, 37])
+def test_maxpool_matches_reference(h, w, size, stride, padding, channels):
+    x = np.random.default_rng(h * w).normal(size=(2, h, w, channels)).astype(np.float32)
+    x[0, h // 2, w // 2, 0] = np.nan  # darknet's `val > max`: a NaN tap never wins
+    x[1, : min(h, 2), : min(w, 2), 1] = np.nan  # a window of NaN only gives -FLT_MAX
     np.testing.assert_array_equal(maxpool(x, size, stride, padding),
                                   maxpool_reference(x, size, stride, padding))
 
