@@ -348,7 +348,7 @@ CASES = [
     file_case("weights-empty", lambda k: k.write_bytes("empty.weights", b""), WeightsError,
               ["is 0 bytes, too short for a darknet weights header"], via="cli", role="weights"),
     file_case("weights-header-only", lambda k: k.write_bytes("header.weights", HEADER),
-              WeightsError, [f"is 20 bytes but", f"needs exactly {20 + 4 * TINY_FLOATS}"],
+              WeightsError, ["is 20 bytes but", f"needs exactly {20 + 4 * TINY_FLOATS}"],
               via="cli", role="weights"),
     file_case("weights-truncated", lambda k: k.write_bytes("half.weights",
                                                            tiny_weights_bytes()[:3000]),
