@@ -47,6 +47,14 @@ def _plain(raw: str) -> bool:
     return raw.isascii() and "_" not in raw
 
 
+def _to_float(text: str) -> float | None:
+    """darknet's atof on a whole value, or None when it is not a plain number."""
+    try:
+        return float(text) if _plain(text) else None
+    except ValueError:
+        return None
+
+
 @dataclass
 class Option:
     value: str
@@ -78,16 +86,21 @@ class Section:
         opt.used = True
         return opt.value
 
+    def _raw_or_required(self, key: str, default: object) -> str | None:
+        """The key's text; None when it is absent and has a default; an error when it has none."""
+        raw = self._raw(key)
+        if raw is None and default is None:
+            raise self.error("is required", key)
+        return raw
+
     def get_str(self, key: str, default: str | None = None) -> str | None:
         raw = self._raw(key)
         return default if raw is None else raw
 
     def get_int(self, key: str, default: int | None = None, *, low: int | None = None,
                 high: int = MAX_INT) -> int:
-        raw = self._raw(key)
+        raw = self._raw_or_required(key, default)
         if raw is None:
-            if default is None:
-                raise self.error("is required", key)
             return default
         value = self._parse_int(key, raw)
         self._check_range(key, value, low, high)
@@ -95,15 +108,10 @@ class Section:
 
     def get_float(self, key: str, default: float | None = None, *, low: float | None = None,
                   high: float | None = None) -> float:
-        raw = self._raw(key)
+        raw = self._raw_or_required(key, default)
         if raw is None:
-            if default is None:
-                raise self.error("is required", key)
             return default
-        try:
-            value = float(raw) if _plain(raw) else None
-        except ValueError:
-            value = None
+        value = _to_float(raw)
         if value is None:
             raise self.error(f"expected a number, got '{_show(raw)}'", key)
         if not math.isfinite(value):
@@ -113,10 +121,8 @@ class Section:
 
     def get_ints(self, key: str, default: list[int] | None = None, *, low: int | None = None,
                  high: int = MAX_INT) -> list[int]:
-        raw = self._raw(key)
+        raw = self._raw_or_required(key, default)
         if raw is None:
-            if default is None:
-                raise self.error("is required", key)
             return list(default)
         values = [self._parse_int(key, item) for item in self._items(key, raw)]
         for v in values:
@@ -124,17 +130,12 @@ class Section:
         return values
 
     def get_floats(self, key: str, default: list[float] | None = None) -> list[float]:
-        raw = self._raw(key)
+        raw = self._raw_or_required(key, default)
         if raw is None:
-            if default is None:
-                raise self.error("is required", key)
             return list(default)
         values = []
         for item in self._items(key, raw):
-            try:
-                v = float(item) if _plain(item) else None
-            except ValueError:
-                v = None
+            v = _to_float(item)
             if v is None:
                 raise self.error(f"expected a list of numbers, got '{_show(raw)}'", key)
             if not math.isfinite(v):
