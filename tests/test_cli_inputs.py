@@ -413,6 +413,21 @@ def test_progress_bar_on_request(tmp_path, detect):
     assert code == 0 and "detect: 100%" in err and "2/2" in err
 
 
+def test_no_progress_bar_loads_no_tqdm():
+    """A run without a bar does not pay for importing tqdm, and its lines still print."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from yolo8.progress import progress_bar, write\n"
+            "with progress_bar(3, 'x', enabled=False) as bar:\n"
+            "    bar.update(2); bar.total += 1; bar.refresh()\n"
+            "write('a line', sys.stdout)\n"
+            "print('tqdm' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.splitlines() == ["a line", "False"]
+
+
 # ------------------------------------------------------------------------------------ camera
 
 

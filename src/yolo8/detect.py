@@ -39,7 +39,6 @@ from typing import Iterable
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from .api import Model, load
 from .data import label_path
@@ -48,6 +47,7 @@ from .errors import InputError, Yolo8Error
 from .inputs import Expanded, Source, expand_inputs, open_capture
 from .pipeline import Item, batched, load_images, read_frames
 from .postprocess import Detection
+from . import progress
 from .progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -261,10 +261,10 @@ class DetectRun:
 
     # --- reporting -------------------------------------------------------------------------
     def say(self, line: str) -> None:
-        tqdm.write(line, file=sys.stdout)  # keeps the progress bar (on stderr) intact
+        progress.write(line, sys.stdout)  # keeps a progress bar (on stderr) intact
 
     def skip(self, name: str, error: Yolo8Error) -> None:
-        tqdm.write(f"yolo8: skipped: {error}", file=sys.stderr)
+        progress.write(f"yolo8: skipped: {error}", sys.stderr)
         self.opts.failures.append(name)
 
     def _found(self, name: str, dets: list[Detection], frame: int | None = None) -> None:
