@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import activate_numpy
+from .common import conv_taps, output_size
 from .gemm_fp32 import PackedWeights, run_gemm_tiles
 from .winograd import WinogradWeights, conv3x3_winograd
 
@@ -41,10 +42,6 @@ WINOGRAD_MIN_TILES = 9
 # The implicit GEMM's zero-padded copy of its input holds at most this many floats (4 MiB) or
 # one image: a batch is padded and multiplied a few images at a time.
 _PAD_CHUNK_FLOATS = 1 << 20
-
-
-def output_size(size_in: int, size: int, stride: int, pad: int) -> int:
-    return (size_in + 2 * pad - size) // stride + 1
 
 
 def choose_method(size: int, stride: int, groups: int, cin_g: int, cout: int,
@@ -142,11 +139,7 @@ class Fp32Conv:
         if out.size == 0:
             return out
         hp, wp = h + 2 * pad, w + 2 * pad
-        if self.groups == 1:
-            taps = np.arange(size, dtype=np.int64) * (wp * c)
-        else:
-            taps = ((np.arange(size)[:, None] * wp + np.arange(size)[None, :]) * c).ravel()
-        taps = taps.astype(np.int64)
+        taps = conv_taps(size, size, wp, c, self.groups)
         # Images in chunks whose padded copy stays within _PAD_CHUNK_FLOATS (one image at
         # least): one buffer, its zero border written once, reused for every chunk.
         per_image = hp * wp * c

@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import CODES, activate_numpy
+from .common import conv_taps, output_size
 from .gemm_int8 import MAX_K, ZERO_U8, PackedB, resolve_variant, run_tiles, threads_for
 
 QMAX = 127
@@ -153,7 +154,7 @@ class Int8ConvWeights:
         self.groups = int(groups)
         self.packed = PackedB(self.wq.reshape(cout, kh * kw, cg), self.groups)
         self._out_scale: tuple[np.float32, np.ndarray] | None = None
-        self._input: tuple[tuple[int, ...], np.ndarray, np.ndarray] | None = None
+        self._input: tuple[tuple[int, ...], np.ndarray, np.ndarray, int] | None = None
 
     @classmethod
     def from_float(cls, w: np.ndarray, groups: int = 1) -> Int8ConvWeights:
@@ -183,43 +184,31 @@ class Int8ConvWeights:
             self._out_scale = (multiplier, np.float32(self.w_scale / multiplier))
         return self._out_scale[1]
 
+    @property
+    def channels_padded(self) -> int:
+        """Channels of a group as the kernel reads them: Cin/groups rounded up to 4."""
+        return 4 * self.packed.k4
+
     def input_buffer(self, n: int, h: int, w: int, pad: int) -> tuple[np.ndarray, np.ndarray, int]:
         """For this input shape: the padded u8 input buffer (flat; border and channel padding
-        hold 128), the tap offsets into it and the k groups of 4 per tap. Allocated on the
-        first call with a new shape.
-
-        With one group, the kw taps of a kernel row are adjacent in the buffer (pixel after
-        pixel, all channels), so they merge into one tap of kw * channels: longer inner
-        loops for the micro-kernel, same packed weights (K order (ky, kx, c) either way).
-        """
+        hold 128), the tap offsets into it (`conv_taps`: with one group a kernel row is one
+        tap of kw pixels) and the k groups of 4 per tap. Allocated on the first call with a
+        new shape."""
         key = (n, h, w, pad)
         if self._input is None or self._input[0] != key:
             kh, kw = self.kernel_size
-            cg4 = _ceil4(self.wq.shape[3])
-            cs = self.groups * cg4
+            cs = self.groups * self.channels_padded
             wp = w + 2 * pad
             buffer = np.full(n * (h + 2 * pad) * wp * cs, ZERO_U8, dtype=np.uint8)
-            if self.groups == 1:
-                taps = np.array([ky * wp * cs for ky in range(kh)], np.int64)
-                k4 = kw * cg4 // 4
-            else:
-                taps = np.array([(ky * wp + kx) * cs for ky in range(kh) for kx in range(kw)], np.int64)
-                k4 = cg4 // 4
+            taps = conv_taps(kh, kw, wp, cs, self.groups)
+            k4 = self.packed.k4 * (kw if self.groups == 1 else 1)
             self._input = (key, buffer, taps, k4)
         return self._input[1], self._input[2], self._input[3]
-
-
-def _ceil4(v: int) -> int:
-    return -(-v // 4) * 4
 
 
 # ----------------------------------------------------------------------------------------------
 # Convolution
 # ----------------------------------------------------------------------------------------------
-
-
-def _output_size(size_in: int, size: int, stride: int, pad: int) -> int:
-    return (size_in + 2 * pad - size) // stride + 1
 
 
 def _check_conv_args(x, weights, bias, stride, pad, activation, groups) -> None:
@@ -242,7 +231,7 @@ def _check_conv_args(x, weights, bias, stride, pad, activation, groups) -> None:
     if activation not in CODES.values():
         raise ValueError(f"unknown activation code {activation!r}")
     kh, kw = weights.kernel_size
-    if _output_size(x.shape[1], kh, stride, pad) < 1 or _output_size(x.shape[2], kw, stride, pad) < 1:
+    if output_size(x.shape[1], kh, stride, pad) < 1 or output_size(x.shape[2], kw, stride, pad) < 1:
         raise ValueError(f"a {kh}x{kw} kernel does not fit the {x.shape[1]}x{x.shape[2]} input "
                          f"with pad {pad}")
 
@@ -260,9 +249,9 @@ def conv2d_int8(x: np.ndarray, weights: Int8ConvWeights, bias: np.ndarray, multi
     variant = resolve_variant(variant)
     n, h, w, _ = x.shape
     kh, kw = weights.kernel_size
-    ho, wo = _output_size(h, kh, stride, pad), _output_size(w, kw, stride, pad)
+    ho, wo = output_size(h, kh, stride, pad), output_size(w, kw, stride, pad)
     cg = weights.wq.shape[3]
-    cg4 = _ceil4(cg)
+    cg4 = weights.channels_padded
     cs = groups * cg4
     hp, wp = h + 2 * pad, w + 2 * pad
 
@@ -285,7 +274,7 @@ def conv2d_int8_reference(x: np.ndarray, weights: Int8ConvWeights, bias: np.ndar
     n, h, w, cin = x.shape
     cout, kh, kw, cg = weights.wq.shape
     cout_g = cout // groups
-    ho, wo = _output_size(h, kh, stride, pad), _output_size(w, kw, stride, pad)
+    ho, wo = output_size(h, kh, stride, pad), output_size(w, kw, stride, pad)
     q = np.zeros((n, h + 2 * pad, w + 2 * pad, cin), np.int64)
     q[:, pad:pad + h, pad:pad + w] = quantize_reference(x, multiplier)
     acc = np.empty((n, ho, wo, cout), np.int64)

@@ -24,18 +24,17 @@ each finished tile by numba code while it is still in L1.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
-import llvmlite.binding as llvm_binding
 import llvmlite.ir as ir
 import numba
 import numpy as np
-from numba import config, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .activations import LEAKY, LINEAR, activate, activate_numpy
+from .common import aligned_empty, row_offsets, target_features
 
 # Accumulator registers of a tile. AVX-512 has 32 vector registers: 24 accumulators leave
 # room for the nv B vectors and the broadcast. With 16 registers (AVX2) a <16 x float> value
@@ -46,16 +45,11 @@ LANES = 16
 # A packed B chunk (taps x kc x NR floats) is kept at most this big so that it stays in L2
 # (1 MiB per core here) next to the A rows of a run of row tiles.
 _B_CHUNK_FLOATS = 1 << 16
-_ALIGN = 64
 
 
-@functools.lru_cache(maxsize=None)
 def has_avx512() -> bool:
     """True when numba's compile target has AVX-512F (NUMBA_CPU_FEATURES or the host's)."""
-    features = config.CPU_FEATURES
-    if features is None:
-        features = llvm_binding.get_host_cpu_features().flatten()
-    return "+avx512f" in features.split(",")
+    return "+avx512f" in target_features()
 
 
 TILE_VECTORS = _TILE_VECTORS_AVX512 if has_avx512() else _TILE_VECTORS_OTHER
@@ -73,12 +67,6 @@ def tile_shape(n_per_group: int) -> tuple[int, int]:
     nv = min(nv, max(1, TILE_VECTORS // 6))  # at least 6 rows per tile
     return TILE_VECTORS // nv, nv
 
-
-def aligned_zeros(count: int, align: int = _ALIGN) -> np.ndarray:
-    """A 1-D float32 zero array whose data starts on an `align`-byte boundary."""
-    raw = np.zeros(count * 4 + align, dtype=np.uint8)
-    start = (-raw.ctypes.data) % align
-    return raw[start:start + count * 4].view(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,27 +283,6 @@ def _microkernel(nv, a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_
 
 
 @njit(cache=True)
-def _row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_stride, base):
-    """Source offsets of output pixels m0..m0+mr-1 (pixel m = (img, y, x) over (ho, wo));
-    rows past the end repeat the last one (read, never stored)."""
-    img = m0 // (ho * wo)
-    y = (m0 - img * ho * wo) // wo
-    x = m0 - img * ho * wo - y * wo
-    m = m0
-    for i in range(mr):
-        rows[i] = img * img_stride + y * row_stride + x * col_stride + base
-        if m < m_total - 1:
-            m += 1
-            x += 1
-            if x == wo:
-                x = 0
-                y += 1
-                if y == ho:
-                    y = 0
-                    img += 1
-
-
-@njit(cache=True)
 def _activate_tile(c, c_off, ldc, rows_valid, cols_valid, act):
     for i in range(rows_valid):
         row = c[c_off + i * ldc:c_off + i * ldc + cols_valid]
@@ -368,7 +335,7 @@ def _gemm_tiles(a, geometry, a_batch_stride, a_group_stride, taps, kc, chunk_tap
                 for it in range(item, run_end):
                     m0 = (it - run * n_row_tiles) * mr
                     rows_valid = min(mr, m_total - m0)
-                    _row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride,
+                    row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride,
                                  col_stride, a_base)
                     c_off = c_base + m0 * ldc
                     if t0 == 0:
@@ -417,7 +384,8 @@ class PackedWeights:
         _, nv = tile_shape(n_g)
         nr = LANES * nv
         n_panels = -(-n_g // nr)
-        self.packed = aligned_zeros(batches * groups * n_panels * ntaps * kc * nr)
+        self.packed = aligned_empty(batches * groups * n_panels * ntaps * kc * nr, np.float32)
+        self.packed.fill(0)
         panels = self.packed.reshape(batches, groups, n_panels, ntaps, kc, nr)
         for g in range(groups):
             for p in range(n_panels):

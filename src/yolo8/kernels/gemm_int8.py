@@ -36,15 +36,15 @@ import functools
 import logging
 from collections.abc import Iterator
 
-import llvmlite.binding as llvm_binding
 import llvmlite.ir as ir
 import numba
 import numpy as np
-from numba import config, njit, prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .activations import LEAKY, LINEAR, activate
+from .common import ALIGN, aligned_empty, row_offsets, target_features
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ VARIANTS = ("vnni", "portable")
 # OpenMP workers costs 5-100 us (on the 2-vCPU dev VM the upper end), more than the work.
 SERIAL_MAX_MACS = 8_000_000
 # Packed weights and scratch tiles are 64-byte aligned so that every B vector is one line.
-_ALIGN = 64
+_ALIGN = ALIGN
 
 # The packed activations store s8 + 128 as u8; padding (image border, channels past Cin) is
 # the shifted zero.
@@ -71,12 +71,9 @@ def vnni_available() -> bool:
     """True when numba's compile target has AVX-512 VNNI, i.e. the `vnni` variant can run.
 
     The target is numba's: NUMBA_CPU_FEATURES if set, else the host's features. Cached (the
-    configuration is fixed once numba is imported, and asking LLVM takes ~0.2 ms).
+    configuration is fixed once numba is imported).
     """
-    features = config.CPU_FEATURES
-    if features is None:
-        features = llvm_binding.get_host_cpu_features().flatten()
-    available = "+avx512vnni" in features.split(",")
+    available = "+avx512vnni" in target_features()
     logger.debug("int8 kernels: AVX-512 VNNI %s", "available" if available else "not available")
     return available
 
@@ -121,14 +118,6 @@ def tile_shape(n_per_group: int) -> tuple[int, int]:
     else:
         nv = 4
     return TILE_ACCUMULATORS // nv, nv
-
-
-def aligned_empty(count: int, dtype: np.dtype, align: int = _ALIGN) -> np.ndarray:
-    """A 1-D uninitialised array whose data starts on an `align`-byte boundary."""
-    dtype = np.dtype(dtype)
-    raw = np.empty(count * dtype.itemsize + align, dtype=np.uint8)
-    start = (-raw.ctypes.data) % align
-    return raw[start:start + count * dtype.itemsize].view(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,27 +323,6 @@ def _store_float(tile, nr, rows_valid, cols_valid, corr, out_f, m0, col0, scale,
                 dst[j] = activate(np.float32(np.int32(acc[j] - corr[j])) * scale[j] + bias[j], act)
 
 
-@njit(cache=True)
-def _row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_stride, base):
-    """Source offsets of output pixels m0..m0+mr-1; rows past the end repeat the last one
-    (computed, never stored)."""
-    img = m0 // (ho * wo)
-    y = (m0 - img * ho * wo) // wo
-    x = m0 - img * ho * wo - y * wo
-    m = m0
-    for i in range(mr):
-        rows[i] = img * img_stride + y * row_stride + x * col_stride + base
-        if m < m_total - 1:
-            m += 1
-            x += 1
-            if x == wo:
-                x = 0
-                y += 1
-                if y == ho:
-                    y = 0
-                    img += 1
-
-
 @njit(parallel=True, cache=True)
 def _tiles(src, taps, k4, m_total, ho, wo, img_stride, row_stride, col_stride, group_stride,
            packed, nv, n_panels, n_per_group, corr,
@@ -384,7 +352,7 @@ def _tiles(src, taps, k4, m_total, ho, wo, img_stride, row_stride, col_stride, g
             panel = (t // n_row_tiles) % n_panels
             group = t // (n_row_tiles * n_panels)
             m0 = row_tile * mr
-            _row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_stride,
+            row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_stride,
                          group * group_stride)
             b_offset = (group * n_panels + panel) * panel_bytes
             if use_vnni:
@@ -431,7 +399,7 @@ class PackedB:
         # [group][panel][NR][tap][k4][4] -> [group][panel][tap][k4][NR][4]
         blocked = padded.reshape(groups, n_panels, nr, ntaps, kc4 // 4, 4).transpose(0, 1, 3, 4, 2, 5)
         self.packed = aligned_empty(blocked.size, np.int8)
-        self.packed[:] = blocked.reshape(-1)
+        self.packed.reshape(blocked.shape)[...] = blocked  # one copy of the transposed view
         self.corr = (ZERO_U8 * padded.astype(np.int32).sum(axis=(2, 3))).reshape(-1)
         self.nv, self.n_panels, self.n_per_group = nv, n_panels, n_g
         self.groups, self.ntaps, self.k4 = groups, ntaps, kc4 // 4

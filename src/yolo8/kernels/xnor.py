@@ -46,6 +46,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .activations import CODES, LEAKY, LINEAR, RELU, activate, activate_numpy
+from .common import aligned_empty
 
 WORD_BITS = 32
 # Register tiles, by channel block width ("lanes", output channels per block): lanes ->
@@ -180,12 +181,10 @@ def _pack_signs(signs: np.ndarray) -> np.ndarray:
     return np.packbits(signs, axis=-1, bitorder="little").view("<u4").astype(np.uint32)
 
 
-def _aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:
-    """A C-contiguous copy of `a` whose data starts on an `align`-byte boundary (each
-    weight vector of the micro-kernel is then one cache line)."""
-    raw = np.empty(a.nbytes + align, dtype=np.uint8)
-    start = (-raw.ctypes.data) % align
-    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `a` on a 64-byte boundary (each weight vector of the
+    micro-kernel is then one cache line)."""
+    out = aligned_empty(a.size, a.dtype).reshape(a.shape)
     out[...] = a
     return out
 
