@@ -86,6 +86,16 @@ def _intrinsic_fn(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type
     return cgutils.get_or_insert_function(module, ir.FunctionType(ret, args), name)
 
 
+def masked_v16f32(module: ir.Module) -> tuple[ir.Function, ir.Function]:
+    """LLVM's masked load and store of <16 x float> (declared once per module); the FP32
+    GEMM, Winograd and XNOR micro-kernels use them for partial tiles."""
+    vfp = _VF.as_pointer()
+    load = _intrinsic_fn(module, "llvm.masked.load.v16f32.p0", _VF, [vfp, _I32, _VMASK, _VF])
+    store = _intrinsic_fn(module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                          [_VF, vfp, _I32, _VMASK])
+    return load, store
+
+
 def _define_fma_microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
     """Emit (once per LLVM module) the MR x (16*nv) tile kernel
 
@@ -111,10 +121,7 @@ def _define_fma_microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
     (a, rows, taps, ntaps, kc, b_start, init, init_ld, c, ldc, rows_valid, cols_valid,
      leaky) = fn.args
     fmuladd = _intrinsic_fn(module, "llvm.fmuladd.v16f32", _VF, [_VF, _VF, _VF])
-    masked_load = _intrinsic_fn(module, "llvm.masked.load.v16f32.p0", _VF,
-                                [vfp, _I32, _VMASK, _VF])
-    masked_store = _intrinsic_fn(module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
-                                 [_VF, vfp, _I32, _VMASK])
+    masked_load, masked_store = masked_v16f32(module)
 
     entry = fn.append_basic_block("entry")
     tap_head = fn.append_basic_block("tap_head")

@@ -415,7 +415,8 @@ def run_tiles(src: np.ndarray, taps: np.ndarray, k4: int, geometry: tuple[int, .
               packed: PackedB, variant: str, n_threads: int, *, out_i: np.ndarray | None = None,
               out_f: np.ndarray | None = None, scale: np.ndarray | None = None,
               bias: np.ndarray | None = None, act: int = LINEAR) -> None:
-    """Run `_tiles` (internal: used by gemm_s8s8s32 and conv2d_int8, which validate inputs).
+    """Run `_tiles` (internal: used by gemm_s8s8s32 and conv2d_int8, which validate inputs
+    and resolve `variant`).
 
     taps * 4*k4 must equal packed.ntaps * 4*packed.k4 (taps that are adjacent in memory may
     be merged into one longer tap). geometry = (m_total, ho, wo, img_stride, row_stride,
@@ -423,7 +424,6 @@ def run_tiles(src: np.ndarray, taps: np.ndarray, k4: int, geometry: tuple[int, .
     with scale, bias, act).
     """
     assert taps.size * k4 == packed.ntaps * packed.k4
-    variant = resolve_variant(variant)
     float_out = out_f is not None
     if float_out:
         out_i = _NO_INT32_OUT

@@ -36,12 +36,11 @@ import llvmlite.ir as ir
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .activations import LEAKY, LINEAR, activate, activate_numpy
 from .gemm_fp32 import (_F32, _I32, _I64, _VF, _VI64, _VMASK, LANES, TILE_VECTORS,
-                        PackedWeights, _microkernel, run_gemm_tiles)
+                        PackedWeights, _microkernel, masked_v16f32, run_gemm_tiles)
 
 # Transform matrices (interpolation points 0, +-1, +-2 and infinity for F(4x4); 0, +-1 for
 # F(2x2)): Y = A^T [(G g G^T) (.) (B^T d B)] A.
@@ -185,16 +184,6 @@ def _channel_loop(fn: ir.Function, c: ir.Value, body) -> None:
     b.ret_void()
 
 
-def _masked(module: ir.Module):
-    vfp = _VF.as_pointer()
-    load = cgutils.get_or_insert_function(
-        module, ir.FunctionType(_VF, [vfp, _I32, _VMASK, _VF]), "llvm.masked.load.v16f32.p0")
-    store = cgutils.get_or_insert_function(
-        module, ir.FunctionType(ir.VoidType(), [_VF, vfp, _I32, _VMASK]),
-        "llvm.masked.store.v16f32.p0")
-    return load, store
-
-
 def _define_input_transform(module: ir.Module, m: int) -> ir.Function:
     """void in(f32* src, i64 row_stride, f32* dst, i64 c): for an a x a tile whose pixel
     (i, j) starts at src + i*row_stride + j*c, dst[(i*a + j)*c + ch] = (B^T d B)[i, j, ch]."""
@@ -206,7 +195,7 @@ def _define_input_transform(module: ir.Module, m: int) -> ir.Function:
     fn.linkage = "internal"
     fn.attributes.add("noinline")  # one copy per module: the call costs nothing next to a tile
     src, row_stride, dst, c = fn.args
-    load, store = _masked(module)
+    load, store = masked_v16f32(module)
     a = m + 2
     zero = ir.Constant(_VF, None)
 
@@ -238,7 +227,7 @@ def _define_output_transform(module: ir.Module, m: int) -> ir.Function:
     fn.linkage = "internal"
     fn.attributes.add("noinline")  # one copy per module: the call costs nothing next to a tile
     src, c, bias, dst, row_stride, rows_valid, cols_valid, leaky = fn.args
-    load, store = _masked(module)
+    load, store = masked_v16f32(module)
     a = m + 2
     zero = ir.Constant(_VF, None)
     no_lanes = ir.Constant(_VMASK, None)

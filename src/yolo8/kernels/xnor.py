@@ -45,8 +45,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .activations import CODES, LEAKY, LINEAR, RELU, activate, activate_numpy
+from .activations import CODES, LEAKY, LINEAR, RELU, activate_numpy
 from .common import aligned_empty
+from .gemm_fp32 import _F32, _I1, _I32, _I64, _VF, _activate_tile, masked_v16f32
 
 WORD_BITS = 32
 # Register tiles, by channel block width ("lanes", output channels per block): lanes ->
@@ -68,13 +69,7 @@ GUIDED_MIN_TILES = 128
 _EPILOGUE_LINEAR, _EPILOGUE_LEAKY, _EPILOGUE_RELU = 0, 1, 2
 _HALVED = 4
 
-_I1 = ir.IntType(1)
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_F32 = ir.FloatType()
 _VI = ir.VectorType(_I32, 16)
-_VF = ir.VectorType(_F32, 16)
-_VMASK = ir.VectorType(_I1, 16)
 
 
 # --------------------------------------------------------------------------------------
@@ -217,11 +212,7 @@ def _positive_bits32(typingctx, array, offset, count):
         pointer = builder.bitcast(builder.gep(data, [args[1]]), vector.as_pointer())
         count = context.cast(builder, args[2], signature.args[2], types.int32)
         lanes = ir.Constant(ir.VectorType(_I32, WORD_BITS), list(range(WORD_BITS)))
-        counts = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(ir.VectorType(_I32, WORD_BITS), ir.Undefined),
-                                   count, _I32(0)),
-            ir.Constant(ir.VectorType(_I32, WORD_BITS), ir.Undefined),
-            ir.Constant(ir.VectorType(_I32, WORD_BITS), None))
+        counts = _splat(builder, count, ir.VectorType(_I32, WORD_BITS))
         mask = builder.icmp_unsigned("<", lanes, counts)
         zeros = ir.Constant(vector, None)
         values = builder.call(masked_load, [pointer, _I32(4), mask, zeros])
@@ -430,11 +421,7 @@ def _emit_epilogues(b: ir.IRBuilder, fn: ir.Function, acc, bases, base_rows, alp
     vfp = _VF.as_pointer()
     fma = cgutils.get_or_insert_function(module, ir.FunctionType(_VF, [_VF, _VF, _VF]),
                                          "llvm.fma.v16f32")
-    masked_load = cgutils.get_or_insert_function(
-        module, ir.FunctionType(_VF, [vfp, _I32, _VMASK, _VF]), "llvm.masked.load.v16f32.p0")
-    masked_store = cgutils.get_or_insert_function(
-        module, ir.FunctionType(ir.VoidType(), [_VF, vfp, _I32, _VMASK]),
-        "llvm.masked.store.v16f32.p0")
+    masked_load, masked_store = masked_v16f32(module)
     zero = ir.Constant(_VF, None)
     minus_two = ir.Constant(_VF, [-2.0] * 16)
     slope = ir.Constant(_VF, [0.1] * 16)
@@ -590,14 +577,6 @@ def _fill_bases(bases, tap_sums, ny, nx, oy_lo, oy_hi, ox_lo, ox_hi, stride, pad
         for cx in range(nx):
             ix0 = _class_representative(cx, ox_lo, ox_hi) * stride - pad
             _border_base(bases[cy * nx + cx], tap_sums, iy0, ix0, h, w, cin, halved)
-
-
-@njit(cache=True)
-def _activate_rows(out2d, m0, rows, first, cols, activation):
-    for i in range(rows):
-        values = out2d[m0 + i, first:first + cols]
-        for j in range(cols):
-            values[j] = activate(values[j], activation)
 
 
 @njit(cache=True)
@@ -763,7 +742,7 @@ def _walk_block(xbits, g0, block, m_lo, m_hi, wbits, alpha, bias, out_flat, acti
             _tiles_8x2(xbits, pos, word_offsets, w_flat, block * (w_flat.size // blocks), bases,
                        base_rows, alpha[first:], bias[first:], *tail)
         if not fused:
-            _activate_rows(out_flat.reshape(-1, cout), m0, rows, first, cols, activation)
+            _activate_tile(out_flat, m0 * cout + first, cout, rows, cols, activation)
         m0 += rows
 
 
