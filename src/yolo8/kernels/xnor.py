@@ -239,29 +239,16 @@ def _pack_row(flat, src, dst, dst_start, w, c, words):
                     flat, src + col * c + first, min(WORD_BITS, c - first))
 
 
-@njit(parallel=True, cache=True)
-def _pack_input(x, pad, packed):
-    """packed[n, y + pad, x + pad, :] = sign bits of x[n, y, x, :]; the border is untouched."""
-    n, h, w, c = x.shape
-    hp, wp, words = packed.shape[1], packed.shape[2], packed.shape[3]
-    flat = x.reshape(n * h * w * c)
-    dst = packed.reshape(packed.size)
-    for row in prange(n * h):
-        b = row // h
-        y = row - b * h
-        _pack_row(flat, row * w * c, dst, ((b * hp + y + pad) * wp + pad) * words, w, c, words)
-
-
 def pack_input_bits(x: np.ndarray, pad: int) -> np.ndarray:
     """Sign bits of an NHWC float32 tensor, zero-padded: (N, H + 2 pad, W + 2 pad, words)
-    uint32, bit set where x > 0; padded pixels and pad bits beyond C are 0."""
+    uint32, bit set where x > 0; padded pixels and pad bits beyond C are 0. The packing
+    `conv2d_xnor` does per work item (`_pack_rows`), here over the whole tensor."""
     _check_input(x)
     _check_int("pad", pad, minimum=0)
     n, h, w, c = x.shape
-    packed = np.empty((n, h + 2 * pad, w + 2 * pad, words_for(c)), dtype=np.uint32)
-    if pad:
-        _zero_border(packed, pad)
-    _pack_input(x, pad, packed)
+    words = words_for(c)
+    packed = np.zeros((n, h + 2 * pad, w + 2 * pad, words), dtype=np.uint32)
+    _pack_rows(x.reshape(-1), packed.reshape(-1), 0, n * (h + 2 * pad), h, w, c, pad, words)
     return packed
 
 
@@ -271,13 +258,6 @@ def pack_input_bits_reference(x: np.ndarray, pad: int) -> np.ndarray:
     signs = np.zeros((n, h + 2 * pad, w + 2 * pad, words_for(c) * WORD_BITS), dtype=bool)
     signs[:, pad : pad + h, pad : pad + w, :c] = x > 0
     return _pack_signs(signs)
-
-
-def _zero_border(packed: np.ndarray, pad: int) -> None:
-    packed[:, :pad] = 0
-    packed[:, -pad:] = 0
-    packed[:, :, :pad] = 0
-    packed[:, :, -pad:] = 0
 
 
 # --------------------------------------------------------------------------------------
