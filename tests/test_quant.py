@@ -12,7 +12,9 @@ import math
 import numpy as np
 import pytest
 
+from yolo8.darknet.cfg import parse_cfg_text
 from yolo8.errors import CalibrationError, ConfigError
+from yolo8.graph import build_graph
 from yolo8.quant import (
     ALL_ZERO_FALLBACK_THRESHOLD,
     Calibration,
@@ -25,7 +27,6 @@ from yolo8.quant import (
     kl_threshold,
     max_abs,
     multiplier_for_threshold,
-    parse_input_calibration,
     threshold_for_multiplier,
 )
 from yolo8.quant.collect import abs_histogram_numpy, max_abs_numpy
@@ -559,7 +560,7 @@ def test_input_calibration_is_added_to_net_and_read_back():
     added = [line for line in out.split("\n") if line not in CFG.split("\n")]
     assert len(added) == 1 and added[0].startswith("input_calibration =")
     key, value = added[0].split("=", 1)
-    assert parse_input_calibration(value) == multipliers
+    assert _read_input_calibration(value) == multipliers
     # Inserted after the last option of [net]; removing it gives back the original.
     lines = out.split("\n")
     assert lines[lines.index("height=416") + 1] == added[0]
@@ -612,25 +613,34 @@ def test_input_calibration_refuses_misuse():
         cfg_with_input_calibration(CFG.replace("[net]", "[convolutional]"), [1.0] * 4)
 
 
-def test_parse_input_calibration_reads_yolo2_light_values():
+def _read_input_calibration(value: str) -> list[float]:
+    """The multipliers yolo8 reads from `input_calibration = value` in [net] (graph.py)."""
+    text = ("[net]\nwidth=32\nheight=32\nchannels=3\ninput_calibration=" + value + "\n"
+            "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
+            "[yolo]\nmask=0\nanchors=10,14\nclasses=1\nnum=1\n")
+    return build_graph(parse_cfg_text(text, "t.cfg"), "t.cfg", text).net.input_calibration
+
+
+def test_input_calibration_reads_yolo2_light_values():
     # The line yolo2_light ships in its yolov3-tiny.cfg (13 conv layers + its trailing 16).
     value = (" 15.7342, 4.41852, 9.17237, 9.70713, 13.1849, 14.9823, 15.1913, 8.62978, "
              "15.7353, 15.6297, 15.6939, 15.4093, 15.8055, 16")
-    values = parse_input_calibration(value)
+    values = _read_input_calibration(value)
     assert len(values) == 14 and values[0] == 15.7342 and values[-1] == 16.0
+    # a trailing comma is darknet's list syntax (its option lists tolerate one)
+    assert _read_input_calibration("1.5, 2.5,") == [1.5, 2.5]
 
 
 @pytest.mark.parametrize("value, message", [
-    ("1.5, 2.5,", r"value 3 is empty \(a trailing comma\?\)"),
-    ("", "value 1 is empty"),
-    ("1.5,,2", "value 2 is empty"),
-    ("1.5, abc", "value 2 .*'abc'.* not a number"),
-    ("1.5, 0", "value 2 .*> 0"),
-    ("-3", "value 1 .*> 0"),
-    ("nan", "> 0"),
-    ("inf", "> 0"),
+    ("", "expected a comma-separated list"),
+    ("1.5,,2", "expected a comma-separated list"),
+    ("1.5, abc", "expected a list of numbers, got '1.5,abc'"),
+    ("1.5, 0", "multipliers must be positive"),
+    ("-3", "multipliers must be positive"),
+    ("nan", "expected finite numbers"),
+    ("inf", "expected finite numbers"),
 ])
-def test_parse_input_calibration_errors(value, message):
+def test_input_calibration_errors(value, message):
     with pytest.raises(ConfigError, match=message) as caught:
-        parse_input_calibration(value)
-    assert caught.value.key == "input_calibration"
+        _read_input_calibration(value)
+    assert caught.value.key == "input_calibration" and caught.value.line == 5

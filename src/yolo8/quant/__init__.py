@@ -2,7 +2,6 @@
 from .calibration_file import (
     Calibration,
     cfg_with_input_calibration,
-    parse_input_calibration,
 )
 from .collect import (
     ALL_ZERO_FALLBACK_THRESHOLD,
@@ -31,6 +30,5 @@ __all__ = [
     "kl_threshold",
     "max_abs",
     "multiplier_for_threshold",
-    "parse_input_calibration",
     "threshold_for_multiplier",
 ]

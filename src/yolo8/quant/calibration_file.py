@@ -238,31 +238,6 @@ def cfg_with_input_calibration(cfg_text: str, multipliers: Sequence[float]) -> s
     return "\n".join(lines)
 
 
-def parse_input_calibration(value: str) -> list[float]:
-    """The multipliers of an `input_calibration` value ("15.2, 3.9, ..."), all > 0.
-
-    Stricter than yolo2_light's atof (which reads junk or an empty item as 0, a multiplier
-    that would zero the layer's input): raises ConfigError naming the bad item.
-    """
-    items = value.split(",")
-    result: list[float] = []
-    for position, item in enumerate(items, start=1):
-        text = item.strip()
-        if not text:
-            hint = " (a trailing comma?)" if position == len(items) > 1 else ""
-            raise ConfigError(f"value {position} is empty{hint}", key=_INPUT_CALIBRATION)
-        try:
-            number = float(text)
-        except ValueError:
-            raise ConfigError(f"value {position} ({text!r}) is not a number",
-                              key=_INPUT_CALIBRATION) from None
-        if not (math.isfinite(number) and number > 0):
-            raise ConfigError(f"value {position} ({text!r}) must be a finite number > 0",
-                              key=_INPUT_CALIBRATION)
-        result.append(number)
-    return result
-
-
 # -- helpers ----------------------------------------------------------------------------------
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in a calibration file")
