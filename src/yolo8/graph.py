@@ -9,7 +9,7 @@ from pathlib import Path
 from .darknet.cfg import Section, read_cfg
 from .errors import ConfigError
 from .layers import BUILDERS, HEAD_KINDS, NETWORK_INPUT, BuildContext, Convolutional, Layer, Shape
-from .layers.base import MAX_LIVE_ELEMENTS, checked_shape
+from .layers.base import MAX_LIVE_ELEMENTS, checked_shape, gib
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +94,19 @@ def _warn_unused(sections: list[Section]) -> None:
                             section.name)
 
 
-def last_uses(layers: list[Layer], heads: list[int]) -> dict[int, int]:
-    """For each output (NETWORK_INPUT included), the index of the last layer that reads it;
-    heads are kept to the end (len(layers)). Backends free an output after its last use."""
+def freed_after(layers: list[Layer], heads: list[int]) -> dict[int, list[int]]:
+    """The outputs (NETWORK_INPUT included) whose last reader is layer i, by i; heads are kept
+    to the end (key len(layers)). Backends free an output after its last use."""
     last_use = {NETWORK_INPUT: -1}
     for layer in layers:
         for source in layer.inputs:
             last_use[source] = layer.index
     for head in heads:
         last_use[head] = len(layers)
-    return last_use
+    freed: dict[int, list[int]] = {}
+    for source, last in last_use.items():
+        freed.setdefault(last, []).append(source)
+    return freed
 
 
 def _check_live_values(input_shape: Shape, layers: list[Layer], heads: list[int],
@@ -111,10 +114,7 @@ def _check_live_values(input_shape: Shape, layers: list[Layer], heads: list[int]
     """Refuse a network that would hold more than MAX_LIVE_ELEMENTS values at once for one
     image. Outputs are counted as the backends keep them: from the layer that makes them to
     their last reader (heads and unread outputs to the end)."""
-    last_use = last_uses(layers, heads)
-    freed_after: dict[int, list[int]] = {}
-    for source, last in last_use.items():
-        freed_after.setdefault(last, []).append(source)
+    freed = freed_after(layers, heads)
     size = {NETWORK_INPUT: input_shape.size} | {l.index: l.out_shape.size for l in layers}
     live = input_shape.size
     for layer in layers:
@@ -122,9 +122,9 @@ def _check_live_values(input_shape: Shape, layers: list[Layer], heads: list[int]
         if live > MAX_LIVE_ELEMENTS:
             raise ConfigError(
                 f"[{layer.kind}] one image would need {live} layer-output values held at once here "
-                f"({live * 4 / (1 << 30):.1f} GiB), more than yolo8 accepts ({MAX_LIVE_ELEMENTS}): "
+                f"({gib(4 * live)}), more than yolo8 accepts ({MAX_LIVE_ELEMENTS}): "
                 f"a smaller width/height in [net]?", path=path, line=layer.line)
-        live -= sum(size[i] for i in freed_after.get(layer.index, ()))
+        live -= sum(size[i] for i in freed.get(layer.index, ()))
 
 
 def build_graph(sections: list[Section], path: str, text: str) -> Graph:

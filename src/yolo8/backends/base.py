@@ -6,7 +6,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..graph import Graph, last_uses
+from ..graph import Graph, freed_after
 from ..layers import NETWORK_INPUT, Layer
 
 Op = Callable[..., np.ndarray]           # op(*input_arrays) -> output array (NHWC)
@@ -23,17 +23,15 @@ class Step:
 class Program:
     """Runs the layers in order on NHWC float32 batches, freeing outputs after their last use."""
 
-    def __init__(self, graph: Graph, ops: Mapping[type, OpMaker],
-                 taps: Callable[[Layer], Op | None] | None = None) -> None:
+    def __init__(self, graph: Graph, ops: Mapping[type, OpMaker]) -> None:
         self.graph = graph
         self.steps: list[Step] = []
-        last_use = last_uses(graph.layers, graph.heads)
+        freed = freed_after(graph.layers, graph.heads)
         for layer in graph.layers:
             maker = ops.get(type(layer))
             if maker is None:
                 raise NotImplementedError(f"no op for {type(layer).__name__}")
-            done = tuple(src for src, last in last_use.items() if last == layer.index)
-            self.steps.append(Step(layer, maker(layer, graph), done))
+            self.steps.append(Step(layer, maker(layer, graph), tuple(freed.get(layer.index, ()))))
 
     def run(self, x: np.ndarray, observer: Callable[[Layer, list[np.ndarray]], None] | None = None
             ) -> list[np.ndarray]:

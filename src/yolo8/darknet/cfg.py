@@ -175,18 +175,14 @@ class Section:
         return items
 
     def _parse_int(self, key: str, raw: str) -> int:
-        if not _plain(raw):
-            raise self.error(f"expected an integer, got '{_show(raw)}'", key)
-        try:
-            return int(raw)
-        except ValueError:  # not an integer, or more digits than int() takes
-            pass
+        if _plain(raw):
+            try:
+                return int(raw)
+            except ValueError:  # not an integer, or more digits than int() takes
+                pass
         # darknet reads some ints with atof (e.g. "1.0"); accept integral floats only.
-        try:
-            f = float(raw)
-        except ValueError:
-            raise self.error(f"expected an integer, got '{_show(raw)}'", key) from None
-        if not math.isfinite(f) or f != int(f):
+        f = _to_float(raw)
+        if f is None or not math.isfinite(f) or f != int(f):
             raise self.error(f"expected an integer, got '{_show(raw)}'", key)
         return int(f)
 

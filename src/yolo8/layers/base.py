@@ -1,14 +1,11 @@
 """What every layer has, and the context a layer builder reads while the cfg is parsed."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 from ..darknet.cfg import Section
 from ..errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 # Bounds that keep a hostile or mistyped cfg from being allocated or run: each is checked while
 # the cfg is parsed, before any weights are read, and names the section that crosses it. Real
@@ -62,13 +59,6 @@ class BuildContext:
     layers: list[Layer] = field(default_factory=list)
     weights: int = 0
     work: int = 0
-    warned: set[str] = field(default_factory=set)
-
-    def warn_once(self, section: Section, key: str, message: str) -> None:
-        """A warning about what the cfg asks and yolo8 does differently, once per network."""
-        if key not in self.warned:
-            self.warned.add(key)
-            log.warning("%s:%d: '%s': %s", section.path, section.options[key].line, key, message)
 
     def charge(self, section: Section, weights: int = 0, work: int = 0) -> None:
         """Add one layer's weights and work, refusing the layer that takes a total past its
@@ -77,8 +67,8 @@ class BuildContext:
         self.work += work
         if self.weights > MAX_WEIGHTS:
             raise ConfigError(f"[{section.name}] brings the network to {self.weights} weights "
-                              f"({_gib(4 * self.weights)} as float32), more than yolo8 accepts "
-                              f"({MAX_WEIGHTS}, {_gib(4 * MAX_WEIGHTS)})", path=section.path,
+                              f"({gib(4 * self.weights)} as float32), more than yolo8 accepts "
+                              f"({MAX_WEIGHTS}, {gib(4 * MAX_WEIGHTS)})", path=section.path,
                               line=section.line)
         if self.work > MAX_WORK:
             raise ConfigError(f"[{section.name}] brings the network to {self.work} multiply-adds "
@@ -109,7 +99,7 @@ class BuildContext:
         return self.input_shape if index == NETWORK_INPUT else self.layers[index].out_shape
 
 
-def _gib(nbytes: int) -> str:
+def gib(nbytes: int) -> str:
     return f"{nbytes / (1 << 30):.1f} GiB"
 
 
