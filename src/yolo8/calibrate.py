@@ -20,10 +20,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import __version__
 from .api import Model
 from .data import read_image_list
-from .errors import InputError, Yolo8Error
+from .errors import InputError, writing
 from .layers import Convolutional, Layer
 from .pipeline import batched, load_images
 from .progress import progress_bar
@@ -77,23 +76,16 @@ class BiasErrorCollector:
     """Mean INT8-minus-FP32 pre-activation of each INT8 layer, per output channel."""
 
     def __init__(self, graph, thresholds: dict[int, float]) -> None:
-        from .backends.int8 import int8_layers
+        from .backends.int8 import int8_conv, int8_layers
         from .kernels.activations import LINEAR
         from .kernels.conv_fp32 import Fp32Conv
-        from .kernels.conv_int8 import Int8ConvWeights, conv2d_int8
 
         self._ops = {}
         for index in int8_layers(graph):
             layer = graph.layers[index]
             zero = np.zeros(layer.filters, np.float32)
-            packed = Int8ConvWeights.from_float(layer.weights, layer.groups)
             fp32 = Fp32Conv(layer.weights, zero, layer.stride, layer.pad, layer.groups, LINEAR)
-            multiplier = 127.0 / thresholds[index]
-
-            def int8_op(x, layer=layer, packed=packed, zero=zero, multiplier=multiplier):
-                return conv2d_int8(x, packed, zero, multiplier, layer.stride, layer.pad, LINEAR,
-                                   layer.groups)
-            self._ops[index] = (int8_op, fp32)
+            self._ops[index] = (int8_conv(layer, thresholds[index], zero, LINEAR), fp32)
         self._sums = {i: np.zeros(graph.layers[i].filters) for i in self._ops}
         self._counts = dict.fromkeys(self._ops, 0)
 
@@ -111,8 +103,7 @@ class BiasErrorCollector:
 
 @dataclass
 class CalibrationRun:
-    calibration: Calibration
-    images_used: int
+    calibration: Calibration  # its num_images: the images that were read and used
     skipped: list[str]
 
 
@@ -140,10 +131,10 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
         _observe_conv_inputs(model, reader, errors, "calibrate 3/3 bias errors", progress)
         corrections = errors.corrections()
     cal = Calibration(model_id=model.model_id, thresholds=thresholds, num_images=used,
-                      created_by=f"yolo8 {__version__}", bias_corrections=corrections,
+                      bias_corrections=corrections,
                       notes=f"KL (entropy) calibration of {Path(model.graph.path).name} on "
                             f"{used} images" + (", with bias correction" if corrections else ""))
-    return CalibrationRun(cal, used, reader.skipped)
+    return CalibrationRun(cal, reader.skipped)
 
 
 def calibration_images(list_path: Path, limit: int | None) -> list[Path]:
@@ -166,11 +157,9 @@ def check_output(path: Path) -> None:
 
 
 def _write(path: Path, write: Callable[[Path], None]) -> None:
-    try:
+    with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         write(path)
-    except OSError as exc:
-        raise Yolo8Error(f"cannot write: {exc.strerror}", path=path) from None
 
 
 def write_outputs(model: Model, run: CalibrationRun, out: Path, cfg_out: Path | None) -> None:
@@ -184,6 +173,7 @@ def write_outputs(model: Model, run: CalibrationRun, out: Path, cfg_out: Path | 
 def report(run: CalibrationRun, out: Path) -> None:
     if run.skipped:
         log.warning("%d of %d images could not be read (named above) and were left out",
-                    len(run.skipped), run.images_used + len(run.skipped))
-    print(f"yolo8: calibrated {len(run.calibration.thresholds)} conv layers on {run.images_used} "
-          f"images -> {out}", file=sys.stderr)
+                    len(run.skipped), run.calibration.num_images + len(run.skipped))
+    cal = run.calibration
+    print(f"yolo8: calibrated {len(cal.thresholds)} conv layers on {cal.num_images} images "
+          f"-> {out}", file=sys.stderr)

@@ -43,7 +43,7 @@ import numpy as np
 from .api import Model, load
 from .data import label_path
 from .draw import draw_detections
-from .errors import InputError, Yolo8Error
+from .errors import InputError, Yolo8Error, writing
 from .inputs import Expanded, Source, expand_inputs, open_capture
 from .pipeline import Item, batched, load_images, read_frames
 from .postprocess import Detection
@@ -151,10 +151,8 @@ def _mkdir_for(path: Path) -> None:
 
 def _write_bytes(path: Path, data: bytes) -> None:
     _mkdir_for(path)
-    try:
+    with writing(path):
         path.write_bytes(data)
-    except OSError as exc:
-        raise Yolo8Error(f"cannot write: {exc.strerror}", path=path) from None
 
 
 def write_image(path: Path, image: np.ndarray) -> Path:

@@ -73,3 +73,12 @@ def reading(path: str | PathLike, what: str, error: type[Yolo8Error]) -> Iterato
         raise error(f"is a directory, expected a {what}", path=path) from None
     except OSError as exc:
         raise error(f"cannot read {what}: {exc.strerror}", path=path) from None
+
+
+@contextmanager
+def writing(path: str | PathLike) -> Iterator[None]:
+    """Turn the system's refusal to write `path` into one Yolo8Error naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise Yolo8Error(f"cannot write: {exc.strerror}", path=path) from None

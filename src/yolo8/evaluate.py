@@ -10,9 +10,9 @@ import numpy as np
 
 from .api import Model, load
 from .data import (GroundTruth, ImageDetections, read_data_file, read_ground_truth,
-                   read_image_list, read_names)
+                   read_image_list)
 from .detect import coco_result
-from .errors import InputError, Yolo8Error
+from .errors import InputError, Yolo8Error, writing
 from .metrics import MapResult, evaluate
 from .pipeline import Item, batched, load_images
 from .postprocess import Detection
@@ -81,8 +81,7 @@ def _with_truths(batch: list[Item], difficult: list[Path] | None, classes: int, 
 def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes: int,
          opts: MapOptions) -> _Collected:
     out = _Collected([], [], [], [], [])
-    letterbox = model.letterbox if opts.letterbox is None else opts.letterbox
-    items = load_images(images, prepare=lambda im: model.prepare(im, letterbox))
+    items = load_images(images, prepare=lambda im: model.prepare(im, opts.letterbox))
     with progress_bar(len(images), "map", opts.progress) as bar:
         for batch in batched(items, opts.batch):
             if batch[0].error is not None:
@@ -93,7 +92,7 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
             if kept:
                 blob = np.stack([item.prepared for item, _ in kept])
                 sizes = [(item.image.shape[1], item.image.shape[0]) for item, _ in kept]
-                found = model.detect_prepared(blob, sizes, opts.thresh, opts.nms, letterbox)
+                found = model.detect_prepared(blob, sizes, opts.thresh, opts.nms, opts.letterbox)
                 for (item, truth), size, dets in zip(kept, sizes, found):
                     out.truths.append(truth)
                     out.detections.append(_as_arrays(dets))
@@ -110,12 +109,10 @@ def run_map(opts: MapOptions) -> MapResult:
     if difficult is not None and len(difficult) != len(images):
         raise InputError(f"the difficult list has {len(difficult)} images but valid= has "
                          f"{len(images)}: they must be parallel, line by line", path=config.difficult)
-    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration,
-                 config.names if config.names is not None else None)
+    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names)
     if model.heads[0].classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")
-    names = read_names(config.names) if config.names is not None else model.names
     got = _run(model, images, difficult, config.classes, opts)
     opts.skipped[:] = got.skipped
     if not got.truths:
@@ -125,7 +122,7 @@ def run_map(opts: MapOptions) -> MapResult:
         log.warning("%d of %d images could not be read (named above) and are left out of the "
                     "metrics", len(got.skipped), len(images))
     result = evaluate(got.truths, got.detections, got.sizes, config.classes, opts.iou_thresh,
-                      opts.thresh_report, names[:config.classes])
+                      opts.thresh_report, model.names[:config.classes])
     if opts.json_path is not None:
         payload = result.to_json()
         payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped))
@@ -136,8 +133,6 @@ def run_map(opts: MapOptions) -> MapResult:
 
 
 def _write_json(path: Path, payload) -> None:
-    try:
+    with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=1))
-    except OSError as exc:
-        raise Yolo8Error(f"cannot write: {exc.strerror}", path=path) from None

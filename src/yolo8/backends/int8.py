@@ -14,20 +14,16 @@ import numpy as np
 
 from ..errors import CalibrationError
 from ..graph import Graph
-from ..layers import HEAD_KINDS, Convolutional
-from ..quant import Calibration, threshold_for_multiplier
+from ..layers import Convolutional
+from ..quant import Calibration, multiplier_for_threshold, threshold_for_multiplier
 from .base import Op, Program
 from .ops import FP32_OPS, conv as fp32_conv
 
 
 def int8_layers(graph: Graph) -> list[int]:
     """Indices of the conv layers that run INT8 in this graph."""
-    convs = graph.convolutions()
-    if not convs:
-        return []
-    feeds_head = {graph.layers[h].inputs[0] for h in graph.heads
-                  if isinstance(graph.layers[h], HEAD_KINDS)}
-    return [c.index for c in convs[1:] if c.index not in feeds_head and not c.xnor]
+    feeds_head = {graph.layers[h].inputs[0] for h in graph.heads}
+    return [c.index for c in graph.convolutions()[1:] if c.index not in feeds_head and not c.xnor]
 
 
 def thresholds_from_cfg(graph: Graph) -> dict[int, float] | None:
@@ -63,7 +59,6 @@ def resolve_calibration(graph: Graph, model_id: str, calibration: str | Path | N
     cal = Calibration.load(path)
     cal.check_model(model_id, path)
     corrections = {k: np.asarray(v, dtype=np.float32) for k, v in cal.bias_corrections.items()}
-    check_corrections(graph, corrections, path)
     return dict(cal.thresholds), corrections, str(path)
 
 
@@ -75,22 +70,24 @@ def check_corrections(graph: Graph, corrections: Corrections, path: str | Path |
                                    path=path)
 
 
-def _int8_conv(layer: Convolutional, multiplier: float, correction: np.ndarray | None) -> Op:
+def int8_conv(layer: Convolutional, threshold: float, bias: np.ndarray, activation: int) -> Op:
+    """The layer as an INT8 convolution of its input calibrated at `threshold`, with this
+    bias and activation (the backend: the layer's own, bias-corrected; calibration: zero
+    bias and linear, to measure the pre-activation error)."""
     from ..kernels.conv_int8 import Int8ConvWeights, conv2d_int8
 
     packed = Int8ConvWeights.from_float(layer.weights, layer.groups)
-    code = layer.activation_code
-    bias = layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
-    return lambda x: conv2d_int8(x, packed, bias, multiplier, layer.stride, layer.pad, code,
+    multiplier = multiplier_for_threshold(threshold)
+    return lambda x: conv2d_int8(x, packed, bias, multiplier, layer.stride, layer.pad, activation,
                                  layer.groups)
 
 
-def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections | None = None
-          ) -> Program:
+def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections | None = None,
+          path: str | Path | None = None) -> Program:
     """Compile `graph` with INT8 convolutions using per-layer input thresholds and (optional)
-    per-channel bias corrections."""
+    per-channel bias corrections (read from `path`, named if they do not fit)."""
     corrections = corrections or {}
-    check_corrections(graph, corrections)
+    check_corrections(graph, corrections, path)
     wanted = int8_layers(graph)
     missing = [i for i in wanted if i not in thresholds]
     if missing:
@@ -103,9 +100,11 @@ def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections |
     quantized = set(wanted)
 
     def conv(layer: Convolutional, g: Graph) -> Op:
-        if layer.index in quantized:
-            return _int8_conv(layer, 127.0 / thresholds[layer.index], corrections.get(layer.index))
-        return fp32_conv(layer, g)
+        if layer.index not in quantized:
+            return fp32_conv(layer, g)
+        correction = corrections.get(layer.index)
+        bias = layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
+        return int8_conv(layer, thresholds[layer.index], bias, layer.activation_code)
 
     return Program(graph, {**FP32_OPS, Convolutional: conv})
 
@@ -114,4 +113,4 @@ def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
                     default_calibration: Path | None) -> tuple[Program, str | None]:
     thresholds, corrections, source = resolve_calibration(graph, model_id, calibration,
                                                           default_calibration)
-    return build(graph, thresholds, corrections), source
+    return build(graph, thresholds, corrections, source), source
