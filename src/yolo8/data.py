@@ -71,7 +71,7 @@ class ImageDetections:
 # ----------------------------------------------------------------------------------- text files
 
 
-def _read_lines(path: Path, what: str) -> list[str]:
+def read_lines(path: Path, what: str) -> list[str]:
     """The lines of a text file without line ends (LF or CRLF, optional UTF-8 BOM)."""
     try:
         with reading(path, what, InputError):
@@ -102,7 +102,7 @@ def _parse_data_lines(path: Path) -> dict[str, tuple[str, int]]:
     """key -> (value, line number). The first occurrence of a key wins, as in darknet
     (option_find returns the first match)."""
     options: dict[str, tuple[str, int]] = {}
-    for number, raw in enumerate(_read_lines(path, ".data file"), start=1):
+    for number, raw in enumerate(read_lines(path, ".data file"), start=1):
         line = raw.strip()
         if not line or line[0] in "#;":
             continue
@@ -189,7 +189,7 @@ def read_image_list(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     images = []
-    for raw in _read_lines(path, "image list"):
+    for raw in read_lines(path, "image list"):
         entry = raw.strip()
         if not entry or entry.startswith("#"):
             continue
@@ -206,7 +206,7 @@ def read_names(path: str | Path) -> list[str]:
     A blank line between names would shift every later class id, so it is an InputError.
     """
     path = Path(path)
-    names = [line.strip() for line in _read_lines(path, "names file")]
+    names = [line.strip() for line in read_lines(path, "names file")]
     while names and not names[-1]:
         names.pop()
     if not names:
@@ -279,7 +279,7 @@ def read_labels(path: str | Path, num_classes: int, image_width: int, image_heig
         return GroundTruth.empty()
     rows = [
         _parse_label_line(line.split(), num_classes, path, number)
-        for number, line in enumerate(_read_lines(path, "label file"), start=1)
+        for number, line in enumerate(read_lines(path, "label file"), start=1)
         if line.strip()
     ]
     if not rows:

@@ -252,7 +252,8 @@ class DetectRun:
     def __init__(self, model: Model, opts: DetectOptions, sources: list[Source]) -> None:
         self.model, self.opts = model, opts
         self.letterbox = model.letterbox if opts.letterbox is None else opts.letterbox
-        self.names = OutputNames(opts.save_dir, sources) if opts.save_dir is not None else None
+        saving = opts.save_dir is not None and (opts.save_images or opts.labels)
+        self.names = OutputNames(opts.save_dir, sources) if saving else None  # None: save nothing
         self.results: list[dict] = []
         self.count = 0
         self.bar = progress_bar(_initial_total(sources), "detect", _progress_enabled(opts, sources))
@@ -297,7 +298,7 @@ class DetectRun:
             self.bar.update(len(batch))
 
     def _save_image(self, source: Source, image: np.ndarray, dets: list[Detection]) -> None:
-        if self.names is None or not (self.opts.save_images or self.opts.labels):
+        if self.names is None:
             return
         relative = self.names.claim(source.relative, source.display)
         target = self.opts.save_dir / relative
@@ -361,7 +362,7 @@ class DetectRun:
 
     def _stream_outputs(self, source: Source, capture: cv2.VideoCapture
                         ) -> tuple[VideoOut | None, Path | None]:
-        if self.names is None or not (self.opts.save_images or self.opts.labels):
+        if self.names is None:
             return None, None
         relative = self.names.claim(video_output_name(source), source.display)
         target = self.opts.save_dir / relative

@@ -30,6 +30,7 @@ from typing import Iterator, Literal, Sequence
 
 import cv2
 
+from .data import read_lines
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -139,15 +140,6 @@ def _expand_folder(arg: str, recursive: bool) -> Expanded:
 # -------------------------------------------------------------------------------------- lists
 
 
-def _read_list_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"image list is not UTF-8 text ({exc.reason})", path=path) from None
-    except OSError as exc:
-        raise InputError(f"cannot read image list: {exc.strerror}", path=path) from None
-
-
 def _resolve_entry(entry: str, folder: Path) -> Path | None:
     """darknet opens list entries from the working directory; we also try the list's folder so a
     list works from anywhere. The path is kept as written when it is found from the cwd."""
@@ -162,7 +154,7 @@ def _resolve_entry(entry: str, folder: Path) -> Path | None:
 def read_input_list(path: Path) -> Expanded:
     """The sources named by a darknet list file; entries that do not exist become problems."""
     try:
-        lines = _read_list_lines(path)
+        lines = read_lines(path, "image list")
     except InputError as exc:
         return Expanded(problems=[exc])
     out = Expanded()
