@@ -99,17 +99,6 @@ def _logistic(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
 
-def _box_part(x: np.ndarray, anchors: int) -> tuple[np.ndarray, np.ndarray]:
-    """A head's input viewed per anchor (N, H, W, A, entries), and its output with darknet's
-    box activations done: logistic x, y; raw w, h. The caller fills objectness and classes."""
-    n, h, w, _ = x.shape
-    v = x.reshape(n, h, w, anchors, -1)
-    out = np.empty_like(v)
-    out[..., :2] = _logistic(v[..., :2])
-    out[..., 2:4] = v[..., 2:4]
-    return v, out
-
-
 def yolo(layer: Yolo, graph: Graph) -> Op:
     """darknet's forward_yolo_layer at inference: logistic on everything but w and h, then
     x, y scaled by scale_x_y about the cell centre (AlexeyAB)."""
@@ -139,7 +128,10 @@ def region(layer: Region, graph: Graph) -> Op:
     a = layer.num_anchors
 
     def head(x: np.ndarray) -> np.ndarray:
-        v, out = _box_part(x, a)
+        v = x.reshape(*x.shape[:3], a, -1)  # per anchor: x, y, w, h, objectness, classes
+        out = np.empty_like(v)
+        out[..., :2] = _logistic(v[..., :2])
+        out[..., 2:4] = v[..., 2:4]
         out[..., 4] = _logistic(v[..., 4])
         classes = v[..., 5:]
         if layer.softmax:
