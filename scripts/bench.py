@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -65,13 +64,7 @@ def worker_forward(engine: str, iters: int) -> dict:
 
         def run():
             model.forward_nhwc(x)
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
+    times = _times(run, iters)
     return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times)}
 
 
@@ -102,6 +95,7 @@ def worker_kernels(iters: int) -> dict:
     from yolo8.kernels.activations import LEAKY
     from yolo8.kernels.conv_fp32 import Fp32Conv
     from yolo8.kernels.conv_int8 import Int8ConvWeights, conv2d_int8
+    from yolo8.kernels.xnor import XnorConvWeights, conv2d_xnor
 
     rows = {}
     rng = np.random.default_rng(0)
@@ -111,30 +105,25 @@ def worker_kernels(iters: int) -> dict:
         b = np.zeros(cout, np.float32)
         fp32 = Fp32Conv(w, b, 1, 1, 1, LEAKY)
         q = Int8ConvWeights.from_float(w)
+        xw = XnorConvWeights.from_float(w)
         ops = {"fp32": lambda: fp32(x),
-               "int8": lambda: conv2d_int8(x, q, b, 127 / 4.0, 1, 1, LEAKY)}
-        try:
-            from yolo8.kernels.xnor import XnorConvWeights, conv2d_xnor
-
-            xw = XnorConvWeights.from_float(w)
-            ops["xnor"] = lambda: conv2d_xnor(x, xw, b, 1, 1, LEAKY)
-        except ImportError:
-            pass
-        medians = {name: _median_ms(op, iters) for name, op in ops.items()}
+               "int8": lambda: conv2d_int8(x, q, b, 127 / 4.0, 1, 1, LEAKY),
+               "xnor": lambda: conv2d_xnor(x, xw, b, 1, 1, LEAKY)}
+        medians = {name: 1000 * statistics.median(_times(op, iters)) for name, op in ops.items()}
         rows[f"{h}x{h}x{c}->{cout} 3x3"] = medians
     return rows
 
 
-def _median_ms(op, iters: int) -> float:
+def _times(op, iters: int) -> list[float]:
+    """Seconds of each of `iters` calls of `op`, after 3 warm-up calls."""
     for _ in range(3):
         op()
     times = []
-    # interleaving happens across shapes; within one op the median of many runs
     for _ in range(iters):
         t = time.perf_counter()
         op()
         times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return times
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -176,16 +165,6 @@ def bench_throughput(folder: Path, rounds: int) -> dict:
         result[engine] = {"images": runs[0]["images"],
                           "images_per_s": statistics.median(r["images_per_s"] for r in runs)}
     return result
-
-
-def _time_process(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=600)
-    wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) / 1024
 
 
 def bench_detect(rounds: int) -> dict:
