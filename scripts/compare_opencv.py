@@ -63,8 +63,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from yolo8 import models
+    from yolo8.inputs import list_folder
 
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = [args.images / p for p in list_folder(args.images)]  # what `yolo8 detect` reads
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "dets.json"
         subprocess.run([sys.executable, "-m", "yolo8", "detect", str(args.images), "--no-save",
