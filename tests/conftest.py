@@ -10,16 +10,20 @@ DATA = TESTS / "data"
 ROOT = TESTS.parent
 SHARED_COCO = ROOT.parent / "shared" / "data" / "coco128-train"
 BACKENDS = ["fp32", "int8"]
+PHOTOS = sorted((DATA / "images").glob("*.jpg"))
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    return DATA
+def graph_of(text: str, name: str = "test.cfg"):
+    """The graph of cfg text (no file), as load_graph would build it from a file `name`."""
+    from yolo8.darknet.cfg import parse_cfg_text
+    from yolo8.graph import build_graph
+
+    return build_graph(parse_cfg_text(text, name), name, text)
 
 
 @pytest.fixture(scope="session")
 def test_images() -> list[Path]:
-    return sorted((DATA / "images").glob("*.jpg"))
+    return list(PHOTOS)
 
 
 @pytest.fixture(scope="session")

@@ -53,13 +53,17 @@ def opencv_rows_to_darknet(rows: np.ndarray, head: Yolo | Region, h: int, w: int
     return out.transpose(2, 3, 0, 1).reshape(a * per, h, w)
 
 
+# darknet .weights header of format 0.2 (major, minor, revision, 8-byte `seen`): 20 bytes
+WEIGHTS_HEADER = np.array([0, 2, 0], dtype="<i4").tobytes() + np.zeros(1, dtype="<i8").tobytes()
+
+
 def random_weights(graph, path: Path, seed: int = 0) -> None:
     """A darknet .weights file for `graph` with values that keep activations in a sane range:
     unit-gain convolutions, and small ones into each residual sum so deep nets do not explode."""
     from yolo8.layers import Shortcut
 
     rng = np.random.default_rng(seed)
-    parts = [np.array([0, 2, 0], dtype="<i4").tobytes(), np.zeros(1, dtype="<i8").tobytes()]
+    parts = [WEIGHTS_HEADER]
     for layer in graph.convolutions():
         n = layer.filters
         fan_in = layer.size * layer.size * layer.in_shape.c // layer.groups

@@ -5,16 +5,11 @@ import logging
 
 import pytest
 
-from yolo8.darknet.cfg import parse_cfg_text
 from yolo8.errors import ConfigError
-from yolo8.graph import build_graph
 from yolo8.layers import Convolutional, MaxPool, Route, Shape, Upsample
 from yolo8.postprocess import nms_rule
 
-
-def graph_of(text: str):
-    return build_graph(parse_cfg_text(text, "test.cfg"), "test.cfg", text)
-
+from .conftest import graph_of
 
 NET = "[net]\nwidth=64\nheight=32\nchannels=3\n"
 HEAD = "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nmask=0\nanchors=10,14\nclasses=1\nnum=1\n"

@@ -29,9 +29,8 @@ from yolo8.errors import InputError
 from yolo8.pipeline import Item, batched, read_frames
 from yolo8.postprocess import Detection
 
-from .conftest import DATA
+from .conftest import PHOTOS
 
-PHOTOS = sorted((DATA / "images").glob("*.jpg"))
 VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 15, (320, 240), 12.0
 
 
@@ -415,17 +414,15 @@ def test_progress_bar_on_request(tmp_path, detect):
 
 def test_no_progress_bar_loads_no_tqdm():
     """A run without a bar does not pay for importing tqdm, and its lines still print."""
-    import subprocess
-    import sys
-
     code = ("import sys\n"
             "from yolo8.progress import progress_bar, write\n"
             "with progress_bar(3, 'x', enabled=False) as bar:\n"
             "    bar.update(2); bar.total += 1; bar.refresh()\n"
             "write('a line', sys.stdout)\n"
             "print('tqdm' in sys.modules)\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stdout.splitlines() == ["a line", "False"]
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True)
+    assert child.stdout.splitlines() == ["a line", "False"]
 
 
 # ------------------------------------------------------------------------------------ camera

@@ -19,13 +19,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from yolo8.darknet.cfg import parse_cfg_text, read_cfg
+from yolo8.darknet.cfg import read_cfg
 from yolo8.darknet.weights import load_weights
 from yolo8.errors import ConfigError, WeightsError
 from yolo8.graph import Graph, build_graph
 from yolo8.layers import (AvgPool, Convolutional, Dropout, MaxPool, Region, Reorg, Route, Shape,
                           Shortcut, Upsample, Yolo)
 from yolo8.layers.base import MAX_ELEMENTS, MAX_WEIGHTS
+
+from .conftest import graph_of
 
 ACTIVATIONS = ["linear", "leaky", "relu", "logistic", "mish", "swish"]
 def fast(examples: int) -> settings:
@@ -185,7 +187,7 @@ def networks(draw) -> Network:
 
 
 def parse(text: str) -> Graph:
-    return build_graph(parse_cfg_text(text, "fuzz.cfg"), "fuzz.cfg", text)
+    return graph_of(text, "fuzz.cfg")
 
 
 @fast(250)

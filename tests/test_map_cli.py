@@ -71,8 +71,8 @@ def _check_against_independent(images, metrics, saved, folder):
     assert metrics["coco50"] == pytest.approx(stats[1], abs=TOL)
 
 
-def test_map_on_test_photos_equals_independent_evaluators(tmp_path, default_weights, capsys):
-    images = sorted((DATA / "images").glob("*.jpg"))
+def test_map_on_test_photos_equals_independent_evaluators(tmp_path, default_weights, test_images):
+    images = test_images
     data = _data_file(tmp_path, images, DATA.parent.parent / "cfg" / "coco.names")
     metrics, saved, stdout = _run_map(data, tmp_path)
     assert "mean over the" in stdout and "darknet's mean over all 80 classes" in stdout
@@ -81,7 +81,7 @@ def test_map_on_test_photos_equals_independent_evaluators(tmp_path, default_weig
 
 
 @pytest.mark.parametrize("backend", ["fp32"])
-def test_map_on_coco128_reproduces_the_seed(tmp_path, default_weights, coco128, backend, capsys):
+def test_map_on_coco128_reproduces_the_seed(tmp_path, default_weights, coco128, backend):
     """All 128 photos: the figures equal the independent evaluators, and FP32 VOC 11-point over
     all 80 classes is within 1.5 points of yolo2_light's 37.40 % on the same photos."""
     images = sorted((coco128 / "images").glob("*.jpg"))

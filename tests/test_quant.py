@@ -12,9 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from yolo8.darknet.cfg import parse_cfg_text
 from yolo8.errors import CalibrationError, ConfigError
-from yolo8.graph import build_graph
 from yolo8.quant import (
     ALL_ZERO_FALLBACK_THRESHOLD,
     Calibration,
@@ -31,6 +29,8 @@ from yolo8.quant import (
 )
 from yolo8.quant.collect import abs_histogram_numpy, max_abs_numpy
 from yolo8.quant.kl import EMPTY_BIN_EPS, best_candidate
+
+from .conftest import graph_of
 
 # kl_divergences sums in another order and as (sum P log P - sum P log Q) / N, which
 # loses ~eps * log(N) * (number of terms) ~ 1e-13 in absolute terms against the
@@ -618,7 +618,7 @@ def _read_input_calibration(value: str) -> list[float]:
     text = ("[net]\nwidth=32\nheight=32\nchannels=3\ninput_calibration=" + value + "\n"
             "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
             "[yolo]\nmask=0\nanchors=10,14\nclasses=1\nnum=1\n")
-    return build_graph(parse_cfg_text(text, "t.cfg"), "t.cfg", text).net.input_calibration
+    return graph_of(text, "t.cfg").net.input_calibration
 
 
 def test_input_calibration_reads_yolo2_light_values():

@@ -33,9 +33,9 @@ from yolo8 import models
 from yolo8.errors import (CalibrationError, ConfigError, InputError, ModelFetchError, WeightsError,
                           Yolo8Error)
 
-from .conftest import DATA
+from .conftest import DATA, PHOTOS, graph_of
+from .oracle import WEIGHTS_HEADER
 
-PHOTOS = sorted((DATA / "images").glob("*.jpg"))
 
 TINY = """[net]
 width=64
@@ -77,7 +77,6 @@ num=3
 # Floats of TINY's weights, counted by hand from darknet's layout (bias, [scale, mean, var],
 # weights): 8 + 3*8 + 8*3*3*3, then 16 + 3*16 + 16*8*3*3, then 18 + 18*16.
 TINY_FLOATS = (8 + 24 + 216) + (16 + 48 + 1152) + (18 + 288)
-HEADER = np.array([0, 2, 0], "<i4").tobytes() + np.zeros(1, "<i8").tobytes()  # format 0.2: 20 bytes
 
 
 def tiny_weights_bytes(floats: np.ndarray | None = None) -> bytes:
@@ -89,7 +88,7 @@ def tiny_weights_bytes(floats: np.ndarray | None = None) -> bytes:
             floats[start + n: start + 2 * n] = 1.0
             floats[start + 2 * n: start + 3 * n] = 0.0
             floats[start + 3 * n: start + 4 * n] = 1.0
-    return HEADER + np.asarray(floats, "<f4").tobytes()
+    return WEIGHTS_HEADER + np.asarray(floats, "<f4").tobytes()
 
 
 def line_of(path: Path, needle: str, occurrence: int = 1) -> int:
@@ -347,7 +346,7 @@ CASES = [
     # ---- weights
     file_case("weights-empty", lambda k: k.write_bytes("empty.weights", b""), WeightsError,
               ["is 0 bytes, too short for a darknet weights header"], via="cli", role="weights"),
-    file_case("weights-header-only", lambda k: k.write_bytes("header.weights", HEADER),
+    file_case("weights-header-only", lambda k: k.write_bytes("header.weights", WEIGHTS_HEADER),
               WeightsError, ["is 20 bytes but", f"needs exactly {20 + 4 * TINY_FLOATS}"],
               via="cli", role="weights"),
     file_case("weights-truncated", lambda k: k.write_bytes("half.weights",
@@ -363,7 +362,7 @@ CASES = [
               WeightsError, [f"needs exactly {20 + 4 * TINY_FLOATS}", "+4 bytes: too long"],
               role="weights"),
     file_case("weights-garbage-nan",
-              lambda k: k.write_bytes("nan.weights", HEADER + b"\xff" * (4 * TINY_FLOATS)),
+              lambda k: k.write_bytes("nan.weights", WEIGHTS_HEADER + b"\xff" * (4 * TINY_FLOATS)),
               WeightsError, ["non-finite values"], role="weights"),
     file_case("weights-batch-norm-overflows",
               # first BN scale 3e38 over a zero variance: scale / (sqrt(0) + 1e-6) = 3e44
@@ -541,7 +540,7 @@ def test_weights_that_overflow_the_network_give_no_nan_boxes(kit: Kit):
     first = np.full((2, 3, 3, 3), 3e37, "<f4")  # bright pixels: +inf in both channels
     second = np.ones((6, 2, 1, 1), "<f4")
     second[0, 1] = -1  # x = inf - inf = NaN; objectness and class = inf -> 1
-    weights = kit.write_bytes("nan/two.weights", HEADER + np.zeros(2, "<f4").tobytes()
+    weights = kit.write_bytes("nan/two.weights", WEIGHTS_HEADER + np.zeros(2, "<f4").tobytes()
                               + first.tobytes() + np.zeros(6, "<f4").tobytes() + second.tobytes())
     result = run_cli("detect", kit.photo, "--no-save", *kit.model_args(cfg, weights))
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
@@ -568,7 +567,7 @@ def _live_hog(kit: Kit) -> tuple[Path, int]:
             + TINY[TINY.index("[yolo]"):])
     cfg = kit.write("hog/live.cfg", text)
     floats = (4 + 4 * 3) + 4 * (4 + 4 * 4) + (18 + 18 * 4)  # 1x1 convs: biases + weights
-    kit.write_bytes("hog/live.weights", HEADER + np.zeros(floats, "<f4").tobytes())
+    kit.write_bytes("hog/live.weights", WEIGHTS_HEADER + np.zeros(floats, "<f4").tobytes())
     return cfg, line_of(cfg, "[convolutional]", 5)
 
 
@@ -586,7 +585,7 @@ def test_a_weights_file_of_gigabytes_is_refused_from_its_size(kit: Kit):
     huge = kit.root / "hog" / "huge.weights"
     huge.parent.mkdir(exist_ok=True)
     with huge.open("wb") as out:  # sparse: 3 GiB long, no disk used
-        out.write(HEADER)
+        out.write(WEIGHTS_HEADER)
         out.truncate(3 << 30)
     result = run_cli("detect", kit.photo, "--no-save", *kit.model_args(weights=huge),
                      address_space=LIMIT)
@@ -610,12 +609,10 @@ def _in_unusual_clothes(text: str) -> str:
 
 
 def test_cfg_in_unusual_clothes_is_the_same_network(default_cfg):
-    from yolo8.darknet.cfg import parse_cfg_text
-    from yolo8.graph import build_graph, load_graph
+    from yolo8.graph import load_graph
 
     plain = load_graph(default_cfg)
-    dressed_text = _in_unusual_clothes(default_cfg.read_text())
-    dressed = build_graph(parse_cfg_text(dressed_text, "x.cfg"), "x.cfg", dressed_text)
+    dressed = graph_of(_in_unusual_clothes(default_cfg.read_text()), "x.cfg")
     assert dressed.structure_digest() == plain.structure_digest()
     assert len(dressed.layers) == 24  # not an empty match: yolov3-tiny's 24 layers
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from yolo8.darknet.cfg import parse_cfg_text
 from yolo8.darknet.weights import expected_size, load_weights
 from yolo8.errors import WeightsError
-from yolo8.graph import build_graph
+
+from .conftest import graph_of
 
 CFG = ("[net]\nwidth=8\nheight=8\nchannels=2\n"
        "[convolutional]\nbatch_normalize=1\nfilters=3\nsize=3\npad=1\nactivation=leaky\n"
@@ -17,7 +17,7 @@ FLOATS = (3 + 3 * 3 + 3 * 2 * 9) + (6 + 6 * 3)
 
 
 def _graph():
-    return build_graph(parse_cfg_text(CFG, "t.cfg"), "t.cfg", CFG)
+    return graph_of(CFG, "t.cfg")
 
 
 def _header(major: int, minor: int) -> bytes:
