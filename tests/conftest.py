@@ -1,6 +1,9 @@
 """Shared fixtures: test data paths, the real default weights, ../shared when present."""
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,18 @@ def graph_of(text: str, name: str = "test.cfg"):
     from yolo8.graph import build_graph
 
     return build_graph(parse_cfg_text(text, name), name, text)
+
+
+def run_yolo8(*args, cwd: Path | None = None, timeout: float = 600,
+              address_space: int | None = None) -> subprocess.CompletedProcess:
+    """`python -m yolo8 ARGS` as a user runs it (text output captured), optionally with its
+    address space limited to `address_space` bytes."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    return subprocess.run([sys.executable, "-m", "yolo8", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout,
+                          preexec_fn=limit if address_space else None)
 
 
 @pytest.fixture(scope="session")

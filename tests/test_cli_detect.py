@@ -2,17 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import pytest
 
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "yolo8", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+from .conftest import run_yolo8 as run
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from yolo8.pipeline import Item, batched, read_frames
 from yolo8.postprocess import Detection
 
 from .conftest import PHOTOS
+from .conftest import run_yolo8 as run
 
 VIDEO_FRAMES, VIDEO_SIZE, VIDEO_FPS = 15, (320, 240), 12.0
 
@@ -55,10 +56,6 @@ def model_args(small_cfg, default_weights) -> list[str]:
 def small_model(small_cfg, default_weights) -> yolo8.api.Model:
     return yolo8.load(small_cfg, default_weights)
 
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "yolo8", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
 
 
 @pytest.fixture

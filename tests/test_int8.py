@@ -2,8 +2,6 @@
 files (round trip, wrong model, missing), yolo2_light's input_calibration line."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from yolo8.graph import load_graph
 from yolo8.preprocess import read_image, to_blob
 from yolo8.quant import Calibration
 
+from .conftest import run_yolo8
 from .oracle import random_weights
 
 # Bounds measured on the 5 test photos with the shipped calibration (yolov3-tiny): max |d prob|
@@ -141,10 +140,8 @@ def _calibrate(cfg, weights, tmp_path, images, *extra):
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(str(p) for p in images) + "\n")
     out = tmp_path / "cal.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "yolo8", "calibrate", "--images", str(listing), "--cfg", str(cfg),
-         "--weights", str(weights), "--out", str(out), *extra],
-        capture_output=True, text=True, timeout=600)
+    result = run_yolo8("calibrate", "--images", listing, "--cfg", cfg, "--weights", weights,
+                       "--out", out, *extra)
     assert result.returncode == 0, result.stderr
     return out
 

@@ -8,8 +8,6 @@ and evaluates them with the py-faster-rcnn style VOC evaluator and a plain pycoc
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,7 +16,7 @@ import pytest
 
 from yolo8.data import GroundTruth, ImageDetections
 
-from .conftest import DATA
+from .conftest import DATA, run_yolo8
 from .test_metrics import direct_pycocotools, reference_map
 
 TOL = 5e-4
@@ -34,9 +32,8 @@ def _data_file(folder: Path, images: list[Path], names: Path) -> Path:
 
 def _run_map(data: Path, folder: Path, *extra: str) -> tuple[dict, list[dict], str]:
     out_json, dets_json = folder / "map.json", folder / "dets.json"
-    result = subprocess.run([sys.executable, "-m", "yolo8", "map", "--data", str(data), "--json",
-                             str(out_json), "--save-detections", str(dets_json), *extra],
-                            capture_output=True, text=True, timeout=1800)
+    result = run_yolo8("map", "--data", data, "--json", out_json, "--save-detections", dets_json,
+                       *extra, timeout=1800)
     assert result.returncode == 0, result.stderr
     return json.loads(out_json.read_text()), json.loads(dets_json.read_text()), result.stdout
 

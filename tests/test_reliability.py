@@ -11,14 +11,12 @@ are about input handling, not accuracy, and the tiny model keeps each run well u
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import re
-import resource
 import shutil
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from yolo8 import models
 from yolo8.errors import (CalibrationError, ConfigError, InputError, ModelFetchError, WeightsError,
                           Yolo8Error)
 
-from .conftest import DATA, PHOTOS, graph_of
+from .conftest import DATA, PHOTOS, graph_of, run_yolo8
 from .oracle import WEIGHTS_HEADER
 
 
@@ -102,14 +100,7 @@ def line_of(path: Path, needle: str, occurrence: int = 1) -> int:
     raise AssertionError(f"{needle!r} not in {path}")
 
 
-def run_cli(*args: str, cwd: Path | None = None, address_space: int | None = None
-            ) -> subprocess.CompletedProcess:
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
-    return subprocess.run([sys.executable, "-m", "yolo8", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300,
-                          preexec_fn=limit if address_space else None)
+run_cli = functools.partial(run_yolo8, timeout=300)
 
 
 # ------------------------------------------------------------------------------------ the kit
