@@ -76,8 +76,7 @@ def maxpool(x: np.ndarray, size: int, stride: int, padding: int) -> np.ndarray:
     wo = (w + padding - size) // stride + 1
     out = np.empty((n, ho, wo, c), dtype=np.float32)
     offset = -(padding // 2)
-    inside = (offset == 0 and ho > 0 and wo > 0 and (ho - 1) * stride + size <= h
-              and (wo - 1) * stride + size <= w)
+    inside = offset == 0 and (ho - 1) * stride + size <= h and (wo - 1) * stride + size <= w
     if size == 2 and inside:
         _maxpool_2x2_inside(x, stride, out)
     else:
