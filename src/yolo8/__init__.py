@@ -26,18 +26,23 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
-__all__ = ["load", "Model", "Detection", "Yolo8Error", "__version__"]
+__all__ = ["load", "Model", "Detection", "Yolo8Error", "set_num_threads", "get_num_threads",
+           "__version__"]
 
 if TYPE_CHECKING:
     from .api import Model, load
     from .errors import Yolo8Error
     from .postprocess import Detection
+    from .threads import get_num_threads, set_num_threads
 
 
 def __getattr__(name: str) -> Any:
     if name in ("load", "Model"):
         from . import api
         return getattr(api, name)
+    if name in ("set_num_threads", "get_num_threads"):
+        from . import threads
+        return getattr(threads, name)
     if name == "Detection":
         from .postprocess import Detection
         return Detection

@@ -28,6 +28,7 @@ from .pipeline import batched, load_images
 from .progress import progress_bar
 from .quant import (Calibration, HistogramCollector, RangeCollector, cfg_with_input_calibration,
                     compute_thresholds, multiplier_for_threshold)
+from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def _observe_conv_inputs(model: Model, reader: CalibrationDataReader, collector,
     with progress_bar(len(reader), desc, progress) as bar:
         for blob in reader.batches():
             if blob.size:
-                model.program.run(blob, observer=observer)
+                with kernel_threads():
+                    model.program.run(blob, observer=observer)
             bar.update(max(len(blob), 1) if blob.ndim == 4 else 1)
 
 

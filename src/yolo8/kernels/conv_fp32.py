@@ -57,7 +57,7 @@ def choose_method(size: int, stride: int, groups: int, cin_g: int, cout: int,
     return "winograd4" if 36 * cin_g * cout * 4 <= WINOGRAD4_MAX_BYTES else "winograd2"
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _pad_copy(x, pad, xp):
     """xp[:, pad:pad+h, pad:pad+w] = x; xp's border is zero already and never written."""
     n, h, w, c = x.shape

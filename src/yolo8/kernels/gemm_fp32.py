@@ -270,7 +270,7 @@ _UKR_NV2 = _make_microkernel(TILE_VECTORS // 2, 2)
 _UKR_NV4 = _make_microkernel(TILE_VECTORS // 4, 4)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _microkernel(nv, a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off, ldc,
                  rows_valid, cols_valid, leaky):
     if nv == 4:
@@ -289,7 +289,7 @@ def _microkernel(nv, a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _activate_tile(c, c_off, ldc, rows_valid, cols_valid, act):
     for i in range(rows_valid):
         row = c[c_off + i * ldc:c_off + i * ldc + cols_valid]
@@ -297,7 +297,7 @@ def _activate_tile(c, c_off, ldc, rows_valid, cols_valid, act):
             row[j] = activate(row[j], act)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gemm_tiles(a, geometry, a_batch_stride, a_group_stride, taps, kc, chunk_taps,
                 b, nv, n_panels, batches, groups,
                 bias, c, c_batch_stride, ldc, n_per_group, act, n_threads):

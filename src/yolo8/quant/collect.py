@@ -37,7 +37,7 @@ _NONFINITE_BITS = 0x7F800000
 
 
 # -- max |x| ---------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _max_abs_bits(bits):
     """Largest (bits & 0x7fffffff) of float32 bit patterns, i.e. the bits of max |x|.
 
@@ -73,7 +73,7 @@ def max_abs_numpy(x: np.ndarray) -> float:
 
 
 # -- histogram of |x| --------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _abs_histogram(flat, edges, inv_width, counts):
     """Add the histogram of |flat| over `edges` (len(counts) + 1 of them) into counts.
 
