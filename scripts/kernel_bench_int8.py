@@ -5,7 +5,7 @@ leaky), in alternating blocks; medians of the calls, printed as ratios (FP32 / I
 Minima are printed too: on a shared machine they show what the code does when left alone.
 With --asm, prints instead what the hot kernels compile to (a fresh compile, no cache).
 
-Usage: python scripts/kernel_bench_int8.py [--rounds 5] [--block 5] [--variant auto|vnni|portable]
+Usage: python scripts/kernel_bench_int8.py [--rounds 5] [--block 5] [--variant auto|avx512vnni|avxvnni|avx2|portable]
                                            [--clock wall|thread]
        python scripts/kernel_bench_int8.py --asm
 Thread counts come from the environment (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS).
@@ -160,11 +160,12 @@ def show_assembly() -> None:
         weights = conv_int8.Int8ConvWeights.from_float(
             rng.standard_normal((40, 3, 3, 3)).astype(np.float32), groups)
         x = rng.standard_normal((1, 9, 9, 3 * groups)).astype(np.float32)
-        for variant in ("vnni", "portable") if gemm_int8.vnni_available() else ("portable",):
+        for variant in [t for t in gemm_int8.VARIANTS if gemm_int8.tier_available(t)]:
             conv_int8.conv2d_int8(x, weights, np.zeros(40, np.float32), 10.0, 1, 1, LEAKY,
                                   groups, variant=variant)
     conv_int8.quantize(x, 10.0)
-    kernels = [("_tiles (tile loop + VNNI micro-kernels + epilogue)", gemm_int8._tiles),
+    kernels = [("_tiles (tile loop + epilogue)", gemm_int8._tiles),
+               ("_microkernel (the tiers' IR micro-kernels)", gemm_int8._microkernel),
                ("_microkernel_portable", gemm_int8._microkernel_portable),
                ("_store_float (epilogue)", gemm_int8._store_float),
                ("_quantize_padded", conv_int8._quantize_padded),
@@ -174,10 +175,12 @@ def show_assembly() -> None:
 
 
 def main() -> None:
+    from yolo8.kernels.gemm_int8 import VARIANTS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--block", type=int, default=5)
-    parser.add_argument("--variant", default="auto", choices=["auto", "vnni", "portable"])
+    parser.add_argument("--variant", default="auto", choices=["auto", *VARIANTS])
     parser.add_argument("--clock", default="wall", choices=["wall", "thread"],
                         help="thread: CPU time of the calling thread, immune to other processes "
                              "but only meaningful with NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1")

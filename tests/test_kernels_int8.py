@@ -1,7 +1,8 @@
 """INT8 kernels: the exact integer GEMM, the quantization, and the INT8 convolution.
 
-Every kernel variant (the AVX-512 VNNI micro-kernel where the CPU has it, and the portable
-numba fallback everywhere) must equal the plain-numpy references bit for bit.
+Every kernel tier the compile target can run (AVX-512 VNNI, AVX-VNNI, AVX2, and the portable
+numba fallback everywhere) must equal the plain-numpy references bit for bit. Other compile
+targets (and the assembly of each tier) are tested in test_isa_tiers.py.
 """
 from __future__ import annotations
 
@@ -21,17 +22,16 @@ from yolo8.kernels.conv_int8 import (
     quantize_reference,
     quantize_weights,
 )
-from yolo8.kernels.gemm_int8 import (
-    MAX_K,
-    gemm_s8s8s32,
-    gemm_s8s8s32_portable,
-    gemm_s8s8s32_reference,
-    gemm_s8s8s32_vnni,
-)
+from yolo8.kernels.gemm_int8 import MAX_K, gemm_s8s8s32, gemm_s8s8s32_reference
 
-needs_vnni = pytest.mark.skipif(not gemm_int8.vnni_available(), reason="CPU without AVX-512 VNNI")
-VARIANTS = [pytest.param("vnni", marks=needs_vnni), "portable"]
-GEMMS = [pytest.param(gemm_s8s8s32_vnni, marks=needs_vnni), gemm_s8s8s32_portable, gemm_s8s8s32]
+
+def _tier_param(tier: str):
+    return pytest.param(tier, marks=pytest.mark.skipif(
+        not gemm_int8.tier_available(tier), reason=f"compile target without the {tier} tier"))
+
+
+VARIANTS = [_tier_param(tier) for tier in gemm_int8.VARIANTS]
+GEMMS = VARIANTS + ["auto"]
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +60,7 @@ GEMM_SHAPES = [(1, 1, 1), (1, 17, 5), (7, 3, 1), (2, 16, 4), (13, 33, 29), (25, 
 def test_gemm_equals_reference_on_odd_shapes(gemm, m, n, k):
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
     a, b = random_int8(rng, (m, k)), random_int8(rng, (n, k))
-    np.testing.assert_array_equal(gemm(a, b), gemm_s8s8s32_reference(a, b))
+    np.testing.assert_array_equal(gemm_s8s8s32(a, b, variant=gemm), gemm_s8s8s32_reference(a, b))
 
 
 @pytest.mark.parametrize("gemm", GEMMS)
@@ -69,7 +69,7 @@ def test_gemm_equals_reference_on_odd_shapes(gemm, m, n, k):
 def test_gemm_equals_reference_on_random_shapes(gemm, m, n, k, seed):
     rng = np.random.default_rng(seed)
     a, b = random_int8(rng, (m, k)), random_int8(rng, (n, k))
-    np.testing.assert_array_equal(gemm(a, b), gemm_s8s8s32_reference(a, b))
+    np.testing.assert_array_equal(gemm_s8s8s32(a, b, variant=gemm), gemm_s8s8s32_reference(a, b))
 
 
 @pytest.mark.parametrize("gemm", GEMMS)
@@ -84,7 +84,7 @@ def test_gemm_extreme_values_do_not_saturate(gemm, k):
     assert np.abs(expected).max() > 2**27
     a = np.tile(a_period, (1, k // 4)).astype(np.int8)
     b = np.tile(b_period, (1, k // 4)).astype(np.int8)
-    np.testing.assert_array_equal(gemm(a, b), expected.astype(np.int32))
+    np.testing.assert_array_equal(gemm_s8s8s32(a, b, variant=gemm), expected.astype(np.int32))
     np.testing.assert_array_equal(gemm_s8s8s32_reference(a, b), expected.astype(np.int32))
 
 
@@ -98,7 +98,7 @@ def test_gemm_result_is_exact_when_the_shifted_sum_wraps(gemm):
     b = np.full((3, k), 127, np.int8)
     b[1] = -127
     expected = np.array([[127 * 127 * k, -127 * 127 * k, 127 * 127 * k]] * 2, np.int32)
-    np.testing.assert_array_equal(gemm(a, b), expected)
+    np.testing.assert_array_equal(gemm_s8s8s32(a, b, variant=gemm), expected)
 
 
 def test_gemm_accepts_row_strided_operands():
@@ -125,10 +125,14 @@ def test_gemm_rejects_bad_operands(monkeypatch):
         gemm_s8s8s32(np.zeros((1, MAX_K + 1), np.int8), np.zeros((1, MAX_K + 1), np.int8))
     with pytest.raises(ValueError, match="variant"):
         gemm_s8s8s32(a, a, variant="avx9")
-    monkeypatch.setattr(gemm_int8, "vnni_available", lambda: False)
-    with pytest.raises(ValueError, match="VNNI"):
-        gemm_s8s8s32_vnni(a, a)
-    assert gemm_int8.default_variant() == "portable"
+    monkeypatch.setattr(gemm_int8, "target_features", lambda: frozenset({"+avx", "+fma"}))
+    with pytest.raises(ValueError, match="avx2"):
+        gemm_s8s8s32(a, a, variant="avx2")
+    gemm_int8.default_variant.cache_clear()
+    try:
+        assert gemm_int8.default_variant() == "portable"
+    finally:
+        gemm_int8.default_variant.cache_clear()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from numba import njit, prange
 
 from .activations import CODES, activate_numpy
 from .common import conv_taps, output_size
-from .gemm_int8 import MAX_K, ZERO_U8, PackedB, resolve_variant, run_tiles, threads_for
+from .gemm_int8 import (MAX_K, ZERO_U8, PackedB, default_variant, resolve_variant, run_tiles,
+                        source_dtype, threads_for)
 
 QMAX = 127
 
@@ -57,7 +58,8 @@ def _quantize(x, multiplier, out):
 
 @njit(parallel=True, cache=True, nogil=True)
 def _quantize_padded(x, multiplier, xq, n, h, w, pad, groups, cg, cg4):
-    """xq[img, y + pad, x + pad, g * cg4 + c] = q(x[img, y, x, g * cg + c]) + 128, on flat views.
+    """xq[img, y + pad, x + pad, g * cg4 + c] = q(x[img, y, x, g * cg + c]) + 128, on flat views
+    (xq uint8, or int16 for the AVX2 tier: one compiled copy per dtype).
 
     xq's border and its channels past cg in each group are never written (they hold 128).
     Loops index slices by their counter only, so that LLVM vectorises them.
@@ -75,14 +77,14 @@ def _quantize_padded(x, multiplier, xq, n, h, w, pad, groups, cg, cg4):
             # Channels are dense: the whole image row is one contiguous run.
             dst = xq[dst_start:dst_start + w * cin]
             for i in range(w * cin):
-                dst[i] = np.uint8(_quantize_scalar(src[i], multiplier) + ZERO_U8)
+                dst[i] = _quantize_scalar(src[i], multiplier) + ZERO_U8
         else:
             for xx in range(w):
                 for g in range(groups):
                     s = src[xx * cin + g * cg:xx * cin + (g + 1) * cg]
                     d = xq[dst_start + xx * cs + g * cg4:dst_start + xx * cs + g * cg4 + cg]
                     for c in range(cg):
-                        d[c] = np.uint8(_quantize_scalar(s[c], multiplier) + ZERO_U8)
+                        d[c] = _quantize_scalar(s[c], multiplier) + ZERO_U8
 
 
 def _as_multiplier(multiplier: float) -> np.float32:
@@ -153,7 +155,9 @@ class Int8ConvWeights:
         self.wq = np.ascontiguousarray(wq)
         self.w_scale = np.ascontiguousarray(w_scale)
         self.groups = int(groups)
-        self.packed = PackedB(self.wq.reshape(cout, kh * kw, cg), self.groups)
+        # Per tier, packed on first use (the tests run several tiers on one layer).
+        self._packed: dict[str, PackedB] = {}
+        self.packed()  # the default tier's, at load
         self._out_scale: tuple[np.float32, np.ndarray] | None = None
         # Per thread: (input shape, padded u8 buffer, tap offsets, k groups of 4 per tap).
         self._per_thread = threading.local()
@@ -188,25 +192,38 @@ class Int8ConvWeights:
             self._out_scale = cached
         return cached[1]
 
+    def packed(self, tier: str | None = None) -> PackedB:
+        """The weights packed for `tier` (default: the best tier of the compile target)."""
+        tier = tier or default_variant()
+        packed = self._packed.get(tier)
+        if packed is None:
+            cout, kh, kw, cg = self.wq.shape
+            packed = PackedB(self.wq.reshape(cout, kh * kw, cg), self.groups, tier)
+            self._packed[tier] = packed
+        return packed
+
     @property
     def channels_padded(self) -> int:
         """Channels of a group as the kernel reads them: Cin/groups rounded up to 4."""
-        return 4 * self.packed.k4
+        return -(-self.wq.shape[3] // 4) * 4
 
-    def input_buffer(self, n: int, h: int, w: int, pad: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """For this input shape: the padded u8 input buffer (flat; border and channel padding
-        hold 128), the tap offsets into it (`conv_taps`: with one group a kernel row is one
-        tap of kw pixels) and the k groups of 4 per tap. Each calling thread has its own,
-        allocated on its first call with a new shape (so concurrent calls never share it)."""
-        key = (n, h, w, pad)
+    def input_buffer(self, n: int, h: int, w: int, pad: int,
+                     tier: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """For this input shape and tier: the padded input buffer (flat, `source_dtype(tier)`;
+        border and channel padding hold 128), the tap offsets into it (`conv_taps`: with one
+        group a kernel row is one tap of kw pixels) and the k groups of 4 per tap. Each
+        calling thread has its own, allocated on its first call with a new shape (so
+        concurrent calls never share it)."""
+        tier = tier or default_variant()
+        key = (n, h, w, pad, tier)
         cached = getattr(self._per_thread, "input", None)
         if cached is None or cached[0] != key:
             kh, kw = self.kernel_size
             cs = self.groups * self.channels_padded
             wp = w + 2 * pad
-            buffer = np.full(n * (h + 2 * pad) * wp * cs, ZERO_U8, dtype=np.uint8)
+            buffer = np.full(n * (h + 2 * pad) * wp * cs, ZERO_U8, dtype=source_dtype(tier))
             taps = conv_taps(kh, kw, wp, cs, self.groups)
-            k4 = self.packed.k4 * (kw if self.groups == 1 else 1)
+            k4 = self.channels_padded // 4 * (kw if self.groups == 1 else 1)
             cached = (key, buffer, taps, k4)
             self._per_thread.input = cached
         return cached[1], cached[2], cached[3]
@@ -248,7 +265,7 @@ def conv2d_int8(x: np.ndarray, weights: Int8ConvWeights, bias: np.ndarray, multi
     """INT8 convolution of an NHWC float32 batch; returns (N, Ho, Wo, Cout) float32.
 
     multiplier = 127 / threshold of the input (float32); activation an `activations` code;
-    variant: "auto", "vnni" or "portable" (the micro-kernel, see gemm_int8).
+    variant: "auto" or a tier of gemm_int8.VARIANTS (the micro-kernel, see gemm_int8).
     """
     _check_conv_args(x, weights, bias, stride, pad, activation, groups)
     multiplier = _as_multiplier(multiplier)
@@ -261,12 +278,12 @@ def conv2d_int8(x: np.ndarray, weights: Int8ConvWeights, bias: np.ndarray, multi
     cs = groups * cg4
     hp, wp = h + 2 * pad, w + 2 * pad
 
-    xq, taps, k4 = weights.input_buffer(n, h, w, pad)
+    xq, taps, k4 = weights.input_buffer(n, h, w, pad, variant)
     out = np.empty((n, ho, wo, weights.cout), np.float32)
     geometry = (n * ho * wo, ho, wo, hp * wp * cs, stride * wp * cs, stride * cs, cg4)
     with threads_for(n * ho * wo * weights.cout * kh * kw * cg) as n_threads:
         _quantize_padded(x.reshape(-1), multiplier, xq, n, h, w, pad, groups, cg, cg4)
-        run_tiles(xq, taps, k4, geometry, weights.packed, variant, n_threads,
+        run_tiles(xq, taps, k4, geometry, weights.packed(variant), n_threads,
                   out_f=out.reshape(-1, weights.cout), scale=weights.out_scale(multiplier),
                   bias=bias, act=int(activation))
     return out

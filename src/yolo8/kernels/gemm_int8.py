@@ -1,28 +1,33 @@
 """Exact int8 x int8 -> int32 GEMM kernels, as an implicit GEMM shared with the INT8 convolution.
 
-The hot loop is AVX-512 VNNI `vpdpbusd`, which multiplies *unsigned* bytes by signed bytes and
-adds groups of four products into int32 lanes (64 multiply-adds per instruction, twice what
-the `vpdpwssd` that numba auto-vectorises to does). Activations are therefore stored shifted
-by +128 (u8 = s8 + 128) and each output channel subtracts `128 * sum_k w[n, k]` afterwards.
-All int32 arithmetic wraps modulo 2**32, so the shifted sum minus the correction equals the
-true sum of products whenever that sum fits in int32, which `MAX_K` guarantees for any int8
-inputs: the intermediate wrap-around cannot change the result.
+One register-tile kernel (`tile_ir.define_tile_kernel`), one multiply-accumulate step per x86
+tier, chosen from numba's compile target (`default_variant`; NUMBA_CPU_NAME/FEATURES select
+another tier on a bigger CPU):
+
+* `avx512vnni`: `vpdpbusd` on zmm, 24 accumulators of 16 int32 (64 multiply-adds per instruction);
+* `avxvnni`: the VEX `vpdpbusd` on ymm (Alder Lake and later, Zen 5), 12 accumulators of 8;
+* `avx2`: `vpmaddwd` + `vpaddd` on int16 operands, 12 accumulators of 8. `vpmaddubsw` (u8 x s8)
+  would add pairs of products into *saturating* int16 (2 * 255 * 127 > 32767) and could only be
+  made exact with a second multiply per step or 7-bit weights; `vpmaddwd` is exact as it is;
+* `portable`: plain numba, any CPU.
+
+vpdpbusd multiplies *unsigned* bytes by signed bytes, so activations are stored shifted by
++128 (u8 = s8 + 128; int16 = s8 + 128 for AVX2) and each output channel subtracts
+`128 * sum_k w[n, k]` afterwards. All int32 arithmetic wraps modulo 2**32, so the shifted sum
+minus the correction equals the true sum of products whenever that sum fits in int32, which
+`MAX_K` guarantees for any int8 inputs: every tier gives the same int32 bit for bit.
 
 Layouts (`A` is the activation matrix, `B` the weights, `C = A @ B.T`):
 
-* A is never materialised as an im2col matrix. Row m of A is found in a u8 source buffer at
+* A is never materialised as an im2col matrix. Row m of A is found in a source buffer at
   `rows[m] + taps[t] + c` for kernel tap t and input channel c (K ordering (tap, channel)),
   which describes a plain (M, K) matrix (one tap at offset 0) as well as the padded NHWC
   input of a convolution (one tap per (ky, kx)). The channel count per tap is padded to a
-  multiple of 4 (`kc4`) because VNNI consumes k in groups of four bytes.
-* B is packed once into panels of NR = 16 * nv output channels:
-  `[group][panel][tap][k4][NR][4]` int8, zero-padded in k and in the channels past N, so
-  the micro-kernel reads it strictly sequentially.
-* The micro-kernel computes an MR x NR tile (MR * nv = 24 zmm accumulators): per group of
-  four k it broadcasts one dword of each of the MR rows, loads nv vectors of B and issues
-  MR * nv `vpdpbusd`. It is written in LLVM IR (`_define_vnni_microkernel`), because numba
-  never emits `vpdpbusd` by itself; `_microkernel_portable` is the plain-numba fallback used on
-  CPUs without AVX-512 VNNI (and by the tests everywhere).
+  multiple of 4 (`kc4`): every step consumes k in groups of four.
+* B is packed once per tier into panels of NR = lanes * nv output channels (`PackedB`),
+  zero-padded in k and in the channels past N, so the micro-kernel reads it sequentially.
+* The micro-kernel computes an MR x NR tile in registers: per group of four k it broadcasts
+  four values of each of the MR rows, loads nv vectors of B and issues MR * nv steps.
 
 The tile loop `_tiles` runs in parallel over contiguous chunks of tiles (one per thread, each
 with its own scratch; calls below SERIAL_MAX_MACS stay on the calling thread) and ends each
@@ -35,14 +40,15 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import llvmlite.ir as ir
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import tile_ir
 from .activations import LEAKY, LINEAR, activate
 from .common import ALIGN, aligned_empty, row_offsets, target_features
 
@@ -51,45 +57,79 @@ logger = logging.getLogger(__name__)
 # |sum_k a*b| <= K * 128 * 128 must stay below 2**31 for the int32 result to exist.
 MAX_K = (1 << 31) // (128 * 128) - 1
 
-# Tile shapes: nv zmm vectors of 16 output channels (NR = 16 * nv) times MR = 24 // nv rows,
-# i.e. 24 accumulator registers out of 32 in every shape.
-TILE_ACCUMULATORS = 24
-VARIANTS = ("vnni", "portable")
 # Below this many multiply-adds a call runs on the calling thread only: waking numba's
 # OpenMP workers costs 5-100 us (on the 2-vCPU dev VM the upper end), more than the work.
 SERIAL_MAX_MACS = 8_000_000
 # Packed weights and scratch tiles are 64-byte aligned so that every B vector is one line.
 _ALIGN = ALIGN
 
-# The packed activations store s8 + 128 as u8; padding (image border, channels past Cin) is
-# the shifted zero.
+# The packed activations store s8 + 128 (as u8, or as int16 for the AVX2 tier); padding
+# (image border, channels past Cin) is the shifted zero.
 ZERO_U8 = 128
 
 
+# ----------------------------------------------------------------------------------------------
+# Tiers: one multiply-accumulate step per instruction set, on the shared tile skeleton
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tier:
+    """How one instruction set runs the tile: `lanes` int32 accumulators per vector,
+    `accumulators` vectors per tile (room left for the B vectors and the broadcast), the
+    bytes of one packed activation or weight value (`value_bytes`: 1 = u8/s8, 2 = int16),
+    the tile widths nv it offers, the target features it needs (any one of `needs`), and the
+    multiply-accumulate step (None: the plain-numba portable kernel)."""
+
+    name: str
+    code: int
+    lanes: int
+    accumulators: int
+    value_bytes: int
+    widths: tuple[int, ...]
+    needs: tuple[frozenset[str], ...]
+    step: tile_ir.MacStep | None
+
+
+# 32 zmm registers: 24 accumulators. 16 ymm registers: 12 accumulators, 2 B vectors and the
+# broadcast row for AVX-VNNI; AVX2 also needs a register for each vpmaddwd product, and with
+# 12 accumulators LLVM spilled one of them in the inner loop: 10 there (5 x 2, 10 x 1).
+TIERS = {tier.name: tier for tier in (
+    Tier("avx512vnni", 0, 16, 24, 1, (1, 2, 4),
+         (frozenset({"+avx512f", "+avx512bw", "+avx512vnni"}),), tile_ir.dpbusd_step(16)),
+    Tier("avxvnni", 1, 8, 12, 1, (1, 2),
+         (frozenset({"+avxvnni"}), frozenset({"+avx512vnni", "+avx512vl"})), tile_ir.dpbusd_step(8)),
+    Tier("avx2", 2, 8, 10, 2, (1, 2), (frozenset({"+avx2"}),), tile_ir.pmaddwd_step(8)),
+    Tier("portable", 3, 16, 24, 1, (1, 2, 4), (frozenset(),), None),
+)}
+VARIANTS = tuple(TIERS)  # best first
+MAX_TILE_INT32 = max(t.lanes * t.accumulators for t in TIERS.values())
+
+
+def tier_available(name: str) -> bool:
+    """True when numba's compile target (NUMBA_CPU_FEATURES, else the host's features) has
+    what the tier needs, i.e. its kernel can be compiled and run."""
+    features = target_features()
+    return any(need <= features for need in TIERS[name].needs)
+
+
 @functools.lru_cache(maxsize=None)
-def vnni_available() -> bool:
-    """True when numba's compile target has AVX-512 VNNI, i.e. the `vnni` variant can run.
-
-    The target is numba's: NUMBA_CPU_FEATURES if set, else the host's features. Cached (the
-    configuration is fixed once numba is imported).
-    """
-    available = "+avx512vnni" in target_features()
-    logger.debug("int8 kernels: AVX-512 VNNI %s", "available" if available else "not available")
-    return available
-
-
 def default_variant() -> str:
-    return "vnni" if vnni_available() else "portable"
+    """The fastest tier the compile target runs (cached: numba's target is fixed at import)."""
+    best = next(name for name in VARIANTS if tier_available(name))
+    logger.debug("int8 kernels: %s tier", best)
+    return best
 
 
 def resolve_variant(variant: str) -> str:
-    """"auto" -> the best variant this CPU runs; else check that `variant` can run here."""
+    """"auto" -> the best tier this CPU runs; else check that the tier `variant` can run here."""
     if variant == "auto":
         return default_variant()
-    if variant not in VARIANTS:
+    if variant not in TIERS:
         raise ValueError(f"unknown int8 kernel variant {variant!r}; expected 'auto' or one of {VARIANTS}")
-    if variant == "vnni" and not vnni_available():
-        raise ValueError("the 'vnni' int8 kernel needs AVX-512 VNNI, which this CPU lacks")
+    if not tier_available(variant):
+        raise ValueError(f"the {variant!r} int8 kernel needs CPU features this compile target "
+                         f"lacks ({' or '.join(','.join(sorted(n)) for n in TIERS[variant].needs)})")
     return variant
 
 
@@ -108,119 +148,45 @@ def threads_for(macs: int) -> Iterator[int]:
         numba.set_num_threads(available)
 
 
-def tile_shape(n_per_group: int) -> tuple[int, int]:
-    """(MR, nv) for a GEMM with this many output channels (per group): the widest tile that
-    does not mostly multiply padding."""
-    if n_per_group <= 16:
-        nv = 1
-    elif n_per_group <= 32:
-        nv = 2
-    else:
-        nv = 4
-    return TILE_ACCUMULATORS // nv, nv
+def tile_shape(n_per_group: int, tier: str = "avx512vnni") -> tuple[int, int]:
+    """(MR, nv) for a GEMM with this many output channels (per group) on this tier: the
+    widest tile that does not mostly multiply padding, MR * nv = the tier's accumulators."""
+    t = TIERS[tier]
+    nv = next((w for w in t.widths if n_per_group <= w * t.lanes), t.widths[-1])
+    return t.accumulators // nv, nv
 
 
 # ----------------------------------------------------------------------------------------------
 # Micro-kernels
 # ----------------------------------------------------------------------------------------------
 
-_I8 = ir.IntType(8)
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_V16 = ir.VectorType(_I32, 16)
+
+def _define_microkernel(module: ir.Module, tier: Tier, mr: int, nv: int) -> ir.Function:
+    """`void ukr(i8* src, i64* rows, i64* taps, i64 ntaps, i64 k4, i8* b, i32* c)` on the
+    shared skeleton: c[i, :] = sum over taps t and groups of 4 k of the tier's step, for an
+    MR x (lanes * nv) tile; c is the 64-byte aligned scratch tile, [MR][lanes * nv] int32."""
+    def zeros(builder, extra):
+        return [[ir.Constant(tier.step.acc, None)] * nv for _ in range(mr)]
+
+    def store(builder, fn, acc, extra):
+        (c,) = extra
+        for i in range(mr):
+            for v in range(nv):
+                dst = tile_ir.offset(builder, c, (i * nv + v) * tier.lanes)
+                builder.store(acc[i][v], builder.bitcast(dst, tier.step.acc.as_pointer()),
+                              align=_ALIGN)
+        builder.ret_void()
+
+    return tile_ir.define_tile_kernel(module, f"yolo8_int8_{tier.name}_{mr}x{nv}", tier.step,
+                                      mr, nv, [tile_ir.I32.as_pointer()], zeros, store)
 
 
-def _define_vnni_microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
-    """Emit (once per LLVM module) `void ukr(u8* src, i64* rows, i64* taps, i64 ntaps,
-    i64 k4, i8* b, i32* c)`: c[i, :] = sum over taps t, k < 4*k4 of
-    src[rows[i] + taps[t] + k] * b[...] for an MR x (16*nv) tile, accumulators in registers.
+def _make_microkernel(tier: Tier, mr: int, nv: int):
+    """A numba intrinsic `ukr(src, rows, taps, k4, packed, b_offset, c)` calling the tier's IR
+    kernel (src and packed: uint8 arrays, rows/taps/b_offset in bytes, c: int32 scratch).
 
-    ntaps and k4 must be >= 1. The 16 x i32 operand form of the intrinsic is the one every
-    LLVM since 8 accepts (newer ones auto-upgrade it to the 64 x i8 form).
-    """
-    name = f"yolo8_vnni_microkernel_{mr}x{nv}"
-    if name in module.globals:
-        return module.globals[name]
-    i8p, i32p, i64p, v16p = _I8.as_pointer(), _I32.as_pointer(), _I64.as_pointer(), _V16.as_pointer()
-    fnty = ir.FunctionType(ir.VoidType(), [i8p, i64p, i64p, _I64, _I64, i8p, i32p])
-    fn = ir.Function(module, fnty, name)
-    fn.linkage = "internal"
-    src, rows, taps, ntaps, k4, b_start, c_out = fn.args
-    dpbusd = cgutils.get_or_insert_function(
-        module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.x86.avx512.vpdpbusd.512")
-
-    entry = fn.append_basic_block("entry")
-    tap_head = fn.append_basic_block("tap_head")
-    k_loop = fn.append_basic_block("k_loop")
-    tap_latch = fn.append_basic_block("tap_latch")
-    done = fn.append_basic_block("done")
-    zero = ir.Constant(_V16, None)
-    splat_mask = ir.Constant(_V16, None)
-    undef = ir.Constant(_V16, ir.Undefined)
-
-    b = ir.IRBuilder(entry)
-    row_ptrs = [b.gep(src, [b.load(b.gep(rows, [_I64(i)]))]) for i in range(mr)]
-    b.branch(tap_head)
-
-    # Per tap: the row pointers move by the tap's offset; B continues where it stopped.
-    b.position_at_end(tap_head)
-    tap = b.phi(_I64)
-    b_tap = b.phi(i8p)
-    acc_tap = [[b.phi(_V16) for _ in range(nv)] for _ in range(mr)]
-    offset = b.load(b.gep(taps, [tap]))
-    tap_ptrs = [b.gep(p, [offset]) for p in row_ptrs]
-    b.branch(k_loop)
-
-    # Per group of four k: MR broadcast dwords x nv B vectors -> MR * nv vpdpbusd.
-    b.position_at_end(k_loop)
-    k = b.phi(_I64)
-    b_k = b.phi(i8p)
-    acc_k = [[b.phi(_V16) for _ in range(nv)] for _ in range(mr)]
-    byte = b.shl(k, _I64(2))
-    row_dwords = []
-    for p in tap_ptrs:
-        dword = b.load(b.bitcast(b.gep(p, [byte]), i32p), align=1)
-        row_dwords.append(b.shuffle_vector(b.insert_element(undef, dword, _I32(0)), undef, splat_mask))
-    b_vecs = [b.load(b.bitcast(b.gep(b_k, [_I64(64 * v)]), v16p), align=_ALIGN) for v in range(nv)]
-    acc_new = [[b.call(dpbusd, [acc_k[i][v], row_dwords[i], b_vecs[v]]) for v in range(nv)]
-               for i in range(mr)]
-    b_next = b.gep(b_k, [_I64(64 * nv)])
-    k_next = b.add(k, _I64(1))
-    b.cbranch(b.icmp_signed("<", k_next, k4), k_loop, tap_latch)
-
-    b.position_at_end(tap_latch)
-    tap_next = b.add(tap, _I64(1))
-    b.cbranch(b.icmp_signed("<", tap_next, ntaps), tap_head, done)
-
-    b.position_at_end(done)
-    for i in range(mr):
-        for v in range(nv):
-            dst = b.bitcast(b.gep(c_out, [_I64((i * nv + v) * 16)]), v16p)
-            b.store(acc_new[i][v], dst, align=_ALIGN)
-    b.ret_void()
-
-    tap.add_incoming(_I64(0), entry)
-    tap.add_incoming(tap_next, tap_latch)
-    b_tap.add_incoming(b_start, entry)
-    b_tap.add_incoming(b_next, tap_latch)
-    k.add_incoming(_I64(0), tap_head)
-    k.add_incoming(k_next, k_loop)
-    b_k.add_incoming(b_tap, tap_head)
-    b_k.add_incoming(b_next, k_loop)
-    for i in range(mr):
-        for v in range(nv):
-            acc_tap[i][v].add_incoming(zero, entry)
-            acc_tap[i][v].add_incoming(acc_new[i][v], tap_latch)
-            acc_k[i][v].add_incoming(acc_tap[i][v], tap_head)
-            acc_k[i][v].add_incoming(acc_new[i][v], k_loop)
-    return fn
-
-
-def _make_vnni_microkernel(mr: int, nv: int):
-    """A numba intrinsic `ukr(src, rows, taps, k4, packed, b_offset, c)` calling the IR kernel.
-
-    On a compile target without VNNI the intrinsic compiles to a trap instead (the instruction
-    could not be selected there); `_tiles` only calls it when `vnni_available()`.
+    On a compile target without the tier's instructions the intrinsic compiles to a trap (the
+    instruction could not be selected there); `_tiles` only calls it when `tier_available`.
     """
 
     @intrinsic
@@ -228,23 +194,21 @@ def _make_vnni_microkernel(mr: int, nv: int):
         sig = types.void(src, rows, taps, types.int64, packed, types.int64, c)
 
         def codegen(context, builder, signature, args):
-            src_a, rows_a, taps_a, k4_v, packed_a, b_off_v, c_a = (
-                context.make_array(ty)(context, builder, val) if isinstance(ty, types.Array) else val
-                for ty, val in zip(signature.args, args))
-            if not vnni_available():
-                cgutils.printf(builder, "yolo8: VNNI micro-kernel called on a CPU without VNNI\n")
-                builder.call(cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.trap"), [])
+            src_v, rows_v, taps_v, k4_v, packed_v, b_off_v, c_v = args
+            src_t, rows_t, taps_t, _, packed_t, _, c_t = signature.args
+            if not tier_available(tier.name):
+                tile_ir.trap_with_message(
+                    builder, f"yolo8: {tier.name} micro-kernel called on a CPU without it")
                 return context.get_dummy_value()
-            fn = _define_vnni_microkernel(builder.module, mr, nv)
-            ntaps = builder.extract_value(taps_a.shape, 0)
-            b_ptr = builder.gep(builder.bitcast(packed_a.data, _I8.as_pointer()), [b_off_v])
+            fn = _define_microkernel(builder.module, tier, mr, nv)
             builder.call(fn, [
-                builder.bitcast(src_a.data, _I8.as_pointer()),
-                builder.bitcast(rows_a.data, _I64.as_pointer()),
-                builder.bitcast(taps_a.data, _I64.as_pointer()),
-                ntaps, k4_v, b_ptr,
-                builder.bitcast(c_a.data, _I32.as_pointer()),
+                tile_ir.array_data(context, builder, src_t, src_v),
+                tile_ir.array_data(context, builder, rows_t, rows_v, tile_ir.I64),
+                tile_ir.array_data(context, builder, taps_t, taps_v, tile_ir.I64),
+                tile_ir.array_length(context, builder, taps_t, taps_v),
+                k4_v,
+                tile_ir.array_data(context, builder, packed_t, packed_v, at=b_off_v),
+                tile_ir.array_data(context, builder, c_t, c_v, tile_ir.I32),
             ])
             return context.get_dummy_value()
 
@@ -253,17 +217,25 @@ def _make_vnni_microkernel(mr: int, nv: int):
     return microkernel
 
 
-_vnni_24x1 = _make_vnni_microkernel(24, 1)
-_vnni_12x2 = _make_vnni_microkernel(12, 2)
-_vnni_6x4 = _make_vnni_microkernel(6, 4)
+def _tier_kernels(name: str) -> tuple:
+    """The tier's intrinsics for nv = 1, 2, 4 (a missing width repeats the widest)."""
+    tier = TIERS[name]
+    kernels = {nv: _make_microkernel(tier, tier.accumulators // nv, nv) for nv in tier.widths}
+    return tuple(kernels.get(nv, kernels[tier.widths[-1]]) for nv in (1, 2, 4))
+
+
+_AVX512VNNI_NV1, _AVX512VNNI_NV2, _AVX512VNNI_NV4 = _tier_kernels("avx512vnni")
+_AVXVNNI_NV1, _AVXVNNI_NV2, _ = _tier_kernels("avxvnni")
+_AVX2_NV1, _AVX2_NV2, _ = _tier_kernels("avx2")
+_TIER_AVX512VNNI, _TIER_AVXVNNI, _TIER_AVX2 = (TIERS[n].code for n in ("avx512vnni", "avxvnni", "avx2"))
 
 
 @njit(cache=True, nogil=True)
 def _microkernel_portable(src, rows, taps, k4, packed, b_offset, c, mr, nr):
-    """Plain-numba micro-kernel with the same contract as the VNNI one (the fallback).
+    """Plain-numba micro-kernel with the same contract as the IR ones (the fallback).
 
     Slices keep every index a plain loop counter, so numba emits no negative-index
-    wrap-around and LLVM vectorises the j loop (into vpdpwssd on this CPU).
+    wrap-around and LLVM vectorises the j loop.
     """
     c[: mr * nr] = 0
     kb = b_offset
@@ -279,11 +251,38 @@ def _microkernel_portable(src, rows, taps, k4, packed, b_offset, c, mr, nr):
                 c_row = c[i * nr:(i + 1) * nr]
                 for j in range(nr):
                     # np.int32(...) keeps the arithmetic in 32-bit lanes (numba widens to int64).
+                    # packed is the uint8 view of int8 weights: view them back as signed.
                     c_row[j] = np.int32(
                         c_row[j]
-                        + a0 * np.int32(b_block[4 * j]) + a1 * np.int32(b_block[4 * j + 1])
-                        + a2 * np.int32(b_block[4 * j + 2]) + a3 * np.int32(b_block[4 * j + 3]))
+                        + a0 * np.int32(np.int8(b_block[4 * j]))
+                        + a1 * np.int32(np.int8(b_block[4 * j + 1]))
+                        + a2 * np.int32(np.int8(b_block[4 * j + 2]))
+                        + a3 * np.int32(np.int8(b_block[4 * j + 3])))
             kb += 4 * nr
+
+
+@njit(cache=True, nogil=True)
+def _microkernel(tier, nv, src, rows, taps, k4, packed, b_offset, tile, mr, nr):
+    """The tier's micro-kernel for an MR x NR tile (NR = lanes * nv) into `tile`."""
+    if tier == _TIER_AVX512VNNI:
+        if nv == 4:
+            _AVX512VNNI_NV4(src, rows, taps, k4, packed, b_offset, tile)
+        elif nv == 2:
+            _AVX512VNNI_NV2(src, rows, taps, k4, packed, b_offset, tile)
+        else:
+            _AVX512VNNI_NV1(src, rows, taps, k4, packed, b_offset, tile)
+    elif tier == _TIER_AVXVNNI:
+        if nv == 2:
+            _AVXVNNI_NV2(src, rows, taps, k4, packed, b_offset, tile)
+        else:
+            _AVXVNNI_NV1(src, rows, taps, k4, packed, b_offset, tile)
+    elif tier == _TIER_AVX2:
+        if nv == 2:
+            _AVX2_NV2(src, rows, taps, k4, packed, b_offset, tile)
+        else:
+            _AVX2_NV1(src, rows, taps, k4, packed, b_offset, tile)
+    else:
+        _microkernel_portable(src, rows, taps, k4, packed, b_offset, tile, mr, nr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,26 +324,23 @@ def _store_float(tile, nr, rows_valid, cols_valid, corr, out_f, m0, col0, scale,
 
 @njit(parallel=True, cache=True, nogil=True)
 def _tiles(src, taps, k4, m_total, ho, wo, img_stride, row_stride, col_stride, group_stride,
-           packed, nv, n_panels, n_per_group, corr,
-           out_i, out_f, scale, bias, act, float_out, use_vnni, n_threads):
+           packed, tier, mr, nv, nr, n_panels, panel_bytes, n_per_group, corr,
+           out_i, out_f, scale, bias, act, float_out, n_threads):
     """All tiles of C for every group, in n_threads contiguous chunks (one per thread).
 
     Tile order is (group, panel, row tile) with row tiles innermost, so each thread walks one
-    packed B panel (taps * 4*k4 * NR bytes, L2-resident) over many row tiles.
+    packed B panel (panel_bytes, L2-resident) over many row tiles. Offsets are in bytes.
     """
-    mr = TILE_ACCUMULATORS // nv
-    nr = 16 * nv
     n_row_tiles = (m_total + mr - 1) // mr
     groups = corr.size // (n_panels * nr)
     n_tiles = groups * n_panels * n_row_tiles
-    panel_bytes = taps.size * 4 * k4 * nr
     n_chunks = min(n_threads, n_tiles)
     for chunk in prange(n_chunks):
         rows = np.empty(mr, np.int64)
-        raw = np.empty(TILE_ACCUMULATORS * 16 + 16, np.int32)
-        # 64-byte aligned tile (the IR stores aligned zmm vectors).
+        raw = np.empty(MAX_TILE_INT32 + 16, np.int32)
+        # 64-byte aligned tile (the IR stores aligned vectors).
         start = ((64 - raw.ctypes.data % 64) % 64) // 4
-        tile = raw[start:start + TILE_ACCUMULATORS * 16]
+        tile = raw[start:start + MAX_TILE_INT32]
         first = chunk * n_tiles // n_chunks
         last = (chunk + 1) * n_tiles // n_chunks
         for t in range(first, last):
@@ -355,15 +351,7 @@ def _tiles(src, taps, k4, m_total, ho, wo, img_stride, row_stride, col_stride, g
             row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_stride,
                          group * group_stride)
             b_offset = (group * n_panels + panel) * panel_bytes
-            if use_vnni:
-                if nv == 4:
-                    _vnni_6x4(src, rows, taps, k4, packed, b_offset, tile)
-                elif nv == 2:
-                    _vnni_12x2(src, rows, taps, k4, packed, b_offset, tile)
-                else:
-                    _vnni_24x1(src, rows, taps, k4, packed, b_offset, tile)
-            else:
-                _microkernel_portable(src, rows, taps, k4, packed, b_offset, tile, mr, nr)
+            _microkernel(tier, nv, src, rows, taps, k4, packed, b_offset, tile, mr, nr)
             rows_valid = min(mr, m_total - m0)
             cols_valid = min(nr, n_per_group - panel * nr)
             corr0 = (group * n_panels + panel) * nr
@@ -382,27 +370,48 @@ def _tiles(src, taps, k4, m_total, ho, wo, img_stride, row_stride, col_stride, g
 
 
 class PackedB:
-    """B (N, taps, K per tap) int8 packed for the micro-kernel, with its +128 correction."""
+    """B (N, taps, K per tap) int8 packed for one tier's micro-kernel, with its +128
+    correction. `packed` is a uint8 view (of int8, or of int16 for the AVX2 tier)."""
 
-    __slots__ = ("packed", "corr", "nv", "n_panels", "n_per_group", "groups", "ntaps", "k4")
+    __slots__ = ("packed", "corr", "tier", "mr", "nv", "nr", "n_panels", "n_per_group",
+                 "groups", "ntaps", "k4", "panel_bytes")
 
-    def __init__(self, b: np.ndarray, groups: int = 1) -> None:
-        """b: (N, ntaps, kc) int8, output channels of group g are rows [g*N/groups, ...)."""
+    def __init__(self, b: np.ndarray, groups: int = 1, tier: str = "avx512vnni") -> None:
+        """b: (N, ntaps, kc) int8, output channels of group g are rows [g*N/groups, ...).
+
+        Layout per (group, panel of NR channels, tap, group of 4 k): [NR][4] int8 for the
+        byte tiers (vpdpbusd's operand), [2][NR][2] int16 for AVX2 (two vpmaddwd operands).
+        """
         n, ntaps, kc = b.shape
         n_g = n // groups
-        _, nv = tile_shape(n_g)
-        nr = 16 * nv
+        t = TIERS[tier]
+        mr, nv = tile_shape(n_g, tier)
+        nr = t.lanes * nv
         n_panels = -(-n_g // nr)
         kc4 = -(-kc // 4) * 4
         padded = np.zeros((groups, n_panels * nr, ntaps, kc4), dtype=np.int8)
         padded[:, :n_g, :, :kc] = b.reshape(groups, n_g, ntaps, kc)
-        # [group][panel][NR][tap][k4][4] -> [group][panel][tap][k4][NR][4]
-        blocked = padded.reshape(groups, n_panels, nr, ntaps, kc4 // 4, 4).transpose(0, 1, 3, 4, 2, 5)
-        self.packed = aligned_empty(blocked.size, np.int8)
-        self.packed.reshape(blocked.shape)[...] = blocked  # one copy of the transposed view
+        if t.value_bytes == 1:
+            # [group][panel][NR][tap][k4][4] -> [group][panel][tap][k4][NR][4]
+            blocked = padded.reshape(groups, n_panels, nr, ntaps, kc4 // 4, 4).transpose(
+                0, 1, 3, 4, 2, 5)
+        else:
+            # [group][panel][NR][tap][k4][2][2] -> [group][panel][tap][k4][2][NR][2], int16
+            blocked = padded.reshape(groups, n_panels, nr, ntaps, kc4 // 4, 2, 2).transpose(
+                0, 1, 3, 4, 5, 2, 6).astype(np.int16)
+        packed = aligned_empty(blocked.size, blocked.dtype)
+        packed.reshape(blocked.shape)[...] = blocked  # one copy of the transposed view
+        self.packed = packed.view(np.uint8)
         self.corr = (ZERO_U8 * padded.astype(np.int32).sum(axis=(2, 3))).reshape(-1)
-        self.nv, self.n_panels, self.n_per_group = nv, n_panels, n_g
+        self.tier, self.mr, self.nv, self.nr = tier, mr, nv, nr
+        self.n_panels, self.n_per_group = n_panels, n_g
         self.groups, self.ntaps, self.k4 = groups, ntaps, kc4 // 4
+        self.panel_bytes = ntaps * kc4 * nr * t.value_bytes
+
+
+def source_dtype(tier: str) -> np.dtype:
+    """dtype of the shifted activations (s8 + 128) the tier reads: uint8, or int16 (AVX2)."""
+    return np.dtype(np.uint8 if TIERS[tier].value_bytes == 1 else np.int16)
 
 
 # Stand-ins for the outputs a call does not use (never indexed, only typed).
@@ -412,26 +421,32 @@ _NO_VECTOR = np.empty(0, np.float32)
 
 
 def run_tiles(src: np.ndarray, taps: np.ndarray, k4: int, geometry: tuple[int, ...],
-              packed: PackedB, variant: str, n_threads: int, *, out_i: np.ndarray | None = None,
+              packed: PackedB, n_threads: int, *, out_i: np.ndarray | None = None,
               out_f: np.ndarray | None = None, scale: np.ndarray | None = None,
               bias: np.ndarray | None = None, act: int = LINEAR) -> None:
-    """Run `_tiles` (internal: used by gemm_s8s8s32 and conv2d_int8, which validate inputs
-    and resolve `variant`).
+    """Run `_tiles` on packed's tier (internal: used by gemm_s8s8s32 and conv2d_int8, which
+    validate inputs and resolve the tier).
 
-    taps * 4*k4 must equal packed.ntaps * 4*packed.k4 (taps that are adjacent in memory may
-    be merged into one longer tap). geometry = (m_total, ho, wo, img_stride, row_stride,
-    col_stride, group_stride). Exactly one of out_i (int32 (M, N)) and out_f (float32 (M, N),
-    with scale, bias, act).
+    src: flat, of `source_dtype(packed.tier)`. taps and geometry count elements of src (they
+    are scaled to bytes here). taps * 4*k4 must equal packed.ntaps * 4*packed.k4 (taps that
+    are adjacent in memory may be merged into one longer tap). geometry = (m_total, ho, wo,
+    img_stride, row_stride, col_stride, group_stride). Exactly one of out_i (int32 (M, N))
+    and out_f (float32 (M, N), with scale, bias, act).
     """
     assert taps.size * k4 == packed.ntaps * packed.k4
+    assert src.dtype == source_dtype(packed.tier) and src.ndim == 1
     float_out = out_f is not None
     if float_out:
         out_i = _NO_INT32_OUT
     else:
         out_f, scale, bias = _NO_FLOAT_OUT, _NO_VECTOR, _NO_VECTOR
-    _tiles(src, taps, k4, *geometry, packed.packed, packed.nv, packed.n_panels,
-           packed.n_per_group, packed.corr, out_i, out_f, scale, bias, act, float_out,
-           variant == "vnni", n_threads)
+    size = src.itemsize
+    m_total, ho, wo, *strides = geometry
+    tier = TIERS[packed.tier]
+    _tiles(src.view(np.uint8), taps * size, k4, m_total, ho, wo, *(s * size for s in strides),
+           packed.packed, tier.code, packed.mr, packed.nv, packed.nr, packed.n_panels,
+           packed.panel_bytes, packed.n_per_group, packed.corr, out_i, out_f, scale, bias, act,
+           float_out, n_threads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,7 +469,7 @@ def _check_gemm_operands(a: np.ndarray, b: np.ndarray) -> None:
 def gemm_s8s8s32(a: np.ndarray, b: np.ndarray, *, variant: str = "auto") -> np.ndarray:
     """C = a @ b.T exactly, in int32: a (M, K) int8, b (N, K) int8, both contiguous along K.
 
-    variant: "auto" (VNNI where the CPU has it, else portable), "vnni" or "portable".
+    variant: "auto" (the best tier the compile target runs) or one of VARIANTS.
     Packs b on every call; the convolution packs its weights once instead.
     """
     _check_gemm_operands(a, b)
@@ -463,26 +478,17 @@ def gemm_s8s8s32(a: np.ndarray, b: np.ndarray, *, variant: str = "auto") -> np.n
     if a.size == 0 or b.size == 0:
         return np.zeros((m, b.shape[0]), np.int32)  # empty, or K = 0: sums of nothing
     k4 = -(-k // 4) * 4
-    src = np.full((m, k4), ZERO_U8, dtype=np.uint8)
-    np.bitwise_xor(a.view(np.uint8), np.uint8(0x80), out=src[:, :k])  # s8 + 128 as u8
-    packed = PackedB(b.reshape(b.shape[0], 1, k))
+    src = np.full((m, k4), ZERO_U8, dtype=source_dtype(variant))
+    src[:, :k] = a
+    src[:, :k] += ZERO_U8  # s8 + 128, as u8 (wrapping) or int16
+    packed = PackedB(b.reshape(b.shape[0], 1, k), tier=variant)
     taps = np.zeros(1, np.int64)
     # A plain matrix is a 1 x M "image" with one tap: row m starts at m * k4.
     geometry = (m, 1, m, m * k4, 0, k4, 0)
     out = np.empty((m, b.shape[0]), np.int32)
     with threads_for(m * b.shape[0] * k) as n_threads:
-        run_tiles(src.reshape(-1), taps, packed.k4, geometry, packed, variant, n_threads, out_i=out)
+        run_tiles(src.reshape(-1), taps, packed.k4, geometry, packed, n_threads, out_i=out)
     return out
-
-
-def gemm_s8s8s32_vnni(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """`gemm_s8s8s32` forced onto the AVX-512 VNNI micro-kernel (ValueError without VNNI)."""
-    return gemm_s8s8s32(a, b, variant="vnni")
-
-
-def gemm_s8s8s32_portable(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """`gemm_s8s8s32` on the plain-numba micro-kernel (any CPU)."""
-    return gemm_s8s8s32(a, b, variant="portable")
 
 
 def gemm_s8s8s32_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

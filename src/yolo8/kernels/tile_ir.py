@@ -1,0 +1,292 @@
+"""The LLVM IR the hand-written kernels share: typed intrinsic declarations, splats, masked
+vector loads and stores, numba-array-to-pointer plumbing, and the GEMM micro-kernel skeleton.
+
+The skeleton (`define_tile_kernel`) is written once, in the style of ONNX Runtime's MLAS: an
+MR x (nv vectors) register tile of accumulators, a loop over kernel taps (each moving the MR
+row pointers by the tap's offset) around a loop over K steps, and an epilogue. What differs
+between instruction sets is only the multiply-accumulate step (`MacStep`): FMA for float32,
+`vpdpbusd` on zmm or ymm for AVX-512 VNNI / AVX-VNNI, `vpmaddwd` + `vpaddd` for AVX2. Adding
+an instruction set means adding a step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import llvmlite.ir as ir
+from numba.core import cgutils
+
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I16 = ir.IntType(16)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+F32 = ir.FloatType()
+
+
+def vector(element: ir.Type, lanes: int) -> ir.VectorType:
+    return ir.VectorType(element, lanes)
+
+
+def type_suffix(ty: ir.Type) -> str:
+    """LLVM's overload suffix of a type: <16 x float> -> v16f32, i32 -> i32, a pointer -> p0."""
+    if isinstance(ty, ir.VectorType):
+        return f"v{ty.count}{type_suffix(ty.element)}"
+    if isinstance(ty, ir.IntType):
+        return f"i{ty.width}"
+    if isinstance(ty, ir.FloatType):
+        return "f32"
+    if isinstance(ty, ir.DoubleType):
+        return "f64"
+    if isinstance(ty, ir.PointerType):
+        return "p0"
+    raise TypeError(f"no intrinsic suffix for {ty}")
+
+
+def bits(ty: ir.VectorType) -> int:
+    """Width of a vector of integers or floats in bits (x86 intrinsics are named by it)."""
+    element = ty.element
+    width = element.width if isinstance(element, ir.IntType) else (
+        32 if isinstance(element, ir.FloatType) else 64)
+    return ty.count * width
+
+
+def declare(module: ir.Module, name: str, ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
+    """Declare (once per module) the function or intrinsic `name`."""
+    return cgutils.get_or_insert_function(module, ir.FunctionType(ret, list(args)), name)
+
+
+def overloaded(module: ir.Module, base: str, ret: ir.Type, args: Sequence[ir.Type],
+               overload_types: Sequence[ir.Type]) -> ir.Function:
+    """An overloaded LLVM intrinsic, its name built from its types:
+    overloaded(m, "llvm.fmuladd", v, [v, v, v], [v]) declares llvm.fmuladd.v16f32."""
+    name = ".".join([base, *(type_suffix(t) for t in overload_types)])
+    return declare(module, name, ret, args)
+
+
+def x86(module: ir.Module, base: str, ret: ir.VectorType, args: Sequence[ir.Type]) -> ir.Function:
+    """An x86 intrinsic named by its vector width: x86(m, "llvm.x86.avx512.vpdpbusd", <8 x i32>,
+    ...) declares llvm.x86.avx512.vpdpbusd.256 (AVX-VNNI's VEX form, or AVX512VL's)."""
+    return declare(module, f"{base}.{bits(ret)}", ret, args)
+
+
+def splat(builder: ir.IRBuilder, value: ir.Value, vector_type: ir.VectorType) -> ir.Value:
+    """`value` in every lane (insertelement + shufflevector: LLVM's broadcast idiom)."""
+    undef = ir.Constant(vector_type, ir.Undefined)
+    one = builder.insert_element(undef, value, I32(0))
+    return builder.shuffle_vector(one, undef, ir.Constant(vector(I32, vector_type.count), None))
+
+
+def lane_mask(builder: ir.IRBuilder, first: int, count: ir.Value, lanes: int) -> ir.Value:
+    """<lanes x i1>: lane j set iff first + j < count (count an i64)."""
+    indices = ir.Constant(vector(I64, lanes), [first + j for j in range(lanes)])
+    return builder.icmp_signed("<", indices, splat(builder, count, vector(I64, lanes)))
+
+
+def masked_load(builder: ir.IRBuilder, pointer: ir.Value, mask: ir.Value,
+                passthru: ir.Value, align: int = 4) -> ir.Value:
+    """llvm.masked.load of passthru's vector type at `pointer` (any pointer type)."""
+    ty = passthru.type
+    fn = overloaded(builder.module, "llvm.masked.load", ty,
+                    [ty.as_pointer(), I32, mask.type, ty], [ty, ty.as_pointer()])
+    return builder.call(fn, [builder.bitcast(pointer, ty.as_pointer()), I32(align), mask, passthru])
+
+
+def masked_store(builder: ir.IRBuilder, value: ir.Value, pointer: ir.Value, mask: ir.Value,
+                 align: int = 4) -> None:
+    ty = value.type
+    fn = overloaded(builder.module, "llvm.masked.store", ir.VoidType(),
+                    [ty, ty.as_pointer(), I32, mask.type], [ty, ty.as_pointer()])
+    builder.call(fn, [value, builder.bitcast(pointer, ty.as_pointer()), I32(align), mask])
+
+
+def load_vector(builder: ir.IRBuilder, pointer: ir.Value, ty: ir.VectorType, align: int) -> ir.Value:
+    return builder.load(builder.bitcast(pointer, ty.as_pointer()), align=align)
+
+
+def offset(builder: ir.IRBuilder, pointer: ir.Value, n: ir.Value | int) -> ir.Value:
+    """pointer + n elements (n an i64 value or a Python int)."""
+    return builder.gep(pointer, [I64(n) if isinstance(n, int) else n])
+
+
+def array_data(context, builder, ty, value, element: ir.Type = I8, at: ir.Value | None = None):
+    """Pointer to element `at` (default 0) of a numba array argument, as `element*`."""
+    data = builder.bitcast(context.make_array(ty)(context, builder, value).data,
+                           element.as_pointer())
+    return data if at is None else builder.gep(data, [at])
+
+
+def array_length(context, builder, ty, value) -> ir.Value:
+    return builder.extract_value(context.make_array(ty)(context, builder, value).shape, 0)
+
+
+def trap_with_message(builder: ir.IRBuilder, message: str) -> None:
+    """Print `message` and trap: the code of a kernel the compile target cannot run."""
+    cgutils.printf(builder, message + "\n")
+    builder.call(declare(builder.module, "llvm.trap", ir.VoidType(), []), [])
+
+
+# ----------------------------------------------------------------------------------------------
+# The micro-kernel skeleton
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MacStep:
+    """One K step of a register tile for one instruction set.
+
+    acc: the accumulator vector type. a_bytes: bytes of each A row a step consumes (the row
+    pointers advance by it). b_bytes: bytes of packed B per accumulator vector and step (B
+    advances by nv * b_bytes). emit(builder, acc, a_pointers, b_pointer) returns the new
+    accumulators acc[i][v] (lists of MR lists of nv values), the A row pointers and B pointer
+    being i8* at the step's first byte.
+    """
+
+    name: str
+    acc: ir.VectorType
+    a_bytes: int
+    b_bytes: int
+    emit: Callable
+
+
+def _broadcast_dwords(builder, a_pointers, at: int, ty: ir.VectorType):
+    """The i32 at byte `at` of each row, in every lane of `ty` (vpbroadcastd from memory)."""
+    dwords = []
+    for p in a_pointers:
+        dword = builder.load(builder.bitcast(offset(builder, p, at), I32.as_pointer()), align=1)
+        dwords.append(builder.bitcast(splat(builder, dword, vector(I32, bits(ty) // 32)), ty))
+    return dwords
+
+
+def fma_step(lanes: int) -> MacStep:
+    """float32: acc += a (one float, broadcast) * b (lanes floats); llvm.fmuladd becomes
+    vfmadd231ps where the target has FMA."""
+    acc_ty = vector(F32, lanes)
+
+    def emit(builder, acc, a_pointers, b_pointer):
+        fmuladd = overloaded(builder.module, "llvm.fmuladd", acc_ty, [acc_ty] * 3, [acc_ty])
+        a = [splat(builder, builder.load(builder.bitcast(p, F32.as_pointer()), align=4), acc_ty)
+             for p in a_pointers]
+        b = [load_vector(builder, offset(builder, b_pointer, 4 * lanes * v), acc_ty, 4)
+             for v in range(len(acc[0]))]
+        return [[builder.call(fmuladd, [a[i], b[v], acc[i][v]]) for v in range(len(b))]
+                for i in range(len(acc))]
+
+    return MacStep("fma", acc_ty, 4, 4 * lanes, emit)
+
+
+def dpbusd_step(lanes: int) -> MacStep:
+    """u8 x s8: per int32 lane, acc += sum of 4 products of A's 4 bytes (broadcast dword) and
+    B's 4 bytes; `vpdpbusd` on zmm (lanes=16, AVX-512 VNNI) or ymm (lanes=8, AVX-VNNI)."""
+    acc_ty = vector(I32, lanes)
+
+    def emit(builder, acc, a_pointers, b_pointer):
+        dpbusd = x86(builder.module, "llvm.x86.avx512.vpdpbusd", acc_ty, [acc_ty] * 3)
+        a = _broadcast_dwords(builder, a_pointers, 0, acc_ty)
+        b = [load_vector(builder, offset(builder, b_pointer, 4 * lanes * v), acc_ty, 32)
+             for v in range(len(acc[0]))]
+        return [[builder.call(dpbusd, [acc[i][v], a[i], b[v]]) for v in range(len(b))]
+                for i in range(len(acc))]
+
+    return MacStep(f"dpbusd{bits(acc_ty)}", acc_ty, 4, 4 * lanes, emit)
+
+
+def pmaddwd_step(lanes: int = 8) -> MacStep:
+    """i16 x i16 (A: u8 values widened to int16, B: s8 widened): two `vpmaddwd` + `vpaddd`
+    per group of 4 k. Exact: a pair of products is at most 2 * 255 * 128 = 65280, far from
+    int32's limits (vpmaddubsw's int16 pair sums would saturate at 32767 instead).
+    B per group of 4 k: [pair][lanes * nv][2] int16; A: 4 int16 per row."""
+    acc_ty = vector(I32, lanes)
+    words = vector(I16, 2 * lanes)
+
+    def emit(builder, acc, a_pointers, b_pointer):
+        pmaddwd = declare(builder.module, "llvm.x86.avx2.pmadd.wd", acc_ty, [words, words])
+        nv = len(acc[0])
+        for pair in range(2):
+            a = _broadcast_dwords(builder, a_pointers, 4 * pair, words)
+            b = [load_vector(builder, offset(builder, b_pointer, 4 * lanes * (pair * nv + v)),
+                             words, 32) for v in range(nv)]
+            acc = [[builder.add(acc[i][v], builder.call(pmaddwd, [a[i], b[v]]))
+                    for v in range(nv)] for i in range(len(acc))]
+        return acc
+
+    return MacStep("pmaddwd", acc_ty, 8, 8 * lanes, emit)
+
+
+def define_tile_kernel(module: ir.Module, name: str, step: MacStep, mr: int, nv: int,
+                       extra_args: Sequence[ir.Type], prologue: Callable,
+                       epilogue: Callable) -> ir.Function:
+    """Emit (once per module) `void name(i8* a, i64* rows, i64* taps, i64 ntaps, i64 ksteps,
+    i8* b, *extra_args)`:
+
+        acc = prologue(builder, extra)                  # MR x nv accumulator vectors
+        for t < ntaps, s < ksteps:                      # ntaps, ksteps >= 1
+            acc = step(acc, a + rows[i] + taps[t] + s * a_bytes, b)   (b moves on each step)
+        epilogue(builder, fn, acc, extra)               # stores; must end the function
+
+    rows and taps are byte offsets into a. The accumulators live in registers (phi nodes),
+    which numba's own loops over arrays never achieve.
+    """
+    if name in module.globals:
+        return module.globals[name]
+    i8p, i64p = I8.as_pointer(), I64.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i8p, i64p, i64p, I64, I64, i8p,
+                                                             *extra_args]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")  # one copy per module: the call costs nothing next to a tile
+    a, rows, taps, ntaps, ksteps, b_start, *extra = fn.args
+    entry = fn.append_basic_block("entry")
+    tap_head = fn.append_basic_block("tap_head")
+    k_loop = fn.append_basic_block("k_loop")
+    tap_latch = fn.append_basic_block("tap_latch")
+    finish = fn.append_basic_block("epilogue")
+    b_step = nv * step.b_bytes
+
+    builder = ir.IRBuilder(entry)
+    acc_init = prologue(builder, extra)
+    row_ptrs = [builder.gep(a, [builder.load(builder.gep(rows, [I64(i)]))]) for i in range(mr)]
+    entry_end = builder.block  # the prologue may have added blocks
+    builder.branch(tap_head)
+
+    # Per tap: the row pointers move by the tap's offset; B continues where it stopped.
+    builder.position_at_end(tap_head)
+    tap = builder.phi(I64)
+    b_tap = builder.phi(i8p)
+    acc_tap = [[builder.phi(step.acc) for _ in range(nv)] for _ in range(mr)]
+    tap_offset = builder.load(builder.gep(taps, [tap]))
+    tap_ptrs = [builder.gep(p, [tap_offset]) for p in row_ptrs]
+    builder.branch(k_loop)
+
+    builder.position_at_end(k_loop)
+    k = builder.phi(I64)
+    b_k = builder.phi(i8p)
+    acc_k = [[builder.phi(step.acc) for _ in range(nv)] for _ in range(mr)]
+    a_byte = builder.mul(k, I64(step.a_bytes))
+    acc_new = step.emit(builder, acc_k, [builder.gep(p, [a_byte]) for p in tap_ptrs], b_k)
+    b_next = builder.gep(b_k, [I64(b_step)])
+    k_next = builder.add(k, I64(1))
+    k_end = builder.block
+    builder.cbranch(builder.icmp_signed("<", k_next, ksteps), k_loop, tap_latch)
+
+    builder.position_at_end(tap_latch)
+    tap_next = builder.add(tap, I64(1))
+    builder.cbranch(builder.icmp_signed("<", tap_next, ntaps), tap_head, finish)
+
+    builder.position_at_end(finish)
+    epilogue(builder, fn, acc_new, extra)
+
+    tap.add_incoming(I64(0), entry_end)
+    tap.add_incoming(tap_next, tap_latch)
+    b_tap.add_incoming(b_start, entry_end)
+    b_tap.add_incoming(b_next, tap_latch)
+    k.add_incoming(I64(0), tap_head)
+    k.add_incoming(k_next, k_end)
+    b_k.add_incoming(b_tap, tap_head)
+    b_k.add_incoming(b_next, k_end)
+    for i in range(mr):
+        for v in range(nv):
+            acc_tap[i][v].add_incoming(acc_init[i][v], entry_end)
+            acc_tap[i][v].add_incoming(acc_new[i][v], tap_latch)
+            acc_k[i][v].add_incoming(acc_tap[i][v], tap_head)
+            acc_k[i][v].add_incoming(acc_new[i][v], k_end)
+    return fn
