@@ -14,6 +14,8 @@ kernel rows (xnor vs fp32 vs int8 conv on one layer shape, same process).
     python scripts/bench.py                 # everything, table on stdout
     python scripts/bench.py --json out.json # and the figures as JSON
     python scripts/bench.py --only forward  # one section (forward, throughput, detect, kernels)
+    python scripts/bench.py --target all    # forward per x86 tier this CPU runs (avx2, avxvnni,
+                                            # avx512, native), each compiled for its tier
 """
 from __future__ import annotations
 
@@ -59,13 +61,17 @@ def worker_forward(engine: str, iters: int) -> dict:
             net.forward(names)
     else:
         import yolo8
+        from yolo8.kernels import gemm_int8
 
         model = yolo8.load(backend=engine)
 
         def run():
             model.forward_nhwc(x)
     times = _times(run, iters)
-    return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times)}
+    result = {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times)}
+    if engine == "int8":
+        result["int8_tier"] = gemm_int8.default_variant()
+    return result
 
 
 def worker_throughput(engine: str, folder: str, batch: int) -> dict:
@@ -158,6 +164,44 @@ def bench_forward(rounds: int, iters: int) -> dict:
     return result
 
 
+# OpenCV picks its own kernels at run time: on a target without AVX-512, switch its AVX-512
+# paths off too, so that it runs as it would on such a CPU.
+OPENCV_NO_AVX512 = "AVX512_SKX,AVX512_COMMON,AVX512_ICL,AVX512_CLX,AVX512_CNL"
+
+
+def bench_targets(targets: list[str], rounds: int, iters: int) -> dict:
+    """Forward latency per compile target: OpenCV FP32, yolo8 FP32 and INT8, each engine in
+    its own process (numba compiled for the target, a numba cache per target), all engines
+    of all targets in rotation; ratios are medians of the per-round ratios."""
+    from yolo8.kernels.common import target_env
+
+    engines = ["fp32", "int8"] + (["opencv"] if _opencv_available() else [])
+    envs = {}
+    for target in targets:
+        env = {**os.environ, **target_env(target),
+               "NUMBA_CACHE_DIR": str(Path(tempfile.gettempdir()) / f"yolo8-bench-numba-{target}")}
+        if target in ("avx2", "avxvnni"):
+            env["OPENCV_CPU_DISABLE"] = OPENCV_NO_AVX512
+        envs[target] = env
+    per_round = {t: {e: [] for e in engines} for t in targets}
+    tiers = {}
+    for _ in range(rounds):
+        for target in targets:
+            for engine in engines:
+                out = _run_worker(["forward", engine, str(iters)], envs[target])
+                per_round[target][engine].append(out["median_ms"])
+                tiers.setdefault(target, out.get("int8_tier"))
+    result = {}
+    for target, times in per_round.items():
+        row = {e: {"median_ms": statistics.median(v), "rounds_ms": v} for e, v in times.items()}
+        row["int8"]["tier"] = tiers[target]
+        pairs = [("int8", "fp32")] + ([("fp32", "opencv"), ("int8", "opencv")] if "opencv" in times else [])
+        for a, b in pairs:
+            row[a][f"ratio_vs_{b}"] = statistics.median(x / y for x, y in zip(times[a], times[b]))
+        result[target] = row
+    return result
+
+
 def bench_throughput(folder: Path, rounds: int) -> dict:
     result = {}
     for engine in ("fp32", "int8"):
@@ -210,6 +254,17 @@ def _table(results: dict) -> str:
             ratio = r.get("ratio_vs_opencv", 1.0 if e == "opencv" else None)
             cell = "" if ratio is None else f"{ratio:9.2f}"
             lines.append(f"{e:10s} {r['median_ms']:8.1f} {cell}")
+    if "targets" in results:
+        lines += ["", "forward per compile target, yolov3-tiny 416x416, batch 1 (ms, median of "
+                  "per-process medians; ratios: median of per-round ratios)",
+                  f"{'target':8s} {'int8 tier':11s} {'opencv':>7s} {'fp32':>7s} {'int8':>7s} "
+                  f"{'fp32/ocv':>8s} {'int8/ocv':>8s} {'int8/fp32':>9s}"]
+        for target, r in results["targets"].items():
+            ocv = r.get("opencv", {}).get("median_ms", float("nan"))
+            lines.append(
+                f"{target:8s} {r['int8']['tier']:11s} {ocv:7.1f} {r['fp32']['median_ms']:7.1f} "
+                f"{r['int8']['median_ms']:7.1f} {r['fp32'].get('ratio_vs_opencv', float('nan')):8.2f} "
+                f"{r['int8'].get('ratio_vs_opencv', float('nan')):8.2f} {r['int8']['ratio_vs_fp32']:9.2f}")
     if "throughput" in results:
         lines += ["", "map-style throughput (decode-ahead, batch 4, thresh 0.005)"]
         for e, r in results["throughput"].items():
@@ -236,6 +291,10 @@ def main() -> None:
                         help="folder for the throughput run (default: ../shared coco128, else tests/data)")
     parser.add_argument("--only", choices=["forward", "throughput", "detect", "kernels"], action="append")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--target", action="append",
+                        choices=["avx2", "avxvnni", "avx512", "native", "all"],
+                        help="forward latency compiled for these x86 tiers (repeatable; all: "
+                             "every tier this CPU can run) instead of the other sections")
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
@@ -245,6 +304,19 @@ def main() -> None:
             print(json.dumps(worker_throughput(rest[0], rest[1], int(rest[2]))))
         elif kind == "kernels":
             print(json.dumps(worker_kernels(int(rest[0]))))
+        return
+    if args.target:
+        from yolo8.kernels.common import TARGETS, host_cannot_run
+
+        targets = [*TARGETS, "native"] if "all" in args.target else args.target
+        for target in targets:
+            if host_cannot_run(target):
+                print(f"skipping target {target}: {host_cannot_run(target)}", file=sys.stderr)
+        targets = [t for t in dict.fromkeys(targets) if not host_cannot_run(t)]
+        results = {"targets": bench_targets(targets, args.rounds, args.iters)}
+        print(_table(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
         return
     sections = args.only or ["forward", "throughput", "detect", "kernels"]
     folder = args.images if args.images.is_dir() else ROOT / "tests" / "data" / "images"

@@ -76,3 +76,43 @@ def _fill_parallel(out, value):
 def warm_parallel_runtime() -> None:
     """Run one tiny parallel kernel: numba then loads its threading layer (and reports it)."""
     _fill_parallel(np.empty(2, np.int64), 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compile targets of the x86 tiers, so that each can be built and run on a bigger CPU
+# ----------------------------------------------------------------------------------------------
+
+_AVX2_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
+                  "+movbe,+pclmul,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave")
+# name -> (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES, the /proc/cpuinfo flags the host needs to run it)
+TARGETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "avx2": ("haswell", _AVX2_FEATURES, ("avx2", "fma")),
+    "avxvnni": ("alderlake", _AVX2_FEATURES + ",+avxvnni", ("avx2", "fma", "avx_vnni")),
+    "avx512": ("icelake-server",
+               _AVX2_FEATURES + ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl,+avx512vnni",
+               ("avx2", "fma", "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl",
+                "avx512_vnni")),
+}
+
+
+def target_env(target: str) -> dict[str, str]:
+    """Environment variables that make numba compile for `target` (a TARGETS name; "native":
+    none, the host's own)."""
+    if target == "native":
+        return {}
+    cpu, features, _ = TARGETS[target]
+    return {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": features}
+
+
+def host_cannot_run(target: str) -> str | None:
+    """Why this host cannot execute code compiled for `target` (None if it can): the flags
+    of /proc/cpuinfo it lacks."""
+    if target == "native":
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "no /proc/cpuinfo to read the CPU's flags from"
+    missing = [flag for flag in TARGETS[target][2] if flag not in flags]
+    return f"this CPU lacks {', '.join(missing)}" if missing else None
