@@ -190,7 +190,8 @@ def bench_targets(targets: list[str], rounds: int, iters: int) -> dict:
             for engine in engines:
                 out = _run_worker(["forward", engine, str(iters)], envs[target])
                 per_round[target][engine].append(out["median_ms"])
-                tiers.setdefault(target, out.get("int8_tier"))
+                if "int8_tier" in out:
+                    tiers[target] = out["int8_tier"]
     result = {}
     for target, times in per_round.items():
         row = {e: {"median_ms": statistics.median(v), "rounds_ms": v} for e, v in times.items()}
