@@ -243,3 +243,21 @@ def test_bias_correction_of_wrong_length_is_refused(tiny, tmp_path):
                 bias_corrections={2: [0.0] * 5}).save(cal)
     with pytest.raises(CalibrationError, match="bias correction for layer 2 does not fit"):
         yolo8.load(cfg, weights, backend="int8", calibration=cal)
+
+
+def test_int8_says_once_when_slower_than_fp32(monkeypatch, caplog, default_weights):
+    from yolo8.kernels import gemm_int8
+
+    monkeypatch.setattr(int8, "_slow_notice_given", False)
+    caplog.set_level("INFO", logger="yolo8.notice")
+    yolo8.load(backend="int8")  # this CPU's tier
+    tier = gemm_int8.default_variant()
+    assert (int8.SLOW_NOTICE in caplog.text) == (tier == "portable")
+    monkeypatch.setattr(gemm_int8, "default_variant", lambda: "portable")  # a CPU without tiers
+    caplog.clear()
+    yolo8.load(backend="int8")
+    yolo8.load(backend="int8")
+    assert caplog.text.count(int8.SLOW_NOTICE) == (0 if tier == "portable" else 1)
+    caplog.clear()
+    yolo8.load()  # FP32 never says it
+    assert int8.SLOW_NOTICE not in caplog.text

@@ -8,6 +8,8 @@ and applies bias and activation in float. xnor=1 layers keep their binary kernel
 """
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,27 @@ from ..layers import Convolutional
 from ..quant import Calibration, multiplier_for_threshold, threshold_for_multiplier
 from .base import Op, Program
 from .ops import FP32_OPS, conv as fp32_conv
+
+
+notices = logging.getLogger("yolo8.notice")  # the CLI shows them on stderr
+_slow_notice_lock = threading.Lock()
+_slow_notice_given = False
+SLOW_NOTICE = ("this CPU (numba's compile target) has neither AVX2 nor VNNI: the INT8 backend "
+               "runs a portable kernel here, which is slower than the FP32 backend")
+
+
+def notice_if_slower_than_fp32() -> bool:
+    """Say once per process, as a notice, that INT8 is slower than FP32 on this compile target
+    (no x86 tier for its kernels). Returns whether INT8 is slower here."""
+    global _slow_notice_given
+    from ..kernels.gemm_int8 import default_variant
+
+    slower = default_variant() == "portable"
+    with _slow_notice_lock:
+        if slower and not _slow_notice_given:
+            _slow_notice_given = True
+            notices.info(SLOW_NOTICE)
+    return slower
 
 
 def int8_layers(graph: Graph) -> list[int]:
@@ -113,4 +136,6 @@ def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
                     default_calibration: Path | None) -> tuple[Program, str | None]:
     thresholds, corrections, source = resolve_calibration(graph, model_id, calibration,
                                                           default_calibration)
+    if int8_layers(graph):
+        notice_if_slower_than_fp32()
     return build(graph, thresholds, corrections, source), source
