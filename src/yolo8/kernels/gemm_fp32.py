@@ -33,6 +33,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import tile_ir
 from .activations import LEAKY, LINEAR, activate, activate_numpy
 from .common import aligned_empty, row_offsets, target_features
 
@@ -97,133 +98,61 @@ def masked_v16f32(module: ir.Module) -> tuple[ir.Function, ir.Function]:
 
 
 def _define_fma_microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
-    """Emit (once per LLVM module) the MR x (16*nv) tile kernel
+    """Emit (once per LLVM module), on the shared tile skeleton with the FMA step, the
+    MR x (16*nv) tile kernel
 
-        void ukr(f32* a, i64* rows, i64* taps, i64 ntaps, i64 kc, f32* b,
+        void ukr(i8* a, i64* rows, i64* taps, i64 ntaps, i64 kc, i8* b,
                  f32* init, i64 init_ld, f32* c, i64 ldc, i64 rows_valid, i64 cols_valid,
                  i64 leaky)
 
+    (a and b point at float32; rows and taps count floats)
     acc[i, :] = init[min(i, rows_valid - 1) * init_ld + :] (masked to cols_valid), then for
     each tap t and k < kc: acc[i, :] += a[rows[i] + taps[t] + k] * b[(t * kc + k) * NR + :];
     optionally leaky; c[i * ldc + :] = acc[i, :] for i < rows_valid, columns < cols_valid.
     Preconditions: ntaps, kc >= 1; 1 <= rows_valid <= MR; 1 <= cols_valid <= NR; all
     rows[i] address valid A rows (the caller repeats the last valid row).
     """
-    name = f"yolo8_fp32_fma_{mr}x{nv}"
-    if name in module.globals:
-        return module.globals[name]
-    f32p, i64p, vfp = _F32.as_pointer(), _I64.as_pointer(), _VF.as_pointer()
-    fnty = ir.FunctionType(ir.VoidType(), [f32p, i64p, i64p, _I64, _I64, f32p, f32p, _I64, f32p,
-                                           _I64, _I64, _I64, _I64])
-    fn = ir.Function(module, fnty, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")  # one copy per module: the call costs nothing next to a tile
-    (a, rows, taps, ntaps, kc, b_start, init, init_ld, c, ldc, rows_valid, cols_valid,
-     leaky) = fn.args
-    fmuladd = _intrinsic_fn(module, "llvm.fmuladd.v16f32", _VF, [_VF, _VF, _VF])
-    masked_load, masked_store = masked_v16f32(module)
-
-    entry = fn.append_basic_block("entry")
-    tap_head = fn.append_basic_block("tap_head")
-    k_loop = fn.append_basic_block("k_loop")
-    tap_latch = fn.append_basic_block("tap_latch")
-    epilogue = fn.append_basic_block("epilogue")
-    store_blocks = [fn.append_basic_block(f"store_{i}") for i in range(mr)]
-    done = fn.append_basic_block("done")
     zero = ir.Constant(_VF, None)
-    undef = ir.Constant(_VF, ir.Undefined)
-    splat_mask = ir.Constant(ir.VectorType(_I32, LANES), None)
-    nr = LANES * nv
+    masks = []  # set in the entry block, used again by the epilogue (which it dominates)
 
-    b = ir.IRBuilder(entry)
+    def load_init(b, extra):
+        init, init_ld, _, _, rows_valid, cols_valid, _ = extra
+        masks.extend(tile_ir.lane_mask(b, LANES * v, cols_valid, LANES) for v in range(nv))
+        last_row = b.sub(rows_valid, _I64(1))
+        acc = []
+        for i in range(mr):
+            row = b.select(b.icmp_signed("<", _I64(i), rows_valid), _I64(i), last_row)
+            row_ptr = b.gep(init, [b.mul(row, init_ld)])
+            acc.append([tile_ir.masked_load(b, b.gep(row_ptr, [_I64(LANES * v)]), masks[v], zero)
+                        for v in range(nv)])
+        return acc
 
-    def splat_i64(value):
-        vec = b.insert_element(ir.Constant(_VI64, ir.Undefined), value, _I32(0))
-        return b.shuffle_vector(vec, ir.Constant(_VI64, ir.Undefined), splat_mask)
+    def leaky_and_store(b, fn, acc, extra):
+        # Leaky as a select (darknet: x > 0 ? x : 0.1f * x), then masked stores row by row.
+        _, _, c, ldc, rows_valid, _, leaky = extra
+        use_leaky = b.icmp_signed("!=", leaky, _I64(0))
+        slope = ir.Constant(_VF, [0.1] * LANES)
+        results = [[b.select(use_leaky, b.select(b.fcmp_ordered(">", x, zero), x, b.fmul(x, slope)), x)
+                    for x in row] for row in acc]
+        store_blocks = [fn.append_basic_block(f"store_{i}") for i in range(mr)]
+        done = fn.append_basic_block("done")
+        b.branch(store_blocks[0])
+        for i in range(mr):
+            b.position_at_end(store_blocks[i])
+            row_ptr = b.gep(c, [b.mul(_I64(i), ldc)])
+            for v in range(nv):
+                tile_ir.masked_store(b, results[i][v], b.gep(row_ptr, [_I64(LANES * v)]), masks[v])
+            if i + 1 < mr:
+                b.cbranch(b.icmp_signed("<", _I64(i + 1), rows_valid), store_blocks[i + 1], done)
+            else:
+                b.branch(done)
+        b.position_at_end(done)
+        b.ret_void()
 
-    cols = splat_i64(cols_valid)
-    masks = [b.icmp_unsigned("<", ir.Constant(_VI64, [LANES * v + j for j in range(LANES)]), cols)
-             for v in range(nv)]
-    last_row = b.sub(rows_valid, _I64(1))
-    acc_init = []
-    for i in range(mr):
-        row = b.select(b.icmp_signed("<", _I64(i), rows_valid), _I64(i), last_row)
-        row_ptr = b.gep(init, [b.mul(row, init_ld)])
-        acc_init.append([b.call(masked_load, [b.bitcast(b.gep(row_ptr, [_I64(LANES * v)]), vfp),
-                                              _I32(4), masks[v], zero]) for v in range(nv)])
-    row_ptrs = [b.gep(a, [b.load(b.gep(rows, [_I64(i)]))]) for i in range(mr)]
-    b.branch(tap_head)
-
-    # Per tap: the row pointers move by the tap's offset; B continues where it stopped.
-    b.position_at_end(tap_head)
-    tap = b.phi(_I64)
-    b_tap = b.phi(f32p)
-    acc_tap = [[b.phi(_VF) for _ in range(nv)] for _ in range(mr)]
-    offset = b.load(b.gep(taps, [tap]))
-    tap_ptrs = [b.gep(p, [offset]) for p in row_ptrs]
-    b.branch(k_loop)
-
-    # Per k: MR broadcast floats x nv B vectors -> MR * nv multiply-adds.
-    b.position_at_end(k_loop)
-    k = b.phi(_I64)
-    b_k = b.phi(f32p)
-    acc_k = [[b.phi(_VF) for _ in range(nv)] for _ in range(mr)]
-    a_vecs = []
-    for p in tap_ptrs:
-        scalar = b.load(b.gep(p, [k]), align=4)
-        a_vecs.append(b.shuffle_vector(b.insert_element(undef, scalar, _I32(0)), undef, splat_mask))
-    b_vecs = [b.load(b.bitcast(b.gep(b_k, [_I64(LANES * v)]), vfp), align=4) for v in range(nv)]
-    acc_new = [[b.call(fmuladd, [a_vecs[i], b_vecs[v], acc_k[i][v]]) for v in range(nv)]
-               for i in range(mr)]
-    b_next = b.gep(b_k, [_I64(nr)])
-    k_next = b.add(k, _I64(1))
-    b.cbranch(b.icmp_signed("<", k_next, kc), k_loop, tap_latch)
-
-    b.position_at_end(tap_latch)
-    tap_next = b.add(tap, _I64(1))
-    b.cbranch(b.icmp_signed("<", tap_next, ntaps), tap_head, epilogue)
-
-    # Leaky as a select (darknet: x > 0 ? x : 0.1f * x), then masked stores row by row.
-    b.position_at_end(epilogue)
-    use_leaky = b.icmp_signed("!=", leaky, _I64(0))
-    slope = ir.Constant(_VF, [0.1] * LANES)
-    results = []
-    for i in range(mr):
-        row = []
-        for v in range(nv):
-            acc = acc_new[i][v]
-            positive = b.fcmp_ordered(">", acc, zero)
-            row.append(b.select(use_leaky, b.select(positive, acc, b.fmul(acc, slope)), acc))
-        results.append(row)
-    b.branch(store_blocks[0])
-    for i in range(mr):
-        b.position_at_end(store_blocks[i])
-        row_ptr = b.gep(c, [b.mul(_I64(i), ldc)])
-        for v in range(nv):
-            b.call(masked_store, [results[i][v], b.bitcast(b.gep(row_ptr, [_I64(LANES * v)]), vfp),
-                                  _I32(4), masks[v]])
-        if i + 1 < mr:
-            b.cbranch(b.icmp_signed("<", _I64(i + 1), rows_valid), store_blocks[i + 1], done)
-        else:
-            b.branch(done)
-    b.position_at_end(done)
-    b.ret_void()
-
-    tap.add_incoming(_I64(0), entry)
-    tap.add_incoming(tap_next, tap_latch)
-    b_tap.add_incoming(b_start, entry)
-    b_tap.add_incoming(b_next, tap_latch)
-    k.add_incoming(_I64(0), tap_head)
-    k.add_incoming(k_next, k_loop)
-    b_k.add_incoming(b_tap, tap_head)
-    b_k.add_incoming(b_next, k_loop)
-    for i in range(mr):
-        for v in range(nv):
-            acc_tap[i][v].add_incoming(acc_init[i][v], entry)
-            acc_tap[i][v].add_incoming(acc_new[i][v], tap_latch)
-            acc_k[i][v].add_incoming(acc_tap[i][v], tap_head)
-            acc_k[i][v].add_incoming(acc_new[i][v], k_loop)
-    return fn
+    f32p = _F32.as_pointer()
+    return tile_ir.define_tile_kernel(
+        module, f"yolo8_fp32_fma_{mr}x{nv}", tile_ir.fma_step(LANES), mr, nv,
+        [f32p, _I64, f32p, _I64, _I64, _I64, _I64], load_init, leaky_and_store, a_element=_F32)
 
 
 def _make_microkernel(mr: int, nv: int):
@@ -239,23 +168,20 @@ def _make_microkernel(mr: int, nv: int):
                          types.int64)
 
         def codegen(context, builder, signature, args):
-            arrays = [context.make_array(ty)(context, builder, val) if isinstance(ty, types.Array)
-                      else val for ty, val in zip(signature.args, args)]
-            (a_a, rows_a, taps_a, kc_v, b_a, b_off_v, init_a, init_off_v, init_ld_v, c_a, c_off_v,
-             ldc_v, rows_valid_v, cols_valid_v, leaky_v) = arrays
+            (a_v, rows_v, taps_v, kc_v, b_v, b_off_v, init_v, init_off_v, init_ld_v, c_v, c_off_v,
+             ldc_v, rows_valid_v, cols_valid_v, leaky_v) = args
+            ty = signature.args
             fn = _define_fma_microkernel(builder.module, mr, nv)
-            f32p, i64p = _F32.as_pointer(), _I64.as_pointer()
+            i8p = tile_ir.I8.as_pointer()
 
-            def at(arr, off):
-                return builder.gep(builder.bitcast(arr.data, f32p), [off])
+            def data(index, value, element=_F32, at=None):
+                return tile_ir.array_data(context, builder, ty[index], value, element, at)
 
             builder.call(fn, [
-                builder.bitcast(a_a.data, f32p),
-                builder.bitcast(rows_a.data, i64p),
-                builder.bitcast(taps_a.data, i64p),
-                builder.extract_value(taps_a.shape, 0),
-                kc_v, at(b_a, b_off_v), at(init_a, init_off_v), init_ld_v, at(c_a, c_off_v), ldc_v,
-                rows_valid_v, cols_valid_v, leaky_v,
+                builder.bitcast(data(0, a_v), i8p), data(1, rows_v, _I64), data(2, taps_v, _I64),
+                tile_ir.array_length(context, builder, ty[2], taps_v),
+                kc_v, builder.bitcast(data(4, b_v, at=b_off_v), i8p), data(6, init_v, at=init_off_v),
+                init_ld_v, data(9, c_v, at=c_off_v), ldc_v, rows_valid_v, cols_valid_v, leaky_v,
             ])
             return context.get_dummy_value()
 

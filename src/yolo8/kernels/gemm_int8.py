@@ -102,6 +102,10 @@ TIERS = {tier.name: tier for tier in (
     Tier("avx2", 2, 8, 10, 2, (1, 2), (frozenset({"+avx2"}),), tile_ir.pmaddwd_step(8)),
     Tier("portable", 3, 16, 24, 1, (1, 2, 4), (frozenset(),), None),
 )}
+# Rows per tile at most: each row of A needs a pointer in a general-purpose register (16 of
+# them, 3-4 taken by the loop); with 24 rows LLVM reloaded row pointers from the stack in the
+# inner loop, one load per multiply-accumulate (measured in the assembly).
+MAX_ROWS = 12
 VARIANTS = tuple(TIERS)  # best first
 MAX_TILE_INT32 = max(t.lanes * t.accumulators for t in TIERS.values())
 
@@ -150,10 +154,11 @@ def threads_for(macs: int) -> Iterator[int]:
 
 def tile_shape(n_per_group: int, tier: str = "avx512vnni") -> tuple[int, int]:
     """(MR, nv) for a GEMM with this many output channels (per group) on this tier: the
-    widest tile that does not mostly multiply padding, MR * nv = the tier's accumulators."""
+    widest tile that does not mostly multiply padding, MR * nv = the tier's accumulators
+    (MR at most MAX_ROWS)."""
     t = TIERS[tier]
     nv = next((w for w in t.widths if n_per_group <= w * t.lanes), t.widths[-1])
-    return t.accumulators // nv, nv
+    return min(MAX_ROWS, t.accumulators // nv), nv
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,7 +225,8 @@ def _make_microkernel(tier: Tier, mr: int, nv: int):
 def _tier_kernels(name: str) -> tuple:
     """The tier's intrinsics for nv = 1, 2, 4 (a missing width repeats the widest)."""
     tier = TIERS[name]
-    kernels = {nv: _make_microkernel(tier, tier.accumulators // nv, nv) for nv in tier.widths}
+    kernels = {nv: _make_microkernel(tier, min(MAX_ROWS, tier.accumulators // nv), nv)
+               for nv in tier.widths}
     return tuple(kernels.get(nv, kernels[tier.widths[-1]]) for nv in (1, 2, 4))
 
 

@@ -215,16 +215,16 @@ def pmaddwd_step(lanes: int = 8) -> MacStep:
 
 def define_tile_kernel(module: ir.Module, name: str, step: MacStep, mr: int, nv: int,
                        extra_args: Sequence[ir.Type], prologue: Callable,
-                       epilogue: Callable) -> ir.Function:
+                       epilogue: Callable, a_element: ir.Type = I8) -> ir.Function:
     """Emit (once per module) `void name(i8* a, i64* rows, i64* taps, i64 ntaps, i64 ksteps,
     i8* b, *extra_args)`:
 
         acc = prologue(builder, extra)                  # MR x nv accumulator vectors
         for t < ntaps, s < ksteps:                      # ntaps, ksteps >= 1
-            acc = step(acc, a + rows[i] + taps[t] + s * a_bytes, b)   (b moves on each step)
+            acc = step(acc, a + rows[i] + taps[t] (+ s * a_bytes bytes), b)  (b moves on)
         epilogue(builder, fn, acc, extra)               # stores; must end the function
 
-    rows and taps are byte offsets into a. The accumulators live in registers (phi nodes),
+    rows and taps count `a_element`s of a. The accumulators live in registers (phi nodes),
     which numba's own loops over arrays never achieve.
     """
     if name in module.globals:
@@ -244,7 +244,9 @@ def define_tile_kernel(module: ir.Module, name: str, step: MacStep, mr: int, nv:
 
     builder = ir.IRBuilder(entry)
     acc_init = prologue(builder, extra)
-    row_ptrs = [builder.gep(a, [builder.load(builder.gep(rows, [I64(i)]))]) for i in range(mr)]
+    a_typed = builder.bitcast(a, a_element.as_pointer())
+    row_ptrs = [builder.gep(a_typed, [builder.load(builder.gep(rows, [I64(i)]))])
+                for i in range(mr)]
     entry_end = builder.block  # the prologue may have added blocks
     builder.branch(tap_head)
 
@@ -254,7 +256,7 @@ def define_tile_kernel(module: ir.Module, name: str, step: MacStep, mr: int, nv:
     b_tap = builder.phi(i8p)
     acc_tap = [[builder.phi(step.acc) for _ in range(nv)] for _ in range(mr)]
     tap_offset = builder.load(builder.gep(taps, [tap]))
-    tap_ptrs = [builder.gep(p, [tap_offset]) for p in row_ptrs]
+    tap_ptrs = [builder.bitcast(builder.gep(p, [tap_offset]), i8p) for p in row_ptrs]
     builder.branch(k_loop)
 
     builder.position_at_end(k_loop)
