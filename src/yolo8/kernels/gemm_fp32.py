@@ -54,6 +54,13 @@ def has_avx512() -> bool:
 
 
 TILE_VECTORS = _TILE_VECTORS_AVX512 if has_avx512() else _TILE_VECTORS_OTHER
+# Rows per tile at most: each row of A needs a pointer in a general-purpose register (16, a
+# few taken by the loop); 24 rows had LLVM reload row pointers from the stack in the K loop.
+MAX_ROWS = 12
+
+
+def rows_per_tile(nv: int) -> int:
+    return min(MAX_ROWS, TILE_VECTORS // nv)
 
 
 def tile_shape(n_per_group: int) -> tuple[int, int]:
@@ -66,7 +73,7 @@ def tile_shape(n_per_group: int) -> tuple[int, int]:
     else:
         nv = 4
     nv = min(nv, max(1, TILE_VECTORS // 6))  # at least 6 rows per tile
-    return TILE_VECTORS // nv, nv
+    return rows_per_tile(nv), nv
 
 
 
@@ -190,10 +197,10 @@ def _make_microkernel(mr: int, nv: int):
     return microkernel
 
 
-# One intrinsic per tile shape (MR, nv): MR * nv = TILE_VECTORS.
-_UKR_NV1 = _make_microkernel(TILE_VECTORS, 1)
-_UKR_NV2 = _make_microkernel(TILE_VECTORS // 2, 2)
-_UKR_NV4 = _make_microkernel(TILE_VECTORS // 4, 4)
+# One intrinsic per tile shape (MR, nv): MR * nv = TILE_VECTORS (at most MAX_ROWS rows).
+_UKR_NV1 = _make_microkernel(rows_per_tile(1), 1)
+_UKR_NV2 = _make_microkernel(rows_per_tile(2), 2)
+_UKR_NV4 = _make_microkernel(rows_per_tile(4), 4)
 
 
 @njit(cache=True, nogil=True)
@@ -235,7 +242,7 @@ def _gemm_tiles(a, geometry, a_batch_stride, a_group_stride, taps, kc, chunk_tap
     bias (groups * n_per_group) initialises every row of C (zeros for a plain product).
     """
     m_total, ho, wo, img_stride, row_stride, col_stride = geometry
-    mr = TILE_VECTORS // nv
+    mr = min(MAX_ROWS, TILE_VECTORS // nv)
     nr = LANES * nv
     ntaps = taps.size
     n_row_tiles = (m_total + mr - 1) // mr

@@ -39,7 +39,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .activations import LEAKY, LINEAR, activate, activate_numpy
-from .gemm_fp32 import (_F32, _I32, _I64, _VF, _VI64, _VMASK, LANES, TILE_VECTORS,
+from .gemm_fp32 import (_F32, _I32, _I64, _VF, _VI64, _VMASK, LANES, MAX_ROWS, TILE_VECTORS,
+                        rows_per_tile,
                         PackedWeights, _microkernel, masked_v16f32, run_gemm_tiles)
 
 # Transform matrices (interpolation points 0, +-1, +-2 and infinity for F(4x4); 0, +-1 for
@@ -404,7 +405,7 @@ def _winograd_fused(x, pad, m, tiles_y, tiles_x, block, u, nv, n_panels, zero_bi
     n, c, cout = x.shape[0], x.shape[3], out.shape[3]
     a = m + 2
     aa = a * a
-    mr = TILE_VECTORS // nv
+    mr = min(MAX_ROWS, TILE_VECTORS // nv)
     nr = LANES * nv
     total = n * tiles_y * tiles_x
     n_chunks = min(n_threads, total)
@@ -450,7 +451,7 @@ def block_tiles(m: int, cin: int, cout: int, nv: int) -> int:
     """Tiles per block of the fused schedule: V and M of a block within _BLOCK_FLOATS, a
     multiple of the micro-kernel's rows."""
     a = m + 2
-    mr = TILE_VECTORS // nv
+    mr = rows_per_tile(nv)
     return max(mr, _BLOCK_FLOATS // (a * a * (cin + cout)) // mr * mr)
 
 
@@ -458,7 +459,7 @@ def use_fused(m: int, cin: int, cout: int, nv: int) -> bool:
     """The fused schedule re-reads all of U for every block of a thread's tiles; it wins
     while a block holds at least two micro-kernel tiles of rows (else U is streamed from L3
     for too few rows, and the phased schedule, which reads U once, is faster)."""
-    return block_tiles(m, cin, cout, nv) >= 2 * (TILE_VECTORS // nv)
+    return block_tiles(m, cin, cout, nv) >= 2 * rows_per_tile(nv)
 
 
 def conv3x3_winograd(x: np.ndarray, weights: WinogradWeights, bias: np.ndarray, pad: int,
