@@ -30,7 +30,6 @@ import llvmlite.ir as ir
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import tile_ir
@@ -88,20 +87,6 @@ _I64 = ir.IntType(64)
 _VF = ir.VectorType(_F32, LANES)
 _VI64 = ir.VectorType(_I64, LANES)
 _VMASK = ir.VectorType(_I1, LANES)
-
-
-def _intrinsic_fn(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-    return cgutils.get_or_insert_function(module, ir.FunctionType(ret, args), name)
-
-
-def masked_v16f32(module: ir.Module) -> tuple[ir.Function, ir.Function]:
-    """LLVM's masked load and store of <16 x float> (declared once per module); the FP32
-    GEMM, Winograd and XNOR micro-kernels use them for partial tiles."""
-    vfp = _VF.as_pointer()
-    load = _intrinsic_fn(module, "llvm.masked.load.v16f32.p0", _VF, [vfp, _I32, _VMASK, _VF])
-    store = _intrinsic_fn(module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
-                          [_VF, vfp, _I32, _VMASK])
-    return load, store
 
 
 def _define_fma_microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:

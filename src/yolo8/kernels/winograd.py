@@ -38,10 +38,10 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from . import tile_ir
 from .activations import LEAKY, LINEAR, activate, activate_numpy
-from .gemm_fp32 import (_F32, _I32, _I64, _VF, _VI64, _VMASK, LANES, MAX_ROWS, TILE_VECTORS,
-                        rows_per_tile,
-                        PackedWeights, _microkernel, masked_v16f32, run_gemm_tiles)
+from .gemm_fp32 import (_F32, _I64, _VF, _VMASK, LANES, MAX_ROWS, TILE_VECTORS, PackedWeights,
+                        _microkernel, rows_per_tile, run_gemm_tiles)
 
 # Transform matrices (interpolation points 0, +-1, +-2 and infinity for F(4x4); 0, +-1 for
 # F(2x2)): Y = A^T [(G g G^T) (.) (B^T d B)] A.
@@ -172,10 +172,7 @@ def _channel_loop(fn: ir.Function, c: ir.Value, body) -> None:
     b.position_at_end(loop)
     ch0 = b.phi(_I64)
     left = b.sub(c, ch0)
-    splat = b.shuffle_vector(b.insert_element(ir.Constant(_VI64, ir.Undefined), left, _I32(0)),
-                             ir.Constant(_VI64, ir.Undefined),
-                             ir.Constant(ir.VectorType(_I32, LANES), None))
-    mask = b.icmp_signed("<", ir.Constant(_VI64, list(range(LANES))), splat)
+    mask = tile_ir.lane_mask(b, 0, left, LANES)
     body(b, ch0, mask)
     nxt = b.add(ch0, _I64(LANES))
     ch0.add_incoming(_I64(0), entry)
@@ -191,25 +188,24 @@ def _define_input_transform(module: ir.Module, m: int) -> ir.Function:
     name = f"yolo8_winograd_in_f{m}"
     if name in module.globals:
         return module.globals[name]
-    f32p, vfp = _F32.as_pointer(), _VF.as_pointer()
+    f32p = _F32.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [f32p, _I64, f32p, _I64]), name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")  # one copy per module: the call costs nothing next to a tile
     src, row_stride, dst, c = fn.args
-    load, store = masked_v16f32(module)
     a = m + 2
     zero = ir.Constant(_VF, None)
 
     def body(b, ch0, mask):
-        d = [[b.call(load, [b.bitcast(b.gep(src, [b.add(b.add(b.mul(_I64(i), row_stride),
-                                                             b.mul(_I64(j), c)), ch0)]), vfp),
-                            _I32(4), mask, zero]) for j in range(a)] for i in range(a)]
+        d = [[tile_ir.masked_load(b, b.gep(src, [b.add(b.add(b.mul(_I64(i), row_stride),
+                                                             b.mul(_I64(j), c)), ch0)]),
+                                  mask, zero) for j in range(a)] for i in range(a)]
         rows = [_bt_ir(b, m, d[i]) for i in range(a)]                    # along x
         cols = [_bt_ir(b, m, [rows[i][j] for i in range(a)]) for j in range(a)]  # along y
         for i in range(a):
             for j in range(a):
                 ptr = b.gep(dst, [b.add(b.mul(_I64(i * a + j), c), ch0)])
-                b.call(store, [cols[j][i], b.bitcast(ptr, vfp), _I32(4), mask])
+                tile_ir.masked_store(b, cols[j][i], ptr, mask)
 
     _channel_loop(fn, c, body)
     return fn
@@ -222,23 +218,22 @@ def _define_output_transform(module: ir.Module, m: int) -> ir.Function:
     name = f"yolo8_winograd_out_f{m}"
     if name in module.globals:
         return module.globals[name]
-    f32p, vfp = _F32.as_pointer(), _VF.as_pointer()
+    f32p = _F32.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [f32p, _I64, f32p, f32p, _I64, _I64,
                                                              _I64, _I64]), name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")  # one copy per module: the call costs nothing next to a tile
     src, c, bias, dst, row_stride, rows_valid, cols_valid, leaky = fn.args
-    load, store = masked_v16f32(module)
     a = m + 2
     zero = ir.Constant(_VF, None)
     no_lanes = ir.Constant(_VMASK, None)
 
     def body(b, ch0, mask):
-        mv = [[b.call(load, [b.bitcast(b.gep(src, [b.add(b.mul(_I64(i * a + j), c), ch0)]), vfp),
-                             _I32(4), mask, zero]) for j in range(a)] for i in range(a)]
+        mv = [[tile_ir.masked_load(b, b.gep(src, [b.add(b.mul(_I64(i * a + j), c), ch0)]),
+                                   mask, zero) for j in range(a)] for i in range(a)]
         rows = [_at_ir(b, m, mv[i]) for i in range(a)]                    # along x: a x m
         cols = [_at_ir(b, m, [rows[i][j] for i in range(a)]) for j in range(m)]  # along y
-        bias_v = b.call(load, [b.bitcast(b.gep(bias, [ch0]), vfp), _I32(4), mask, zero])
+        bias_v = tile_ir.masked_load(b, b.gep(bias, [ch0]), mask, zero)
         use_leaky = b.icmp_signed("!=", leaky, _I64(0))
         for i in range(m):
             row_ok = b.icmp_signed("<", _I64(i), rows_valid)
@@ -248,15 +243,14 @@ def _define_output_transform(module: ir.Module, m: int) -> ir.Function:
                 y = b.select(use_leaky, b.select(negative, b.fmul(y, _splat(0.1)), y), y)
                 ok = b.and_(row_ok, b.icmp_signed("<", _I64(j), cols_valid))
                 ptr = b.gep(dst, [b.add(b.add(b.mul(_I64(i), row_stride), b.mul(_I64(j), c)), ch0)])
-                b.call(store, [y, b.bitcast(ptr, vfp), _I32(4), b.select(ok, mask, no_lanes)])
+                tile_ir.masked_store(b, y, ptr, b.select(ok, mask, no_lanes))
 
     _channel_loop(fn, c, body)
     return fn
 
 
 def _array_ptr(context, builder, ty, value, offset):
-    arr = context.make_array(ty)(context, builder, value)
-    return builder.gep(builder.bitcast(arr.data, _F32.as_pointer()), [offset])
+    return tile_ir.array_data(context, builder, ty, value, _F32, offset)
 
 
 def _make_input_transform(m: int):

@@ -42,12 +42,12 @@ import llvmlite.ir as ir
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .activations import CODES, LEAKY, LINEAR, RELU, activate_numpy
 from .common import aligned_empty
-from .gemm_fp32 import _F32, _I1, _I32, _I64, _VF, _activate_tile, masked_v16f32
+from . import tile_ir
+from .gemm_fp32 import _F32, _I32, _I64, _VF, _activate_tile
 
 WORD_BITS = 32
 # Register tiles, by channel block width ("lanes", output channels per block): lanes ->
@@ -203,19 +203,13 @@ def _positive_bits32(typingctx, array, offset, count):
 
     def codegen(context, builder, signature, args):
         vector = ir.VectorType(_F32, WORD_BITS)
-        masked_load = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(vector, [vector.as_pointer(), _I32, ir.VectorType(_I1, WORD_BITS),
-                                     vector]),
-            f"llvm.masked.load.v{WORD_BITS}f32.p0")
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        pointer = builder.bitcast(builder.gep(data, [args[1]]), vector.as_pointer())
+        pointer = tile_ir.array_data(context, builder, signature.args[0], args[0], _F32, args[1])
         count = context.cast(builder, args[2], signature.args[2], types.int32)
         lanes = ir.Constant(ir.VectorType(_I32, WORD_BITS), list(range(WORD_BITS)))
-        counts = _splat(builder, count, ir.VectorType(_I32, WORD_BITS))
+        counts = tile_ir.splat(builder, count, ir.VectorType(_I32, WORD_BITS))
         mask = builder.icmp_unsigned("<", lanes, counts)
         zeros = ir.Constant(vector, None)
-        values = builder.call(masked_load, [pointer, _I32(4), mask, zeros])
+        values = tile_ir.masked_load(builder, pointer, mask, zeros)
         positive = builder.fcmp_ordered(">", values, zeros)
         return builder.bitcast(positive, _I32)
 
@@ -263,13 +257,6 @@ def pack_input_bits_reference(x: np.ndarray, pad: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # The micro-kernel, in LLVM IR.
 # --------------------------------------------------------------------------------------
-def _splat(builder: ir.IRBuilder, value: ir.Value, vector_type: ir.VectorType) -> ir.Value:
-    undef = ir.Constant(vector_type, ir.Undefined)
-    one = builder.insert_element(undef, value, _I32(0))
-    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, vector_type.count),
-                                                          None))
-
-
 def _define_microkernel(module: ir.Module, positions: int, nv: int) -> ir.Function:
     """Emit (once per LLVM module) the kernel for `ntiles` tiles along an image row
 
@@ -379,13 +366,13 @@ def _base_row(b: ir.IRBuilder, bases: ir.Value, base_rows: ir.Value, p: int, nr:
 
 def _emit_word_step(b: ir.IRBuilder, module: ir.Module, acc, pos_ptrs, offset, w_k):
     """acc[p][v] + popcount(broadcast(x_p[offset]) ^ w_k[16 v : 16 v + 16]) for every p, v."""
-    ctpop = cgutils.get_or_insert_function(module, ir.FunctionType(_VI, [_VI]), "llvm.ctpop.v16i32")
+    ctpop = tile_ir.overloaded(module, "llvm.ctpop", _VI, [_VI], [_VI])
     nv = len(acc[0])
     weights = [b.load(b.bitcast(b.gep(w_k, [_I64(16 * v)]), _VI.as_pointer()), align=4)
                for v in range(nv)]
     result = []
     for p, pointer in enumerate(pos_ptrs):
-        word = _splat(b, b.load(b.gep(pointer, [offset]), align=4), _VI)
+        word = tile_ir.splat(b, b.load(b.gep(pointer, [offset]), align=4), _VI)
         result.append([b.add(acc[p][v], b.call(ctpop, [b.xor(word, weights[v])]))
                        for v in range(nv)])
     return result
@@ -398,21 +385,18 @@ def _emit_epilogues(b: ir.IRBuilder, fn: ir.Function, acc, bases, base_rows, alp
     module = fn.module
     positions, nv = len(acc), len(acc[0])
     nr = 16 * nv
-    vfp = _VF.as_pointer()
-    fma = cgutils.get_or_insert_function(module, ir.FunctionType(_VF, [_VF, _VF, _VF]),
-                                         "llvm.fma.v16f32")
-    masked_load, masked_store = masked_v16f32(module)
+    fma = tile_ir.overloaded(module, "llvm.fma", _VF, [_VF, _VF, _VF], [_VF])
     zero = ir.Constant(_VF, None)
     minus_two = ir.Constant(_VF, [-2.0] * 16)
     slope = ir.Constant(_VF, [0.1] * 16)
 
     lanes = b.trunc(cols_valid, _I32)
     masks = [b.icmp_signed("<", ir.Constant(_VI, list(range(16 * v, 16 * v + 16))),
-                           _splat(b, lanes, _VI)) for v in range(nv)]
-    alphas = [b.call(masked_load, [b.bitcast(b.gep(alpha, [_I64(16 * v)]), vfp), _I32(4),
-                                   masks[v], zero]) for v in range(nv)]
-    biases = [b.call(masked_load, [b.bitcast(b.gep(bias, [_I64(16 * v)]), vfp), _I32(4),
-                                   masks[v], zero]) for v in range(nv)]
+                           tile_ir.splat(b, lanes, _VI)) for v in range(nv)]
+    alphas = [tile_ir.masked_load(b, b.gep(alpha, [_I64(16 * v)]), masks[v], zero)
+              for v in range(nv)]
+    biases = [tile_ir.masked_load(b, b.gep(bias, [_I64(16 * v)]), masks[v], zero)
+              for v in range(nv)]
     switch_block = b.block
 
     def activate(y: ir.Value, kind: int) -> ir.Value:
@@ -446,8 +430,7 @@ def _emit_epilogues(b: ir.IRBuilder, fn: ir.Function, acc, bases, base_rows, alp
                         dot = b.call(fma, [counts, minus_two, b.sitofp(base_v, _VF)])
                         scaled = b.fmul(dot, alphas[v])
                     y = activate(b.fadd(scaled, biases[v]), kind)
-                    b.call(masked_store, [y, b.bitcast(b.gep(row, [_I64(16 * v)]), vfp), _I32(4),
-                                          masks[v]])
+                    tile_ir.masked_store(b, y, b.gep(row, [_I64(16 * v)]), masks[v])
                 if p + 1 < positions:
                     b.cbranch(b.icmp_signed("<", _I64(p + 1), rows_valid), blocks[p + 1],
                               exit_block)
