@@ -51,6 +51,7 @@ from numba.extending import intrinsic
 from . import tile_ir
 from .activations import LEAKY, LINEAR, activate
 from .common import ALIGN, aligned_empty, row_offsets, target_features
+from .gemm_fp32 import _activate_tile
 
 logger = logging.getLogger(__name__)
 
@@ -166,54 +167,120 @@ def tile_shape(n_per_group: int, tier: str = "avx512vnni") -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 
 
+# Epilogue modes of the IR micro-kernels.
+STORE_INT32, STORE_LINEAR, STORE_LEAKY = 0, 1, 2
+
+
 def _define_microkernel(module: ir.Module, tier: Tier, mr: int, nv: int) -> ir.Function:
-    """`void ukr(i8* src, i64* rows, i64* taps, i64 ntaps, i64 k4, i8* b, i32* c)` on the
-    shared skeleton: c[i, :] = sum over taps t and groups of 4 k of the tier's step, for an
-    MR x (lanes * nv) tile; c is the 64-byte aligned scratch tile, [MR][lanes * nv] int32."""
+    """`void ukr(i8* src, i64* rows, i64* taps, i64 ntaps, i64 k4, i8* b, i32* corr, f32* scale,
+    f32* bias, i8* out, i64 ldo, i64 rows_valid, i64 cols_valid, i64 mode)` on the shared
+    skeleton: acc[i, :] = sum over taps t and groups of 4 k of the tier's step for an
+    MR x (lanes * nv) tile, then, for rows < rows_valid and columns < cols_valid (masked):
+
+    * mode STORE_INT32: out (int32, rows ldo elements apart) = acc - corr;
+    * STORE_LINEAR / STORE_LEAKY: out (float32) = f32(acc - corr) * scale + bias (a multiply
+      then an add, two roundings: no fast-math flag lets LLVM fuse them), then leaky as
+      darknet's select (y > 0 ? y : 0.1f * y).
+
+    acc - corr wraps in int32: acc itself may have wrapped, the difference is the true sum.
+    """
+    lanes, acc_ty = tier.lanes, tier.step.acc
+    f32_ty = tile_ir.vector(tile_ir.F32, lanes)
+
     def zeros(builder, extra):
-        return [[ir.Constant(tier.step.acc, None)] * nv for _ in range(mr)]
+        return [[ir.Constant(acc_ty, None)] * nv for _ in range(mr)]
 
-    def store(builder, fn, acc, extra):
-        (c,) = extra
-        for i in range(mr):
-            for v in range(nv):
-                dst = tile_ir.offset(builder, c, (i * nv + v) * tier.lanes)
-                builder.store(acc[i][v], builder.bitcast(dst, tier.step.acc.as_pointer()),
-                              align=_ALIGN)
-        builder.ret_void()
+    def store(b, fn, acc, extra):
+        corr, scale, bias, out, ldo, rows_valid, cols_valid, mode = extra
+        masks = [tile_ir.lane_mask(b, lanes * v, cols_valid, lanes) for v in range(nv)]
+        sums = [[b.sub(acc[i][v], tile_ir.masked_load(b, tile_ir.offset(b, corr, lanes * v),
+                                                      masks[v], ir.Constant(acc_ty, None)))
+                 for v in range(nv)] for i in range(mr)]
+        done = fn.append_basic_block("done")
+        dispatch = b.block
+        chains = {}
+        for kind in (STORE_INT32, STORE_LINEAR, STORE_LEAKY):
+            blocks = [fn.append_basic_block(f"store_{kind}_{i}") for i in range(mr)]
+            chains[kind] = blocks[0]
+            b.position_at_end(blocks[0])
+            if kind != STORE_INT32:
+                scales = [tile_ir.masked_load(b, tile_ir.offset(b, scale, lanes * v), masks[v],
+                                              ir.Constant(f32_ty, None)) for v in range(nv)]
+                biases = [tile_ir.masked_load(b, tile_ir.offset(b, bias, lanes * v), masks[v],
+                                              ir.Constant(f32_ty, None)) for v in range(nv)]
+            element = tile_ir.I32 if kind == STORE_INT32 else tile_ir.F32
+            out_typed = b.bitcast(out, element.as_pointer())
+            for i in range(mr):
+                if i:
+                    b.position_at_end(blocks[i])
+                row = b.gep(out_typed, [b.mul(tile_ir.I64(i), ldo)])
+                for v in range(nv):
+                    y = sums[i][v]
+                    if kind != STORE_INT32:
+                        y = b.fadd(b.fmul(b.sitofp(y, f32_ty), scales[v]), biases[v])
+                    if kind == STORE_LEAKY:
+                        slope = ir.Constant(f32_ty, [0.1] * lanes)
+                        y = b.select(b.fcmp_ordered(">", y, ir.Constant(f32_ty, None)), y,
+                                     b.fmul(y, slope))
+                    tile_ir.masked_store(b, y, tile_ir.offset(b, row, lanes * v), masks[v])
+                if i + 1 < mr:
+                    b.cbranch(b.icmp_signed("<", tile_ir.I64(i + 1), rows_valid), blocks[i + 1], done)
+                else:
+                    b.branch(done)
+        b.position_at_end(dispatch)
+        switch = b.switch(mode, chains[STORE_INT32])
+        switch.add_case(tile_ir.I64(STORE_LINEAR), chains[STORE_LINEAR])
+        switch.add_case(tile_ir.I64(STORE_LEAKY), chains[STORE_LEAKY])
+        b.position_at_end(done)
+        b.ret_void()
 
-    return tile_ir.define_tile_kernel(module, f"yolo8_int8_{tier.name}_{mr}x{nv}", tier.step,
-                                      mr, nv, [tile_ir.I32.as_pointer()], zeros, store)
+    i64, f32p = tile_ir.I64, tile_ir.F32.as_pointer()
+    return tile_ir.define_tile_kernel(
+        module, f"yolo8_int8_{tier.name}_{mr}x{nv}", tier.step, mr, nv,
+        [tile_ir.I32.as_pointer(), f32p, f32p, tile_ir.I8.as_pointer(), i64, i64, i64, i64],
+        zeros, store)
 
 
 def _make_microkernel(tier: Tier, mr: int, nv: int):
-    """A numba intrinsic `ukr(src, rows, taps, k4, packed, b_offset, c)` calling the tier's IR
-    kernel (src and packed: uint8 arrays, rows/taps/b_offset in bytes, c: int32 scratch).
+    """A numba intrinsic `ukr(src, rows, taps, k4, packed, b_offset, corr, corr_off, scale,
+    bias, vec_off, out, out_off, ldo, rows_valid, cols_valid, mode)` calling the tier's IR
+    kernel: src and packed uint8 arrays (rows, taps, b_offset in bytes), corr int32, scale and
+    bias float32 (from elements corr_off and vec_off), out int32 or float32 (from element
+    out_off, rows ldo elements apart).
 
     On a compile target without the tier's instructions the intrinsic compiles to a trap (the
     instruction could not be selected there); `_tiles` only calls it when `tier_available`.
     """
 
     @intrinsic
-    def microkernel(typingctx, src, rows, taps, k4, packed, b_offset, c):
-        sig = types.void(src, rows, taps, types.int64, packed, types.int64, c)
+    def microkernel(typingctx, src, rows, taps, k4, packed, b_offset, corr, corr_off, scale,
+                    bias, vec_off, out, out_off, ldo, rows_valid, cols_valid, mode):
+        i64 = types.int64
+        sig = types.void(src, rows, taps, i64, packed, i64, corr, i64, scale, bias, i64, out,
+                         i64, i64, i64, i64, i64)
 
         def codegen(context, builder, signature, args):
-            src_v, rows_v, taps_v, k4_v, packed_v, b_off_v, c_v = args
-            src_t, rows_t, taps_t, _, packed_t, _, c_t = signature.args
+            (src_v, rows_v, taps_v, k4_v, packed_v, b_off_v, corr_v, corr_off_v, scale_v, bias_v,
+             vec_off_v, out_v, out_off_v, ldo_v, rows_valid_v, cols_valid_v, mode_v) = args
+            ty = signature.args
             if not tier_available(tier.name):
                 tile_ir.trap_with_message(
                     builder, f"yolo8: {tier.name} micro-kernel called on a CPU without it")
                 return context.get_dummy_value()
             fn = _define_microkernel(builder.module, tier, mr, nv)
+
+            def data(index, value, element=tile_ir.I8, at=None):
+                return tile_ir.array_data(context, builder, ty[index], value, element, at)
+
+            out_element = tile_ir.I32 if ty[11].dtype == types.int32 else tile_ir.F32
             builder.call(fn, [
-                tile_ir.array_data(context, builder, src_t, src_v),
-                tile_ir.array_data(context, builder, rows_t, rows_v, tile_ir.I64),
-                tile_ir.array_data(context, builder, taps_t, taps_v, tile_ir.I64),
-                tile_ir.array_length(context, builder, taps_t, taps_v),
-                k4_v,
-                tile_ir.array_data(context, builder, packed_t, packed_v, at=b_off_v),
-                tile_ir.array_data(context, builder, c_t, c_v, tile_ir.I32),
+                data(0, src_v), data(1, rows_v, tile_ir.I64), data(2, taps_v, tile_ir.I64),
+                tile_ir.array_length(context, builder, ty[2], taps_v), k4_v,
+                data(4, packed_v, at=b_off_v),
+                data(6, corr_v, tile_ir.I32, corr_off_v),
+                data(8, scale_v, tile_ir.F32, vec_off_v), data(9, bias_v, tile_ir.F32, vec_off_v),
+                builder.bitcast(data(11, out_v, out_element, out_off_v), tile_ir.I8.as_pointer()),
+                ldo_v, rows_valid_v, cols_valid_v, mode_v,
             ])
             return context.get_dummy_value()
 
@@ -233,7 +300,8 @@ def _tier_kernels(name: str) -> tuple:
 _AVX512VNNI_NV1, _AVX512VNNI_NV2, _AVX512VNNI_NV4 = _tier_kernels("avx512vnni")
 _AVXVNNI_NV1, _AVXVNNI_NV2, _ = _tier_kernels("avxvnni")
 _AVX2_NV1, _AVX2_NV2, _ = _tier_kernels("avx2")
-_TIER_AVX512VNNI, _TIER_AVXVNNI, _TIER_AVX2 = (TIERS[n].code for n in ("avx512vnni", "avxvnni", "avx2"))
+_TIER_AVX512VNNI, _TIER_AVXVNNI, _TIER_AVX2, _TIER_PORTABLE = (
+    TIERS[n].code for n in ("avx512vnni", "avxvnni", "avx2", "portable"))
 
 
 @njit(cache=True, nogil=True)
@@ -268,27 +336,33 @@ def _microkernel_portable(src, rows, taps, k4, packed, b_offset, c, mr, nr):
 
 
 @njit(cache=True, nogil=True)
-def _microkernel(tier, nv, src, rows, taps, k4, packed, b_offset, tile, mr, nr):
-    """The tier's micro-kernel for an MR x NR tile (NR = lanes * nv) into `tile`."""
+def _microkernel(tier, nv, src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,
+                 vec_off, out, out_off, ldo, rows_valid, cols_valid, mode):
+    """The tier's IR micro-kernel with its fused epilogue (see _define_microkernel)."""
     if tier == _TIER_AVX512VNNI:
         if nv == 4:
-            _AVX512VNNI_NV4(src, rows, taps, k4, packed, b_offset, tile)
+            _AVX512VNNI_NV4(src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,
+                            vec_off, out, out_off, ldo, rows_valid, cols_valid, mode)
         elif nv == 2:
-            _AVX512VNNI_NV2(src, rows, taps, k4, packed, b_offset, tile)
+            _AVX512VNNI_NV2(src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,
+                            vec_off, out, out_off, ldo, rows_valid, cols_valid, mode)
         else:
-            _AVX512VNNI_NV1(src, rows, taps, k4, packed, b_offset, tile)
+            _AVX512VNNI_NV1(src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,
+                            vec_off, out, out_off, ldo, rows_valid, cols_valid, mode)
     elif tier == _TIER_AVXVNNI:
         if nv == 2:
-            _AVXVNNI_NV2(src, rows, taps, k4, packed, b_offset, tile)
+            _AVXVNNI_NV2(src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,
+                         vec_off, out, out_off, ldo, rows_valid, cols_valid, mode)
         else:
-            _AVXVNNI_NV1(src, rows, taps, k4, packed, b_offset, tile)
-    elif tier == _TIER_AVX2:
-        if nv == 2:
-            _AVX2_NV2(src, rows, taps, k4, packed, b_offset, tile)
-        else:
-            _AVX2_NV1(src, rows, taps, k4, packed, b_offset, tile)
+            _AVXVNNI_NV1(src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,
+                         vec_off, out, out_off, ldo, rows_valid, cols_valid, mode)
     else:
-        _microkernel_portable(src, rows, taps, k4, packed, b_offset, tile, mr, nr)
+        if nv == 2:
+            _AVX2_NV2(src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,
+                      vec_off, out, out_off, ldo, rows_valid, cols_valid, mode)
+        else:
+            _AVX2_NV1(src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,
+                      vec_off, out, out_off, ldo, rows_valid, cols_valid, mode)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,6 +413,11 @@ def _tiles(src, taps, k4, m_total, ho, wo, img_stride, row_stride, col_stride, g
     """
     n_row_tiles = (m_total + mr - 1) // mr
     groups = corr.size // (n_panels * nr)
+    ldo = out_f.shape[1] if float_out else out_i.shape[1]
+    flat_f = out_f.reshape(-1)
+    flat_i = out_i.reshape(-1)
+    other_act = act != LEAKY and act != LINEAR
+    mode = STORE_LEAKY if act == LEAKY else STORE_LINEAR
     n_tiles = groups * n_panels * n_row_tiles
     n_chunks = min(n_threads, n_tiles)
     for chunk in prange(n_chunks):
@@ -357,12 +436,24 @@ def _tiles(src, taps, k4, m_total, ho, wo, img_stride, row_stride, col_stride, g
             row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_stride,
                          group * group_stride)
             b_offset = (group * n_panels + panel) * panel_bytes
-            _microkernel(tier, nv, src, rows, taps, k4, packed, b_offset, tile, mr, nr)
             rows_valid = min(mr, m_total - m0)
             cols_valid = min(nr, n_per_group - panel * nr)
             corr0 = (group * n_panels + panel) * nr
-            tile_corr = corr[corr0:corr0 + cols_valid]
             col0 = group * n_per_group + panel * nr
+            if tier != _TIER_PORTABLE:
+                if float_out:
+                    _microkernel(tier, nv, src, rows, taps, k4, packed, b_offset, corr, corr0,
+                                 scale, bias, col0, flat_f, m0 * ldo + col0, ldo, rows_valid,
+                                 cols_valid, mode)
+                    if other_act:
+                        _activate_tile(flat_f, m0 * ldo + col0, ldo, rows_valid, cols_valid, act)
+                else:
+                    _microkernel(tier, nv, src, rows, taps, k4, packed, b_offset, corr, corr0,
+                                 scale, bias, col0, flat_i, m0 * ldo + col0, ldo, rows_valid,
+                                 cols_valid, STORE_INT32)
+                continue
+            _microkernel_portable(src, rows, taps, k4, packed, b_offset, tile, mr, nr)
+            tile_corr = corr[corr0:corr0 + cols_valid]
             if float_out:
                 _store_float(tile, nr, rows_valid, cols_valid, tile_corr, out_f, m0, col0,
                              scale[col0:col0 + cols_valid], bias[col0:col0 + cols_valid], act)
@@ -408,7 +499,8 @@ class PackedB:
         packed = aligned_empty(blocked.size, blocked.dtype)
         packed.reshape(blocked.shape)[...] = blocked  # one copy of the transposed view
         self.packed = packed.view(np.uint8)
-        self.corr = (ZERO_U8 * padded.astype(np.int32).sum(axis=(2, 3))).reshape(-1)
+        # int32, as the kernels read it (|128 * sum_k w| < 2**31 by MAX_K)
+        self.corr = (ZERO_U8 * padded.astype(np.int64).sum(axis=(2, 3))).reshape(-1).astype(np.int32)
         self.tier, self.mr, self.nv, self.nr = tier, mr, nv, nr
         self.n_panels, self.n_per_group = n_panels, n_g
         self.groups, self.ntaps, self.k4 = groups, ntaps, kc4 // 4
