@@ -57,8 +57,8 @@ np.savez(f"{out_dir}/int8_outputs.npz", *outputs)
 
 
 def hot_loop(asm, function, instruction):
-    """The K loop: of the single-block loops (a label, straight code, a jump back to it) of
-    `function`, the one with the most `instruction`s ([] if none has any)."""
+    # The K loop: of the single-block loops (a label, straight code, a jump back to it) of
+    # `function`, the one with the most `instruction`s ([] if none has any).
     body = asm[asm.index(function + ":"):]
     lines = body[:body.index(".Lfunc_end")].splitlines()
     label_at = None

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""yolo8's INT8 forward against ONNX Runtime's INT8 on the same model, side by side.
+
+The default model (yolov3-tiny, 416x416) is exported to ONNX with yolo8's own folded weights:
+FP32 where yolo8 keeps FP32, and for every layer yolo8 runs in INT8 a per-channel QDQ conv
+(QuantizeLinear/DequantizeLinear of the input at yolo8's calibrated threshold, u8 with zero
+point 128; int8 weights per output channel, yolo8's bias correction applied), which ONNX
+Runtime fuses into its integer kernels (MLAS). The [yolo] heads' logistic is left out on both
+sides' timing (ONNX ends at the head convolutions; yolo8's forward includes it: it is cheap);
+the comparison of outputs applies it to ONNX Runtime's.
+
+Each engine runs in its own process, in rotation, --rounds rounds of --iters forwards after a
+warm-up; the table gives medians and the median of the per-round ratios. Also printed: how far
+ONNX Runtime's head outputs are from yolo8's INT8 ones (the same model, quantized alike).
+Needs `pip install onnx onnxruntime` (not yolo8 dependencies).
+
+    python scripts/compare_onnxruntime.py [--rounds 5] [--iters 20] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTO = ROOT / "tests" / "data" / "images" / "000000000009.jpg"
+
+
+def export_qdq(path: Path) -> None:
+    """Write the default model as an ONNX QDQ model (see the module docstring)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import yolo8
+    from yolo8.backends import int8
+    from yolo8.kernels.conv_int8 import quantize_weights
+    from yolo8.layers import NETWORK_INPUT
+    from yolo8.layers.convolutional import Convolutional
+    from yolo8.layers.maxpool import MaxPool
+    from yolo8.layers.route import Route
+    from yolo8.layers.upsample import Upsample
+    from yolo8.layers.yolo import Yolo
+    from yolo8 import models
+
+    model = yolo8.load(backend="int8")
+    graph = model.graph
+    thresholds, corrections, _ = int8.resolve_calibration(
+        graph, model.model_id, None, models.default_calibration())
+    quantized = set(int8.int8_layers(graph))
+    nodes, inits, outputs = [], [], []
+
+    def name(index: int) -> str:
+        return "input" if index == NETWORK_INPUT else f"l{index}"
+
+    def const(label: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, label))
+        return label
+
+    for layer in graph.layers:
+        src = [name(i) for i in layer.inputs]
+        out = name(layer.index)
+        if isinstance(layer, Convolutional):
+            w = layer.weights.transpose(0, 3, 1, 2)  # (Cout, Cin/g, kh, kw)
+            bias = layer.bias
+            x = src[0]
+            if layer.index in quantized:
+                scale = np.float32(thresholds[layer.index] / 127)
+                nodes += [helper.make_node("QuantizeLinear", [x, const(f"s{out}", scale),
+                                                              const(f"z{out}", np.uint8(128))], [f"q{out}"]),
+                          helper.make_node("DequantizeLinear", [f"q{out}", f"s{out}", f"z{out}"], [f"d{out}"])]
+                x = f"d{out}"
+                wq, w_scale = quantize_weights(layer.weights)
+                nodes.append(helper.make_node(
+                    "DequantizeLinear", [const(f"wq{out}", np.ascontiguousarray(wq.transpose(0, 3, 1, 2))),
+                                         const(f"ws{out}", w_scale),
+                                         const(f"wz{out}", np.zeros(len(w_scale), np.int8))],
+                    [f"w{out}"], axis=0))
+                weight = f"w{out}"
+                if layer.index in corrections:
+                    bias = (bias - corrections[layer.index]).astype(np.float32)
+            else:
+                weight = const(f"w{out}", np.ascontiguousarray(w))
+            act = layer.activation
+            conv_out = out if act == "linear" else f"c{out}"
+            nodes.append(helper.make_node(
+                "Conv", [x, weight, const(f"b{out}", bias.astype(np.float32))], [conv_out],
+                kernel_shape=[layer.size, layer.size], strides=[layer.stride] * 2,
+                pads=[layer.pad] * 4, group=layer.groups))
+            if act == "leaky":
+                nodes.append(helper.make_node("LeakyRelu", [conv_out], [out], alpha=0.1))
+            elif act != "linear":
+                raise SystemExit(f"activation {act} not exported")
+        elif isinstance(layer, MaxPool):
+            lo = layer.padding // 2
+            nodes.append(helper.make_node(
+                "MaxPool", src, [out], kernel_shape=[layer.size] * 2, strides=[layer.stride] * 2,
+                pads=[lo, lo, layer.padding - lo, layer.padding - lo]))
+        elif isinstance(layer, Upsample):
+            scales = const(f"u{out}", np.array([1, 1, layer.stride, layer.stride], np.float32))
+            nodes.append(helper.make_node("Resize", [src[0], "", scales], [out], mode="nearest"))
+        elif isinstance(layer, Route):
+            nodes.append(helper.make_node("Concat", src, [out], axis=1) if len(src) > 1
+                         else helper.make_node("Identity", src, [out]))
+        elif isinstance(layer, Yolo):
+            outputs.append(src[0])
+        else:
+            raise SystemExit(f"{type(layer).__name__} not exported")
+    h, w = graph.net.height, graph.net.width
+    onnx_graph = helper.make_graph(
+        nodes, "yolov3-tiny-qdq",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, None, None, None]) for o in outputs],
+        inits)
+    onnx_model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(onnx_model)
+    onnx.save(onnx_model, str(path))
+
+
+def _blob() -> np.ndarray:
+    from yolo8.preprocess import read_image, to_blob
+
+    return to_blob([read_image(PHOTO)], 416, 416)
+
+
+def _yolo_activation(head: np.ndarray, classes: int = 80) -> np.ndarray:
+    """darknet's [yolo] activation (logistic on everything but w and h) on an NCHW head, as
+    yolo8's forward applies it (scale_x_y = 1 in yolov3-tiny)."""
+    n, c, h, w = head.shape
+    out = head.reshape(n, -1, 5 + classes, h, w).astype(np.float64)
+    logistic = np.ones(5 + classes, bool)
+    logistic[2:4] = False
+    out[:, :, logistic] = 1 / (1 + np.exp(-out[:, :, logistic]))
+    return out.astype(np.float32).reshape(n, c, h, w)
+
+
+def worker(engine: str, iters: int, onnx_path: str, threads: int, dump: str | None) -> dict:
+    x = _blob()
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        feed = {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+
+        def run():
+            return session.run(None, feed)
+    else:
+        import yolo8
+
+        model = yolo8.load(backend="int8")
+
+        def run():
+            return model.forward_nhwc(x)
+    outs = None
+    for _ in range(3):
+        outs = run()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    if dump:
+        if engine == "onnxruntime":
+            outs = [_yolo_activation(o) for o in outs]
+        else:
+            outs = [o.transpose(0, 3, 1, 2) for o in outs]
+        np.savez(dump, *outs)
+    return {"median_ms": 1000 * statistics.median(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    args = parser.parse_args()
+    if args.worker:
+        engine, iters, onnx_path, threads, dump = args.worker
+        print(json.dumps(worker(engine, int(iters), onnx_path, int(threads),
+                                None if dump == "-" else dump)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "yolov3-tiny-qdq.onnx"
+        export_qdq(onnx_path)
+        times: dict[str, list[float]] = {"yolo8-int8": [], "onnxruntime": []}
+        for r in range(args.rounds):
+            for engine in times:
+                dump = str(Path(tmp) / f"{engine}.npz") if r == 0 else "-"
+                kind = "onnxruntime" if engine == "onnxruntime" else "yolo8"
+                out = subprocess.run([sys.executable, __file__, "--worker", kind, str(args.iters),
+                                      str(onnx_path), str(args.threads), dump],
+                                     capture_output=True, text=True, timeout=1800, env=os.environ)
+                if out.returncode:
+                    raise SystemExit(out.stderr)
+                times[engine].append(json.loads(out.stdout.strip().splitlines()[-1])["median_ms"])
+        with np.load(Path(tmp) / "yolo8-int8.npz") as a, np.load(Path(tmp) / "onnxruntime.npz") as b:
+            diffs = [float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a]
+    ratios = [x / y for x, y in zip(times["yolo8-int8"], times["onnxruntime"])]
+    print(f"yolov3-tiny 416x416 INT8 forward, {args.rounds} rounds x {args.iters} forwards "
+          f"(ms, median of per-process medians)")
+    for engine, t in times.items():
+        print(f"{engine:12s} {statistics.median(t):7.1f}   rounds: {', '.join(f'{v:.1f}' for v in t)}")
+    print(f"yolo8 / onnxruntime: {statistics.median(ratios):.2f} (median of per-round ratios)")
+    print("head outputs, max |yolo8 - onnxruntime| / max |yolo8| per head: "
+          + ", ".join(f"{d:.3f}" for d in diffs))
+
+
+if __name__ == "__main__":
+    main()
