@@ -165,12 +165,13 @@ def fma_step(lanes: int) -> MacStep:
 
     def emit(builder, acc, a_pointers, b_pointer):
         fmuladd = overloaded(builder.module, "llvm.fmuladd", acc_ty, [acc_ty] * 3, [acc_ty])
-        a = [splat(builder, builder.load(builder.bitcast(p, F32.as_pointer()), align=4), acc_ty)
-             for p in a_pointers]
         b = [load_vector(builder, offset(builder, b_pointer, 4 * lanes * v), acc_ty, 4)
              for v in range(len(acc[0]))]
-        return [[builder.call(fmuladd, [a[i], b[v], acc[i][v]]) for v in range(len(b))]
-                for i in range(len(acc))]
+        result = []
+        for i, p in enumerate(a_pointers):  # each row's broadcast next to its multiply-adds
+            a = splat(builder, builder.load(builder.bitcast(p, F32.as_pointer()), align=4), acc_ty)
+            result.append([builder.call(fmuladd, [a, b[v], acc[i][v]]) for v in range(len(b))])
+        return result
 
     return MacStep("fma", acc_ty, 4, 4 * lanes, emit)
 
@@ -182,11 +183,13 @@ def dpbusd_step(lanes: int) -> MacStep:
 
     def emit(builder, acc, a_pointers, b_pointer):
         dpbusd = x86(builder.module, "llvm.x86.avx512.vpdpbusd", acc_ty, [acc_ty] * 3)
-        a = _broadcast_dwords(builder, a_pointers, 0, acc_ty)
         b = [load_vector(builder, offset(builder, b_pointer, 4 * lanes * v), acc_ty, 32)
              for v in range(len(acc[0]))]
-        return [[builder.call(dpbusd, [acc[i][v], a[i], b[v]]) for v in range(len(b))]
-                for i in range(len(acc))]
+        result = []
+        for i, p in enumerate(a_pointers):  # each row's broadcast next to its steps
+            (a,) = _broadcast_dwords(builder, [p], 0, acc_ty)
+            result.append([builder.call(dpbusd, [acc[i][v], a, b[v]]) for v in range(len(b))])
+        return result
 
     return MacStep(f"dpbusd{bits(acc_ty)}", acc_ty, 4, 4 * lanes, emit)
 
@@ -203,11 +206,14 @@ def pmaddwd_step(lanes: int = 8) -> MacStep:
         pmaddwd = declare(builder.module, "llvm.x86.avx2.pmadd.wd", acc_ty, [words, words])
         nv = len(acc[0])
         for pair in range(2):
-            a = _broadcast_dwords(builder, a_pointers, 4 * pair, words)
             b = [load_vector(builder, offset(builder, b_pointer, 4 * lanes * (pair * nv + v)),
                              words, 32) for v in range(nv)]
-            acc = [[builder.add(acc[i][v], builder.call(pmaddwd, [a[i], b[v]]))
-                    for v in range(nv)] for i in range(len(acc))]
+            new = []
+            for i, p in enumerate(a_pointers):  # each row's broadcast next to its steps
+                (a,) = _broadcast_dwords(builder, [p], 4 * pair, words)
+                new.append([builder.add(acc[i][v], builder.call(pmaddwd, [a, b[v]]))
+                            for v in range(nv)])
+            acc = new
         return acc
 
     return MacStep("pmaddwd", acc_ty, 8, 8 * lanes, emit)
