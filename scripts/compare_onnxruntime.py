@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
 """yolo8's INT8 forward against ONNX Runtime's INT8 on the same model, side by side.
 
-The default model (yolov3-tiny, 416x416) is exported to ONNX with yolo8's own folded weights:
-FP32 where yolo8 keeps FP32, and for every layer yolo8 runs in INT8 a per-channel QDQ conv
-(QuantizeLinear/DequantizeLinear of the input at yolo8's calibrated threshold, u8 with zero
-point 128; int8 weights per output channel, yolo8's bias correction applied), which ONNX
-Runtime fuses into its integer kernels (MLAS). The [yolo] heads' logistic is left out on both
-sides' timing (ONNX ends at the head convolutions; yolo8's forward includes it: it is cheap);
-the comparison of outputs applies it to ONNX Runtime's.
+The default model (yolov3-tiny, 416x416) is exported to ONNX with yolo8's own folded weights,
+FP32 where yolo8 keeps FP32, in two INT8 forms:
 
-Each engine runs in its own process, in rotation, --rounds rounds of --iters forwards after a
-warm-up; the table gives medians and the median of the per-round ratios. Also printed: how far
-ONNX Runtime's head outputs are from yolo8's INT8 ones (the same model, quantized alike).
-Needs `pip install onnx onnxruntime` (not yolo8 dependencies).
+* `ort-own-qdq`, the baseline: ONNX Runtime's static quantization of that export (QDQ,
+  per-channel s8 weights, u8 activations calibrated MinMax on the test photos, the layers
+  yolo8 keeps in FP32 excluded), which ONNX Runtime runs on its integer kernels (MLAS);
+* `ort-yolo8-qdq`, a check of the export: yolo8's own thresholds and int8 weights as QDQ on
+  the conv inputs only (no Q after a conv, so ONNX Runtime runs those convs in float): its
+  outputs should be close to yolo8's INT8 ones.
+
+The [yolo] heads' logistic is in yolo8's timing, not in ONNX Runtime's (cheap); the output
+comparison applies it to ONNX Runtime's outputs. Each engine runs in its own process, in
+rotation, --rounds rounds of --iters forwards after a warm-up: medians, and the median of the
+per-round ratios. Needs `pip install onnx onnxruntime` (not yolo8 dependencies).
 
     python scripts/compare_onnxruntime.py [--rounds 5] [--iters 20] [--threads 2]
 """
@@ -34,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "tests" / "data" / "images" / "000000000009.jpg"
 
 
-def export_qdq(path: Path) -> None:
-    """Write the default model as an ONNX QDQ model (see the module docstring)."""
+def export(path: Path, qdq: bool) -> list[str]:
+    """Write the default model as ONNX: FP32, or with yolo8's own QDQ (see the module
+    docstring). Returns the names of the convolutions yolo8 keeps in FP32."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -55,7 +58,7 @@ def export_qdq(path: Path) -> None:
     thresholds, corrections, _ = int8.resolve_calibration(
         graph, model.model_id, None, models.default_calibration())
     quantized = set(int8.int8_layers(graph))
-    nodes, inits, outputs = [], [], []
+    nodes, inits, outputs, fp32_convs = [], [], [], []
 
     def name(index: int) -> str:
         return "input" if index == NETWORK_INPUT else f"l{index}"
@@ -71,7 +74,9 @@ def export_qdq(path: Path) -> None:
             w = layer.weights.transpose(0, 3, 1, 2)  # (Cout, Cin/g, kh, kw)
             bias = layer.bias
             x = src[0]
-            if layer.index in quantized:
+            if layer.index not in quantized:
+                fp32_convs.append(f"conv{out}")
+            if qdq and layer.index in quantized:
                 scale = np.float32(thresholds[layer.index] / 127)
                 nodes += [helper.make_node("QuantizeLinear", [x, const(f"s{out}", scale),
                                                               const(f"z{out}", np.uint8(128))], [f"q{out}"]),
@@ -92,6 +97,7 @@ def export_qdq(path: Path) -> None:
             conv_out = out if act == "linear" else f"c{out}"
             nodes.append(helper.make_node(
                 "Conv", [x, weight, const(f"b{out}", bias.astype(np.float32))], [conv_out],
+                name=f"conv{out}",
                 kernel_shape=[layer.size, layer.size], strides=[layer.stride] * 2,
                 pads=[layer.pad] * 4, group=layer.groups))
             if act == "leaky":
@@ -122,6 +128,33 @@ def export_qdq(path: Path) -> None:
     onnx_model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(onnx_model)
     onnx.save(onnx_model, str(path))
+    return fp32_convs
+
+
+class _Photos:
+    """ONNX Runtime's calibration reader: the photos of tests/data, as yolo8 prepares them."""
+
+    def __init__(self) -> None:
+        from yolo8.preprocess import read_image, to_blob
+
+        photos = sorted((ROOT / "tests" / "data" / "images").glob("*.jpg"))
+        self.blobs = iter([{"input": np.ascontiguousarray(to_blob([read_image(p)], 416, 416)
+                                                           .transpose(0, 3, 1, 2))} for p in photos])
+
+    def get_next(self):
+        return next(self.blobs, None)
+
+
+def export_ort_quantized(path: Path, tmp: Path) -> None:
+    """ONNX Runtime's own static quantization of the FP32 export: QDQ, per-channel s8 weights,
+    u8 activations (MinMax over the test photos), the same layers as yolo8 left in FP32."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    fp32_path = tmp / "fp32.onnx"
+    fp32_convs = export(fp32_path, qdq=False)
+    quantize_static(str(fp32_path), str(path), _Photos(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=fp32_convs)
 
 
 def _blob() -> np.ndarray:
@@ -191,30 +224,35 @@ def main() -> None:
                                 None if dump == "-" else dump)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "yolov3-tiny-qdq.onnx"
-        export_qdq(onnx_path)
-        times: dict[str, list[float]] = {"yolo8-int8": [], "onnxruntime": []}
+        tmp = Path(tmp)
+        models = {"ort-own-qdq": tmp / "ort.onnx", "ort-yolo8-qdq": tmp / "yolo8-qdq.onnx"}
+        export_ort_quantized(models["ort-own-qdq"], tmp)
+        export(models["ort-yolo8-qdq"], qdq=True)
+        times: dict[str, list[float]] = {"yolo8-int8": [], **{name: [] for name in models}}
         for r in range(args.rounds):
             for engine in times:
-                dump = str(Path(tmp) / f"{engine}.npz") if r == 0 else "-"
-                kind = "onnxruntime" if engine == "onnxruntime" else "yolo8"
+                dump = str(tmp / f"{engine}.npz") if r == 0 else "-"
+                kind, path = ("yolo8", "-") if engine == "yolo8-int8" else ("onnxruntime", models[engine])
                 out = subprocess.run([sys.executable, __file__, "--worker", kind, str(args.iters),
-                                      str(onnx_path), str(args.threads), dump],
+                                      str(path), str(args.threads), dump],
                                      capture_output=True, text=True, timeout=1800, env=os.environ)
                 if out.returncode:
                     raise SystemExit(out.stderr)
                 times[engine].append(json.loads(out.stdout.strip().splitlines()[-1])["median_ms"])
-        with np.load(Path(tmp) / "yolo8-int8.npz") as a, np.load(Path(tmp) / "onnxruntime.npz") as b:
-            diffs = [float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a]
-    ratios = [x / y for x, y in zip(times["yolo8-int8"], times["onnxruntime"])]
+        diffs = {}
+        with np.load(tmp / "yolo8-int8.npz") as a:
+            for name in models:
+                with np.load(tmp / f"{name}.npz") as b:
+                    diffs[name] = [float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a]
     print(f"yolov3-tiny 416x416 INT8 forward, {args.rounds} rounds x {args.iters} forwards "
-          f"(ms, median of per-process medians)")
+          f"(ms, median of per-process medians; ratio: median of per-round ratios)")
     for engine, t in times.items():
-        print(f"{engine:12s} {statistics.median(t):7.1f}   rounds: {', '.join(f'{v:.1f}' for v in t)}")
-    print(f"yolo8 / onnxruntime: {statistics.median(ratios):.2f} (median of per-round ratios)")
-    print("head outputs, max |yolo8 - onnxruntime| / max |yolo8| per head: "
-          + ", ".join(f"{d:.3f}" for d in diffs))
-
+        ratio = statistics.median(x / y for x, y in zip(times["yolo8-int8"], t))
+        print(f"{engine:14s} {statistics.median(t):7.1f}   yolo8/this {ratio:5.2f}   rounds: "
+              + ", ".join(f"{v:.1f}" for v in t))
+    for name, d in diffs.items():
+        print(f"head outputs of {name}: max |yolo8 - it| / max |yolo8| per head: "
+              + ", ".join(f"{x:.3f}" for x in d))
 
 if __name__ == "__main__":
     main()
