@@ -29,10 +29,12 @@ Layouts (`A` is the activation matrix, `B` the weights, `C = A @ B.T`):
 * The micro-kernel computes an MR x NR tile in registers: per group of four k it broadcasts
   four values of each of the MR rows, loads nv vectors of B and issues MR * nv steps.
 
-The tile loop `_tiles` runs in parallel over contiguous chunks of tiles (one per thread, each
-with its own scratch; calls below SERIAL_MAX_MACS stay on the calling thread) and ends each
-tile either by storing int32 (`gemm_s8s8s32`) or by the fused float32 epilogue of the
-convolution (`y = f32(acc) * scale + bias`, then activation).
+The tile loop `_tiles` runs in parallel over contiguous chunks of tiles (one per thread; calls
+below SERIAL_MAX_MACS stay on the calling thread). The IR micro-kernels end each tile in
+registers: int32 `acc - corr` stored (`gemm_s8s8s32`), or the convolution's float32 epilogue
+(`y = f32(acc - corr) * scale + bias`, leaky as a select; other activations by numba on the
+stored tile), with masked stores for partial tiles. The portable kernel fills a scratch tile
+that `_store_int32` / `_store_float` finish.
 """
 from __future__ import annotations
 
