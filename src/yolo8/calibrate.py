@@ -113,6 +113,7 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
     for its INT8 layers)."""
     if model.backend != "fp32":
         raise ValueError("calibration observes the FP32 engine")
+    letterbox = model.letterbox if letterbox is None else letterbox
     reader = CalibrationDataReader(model, images, letterbox=letterbox)
     ranges = RangeCollector()
     passes = 3 if bias_correction else 2
@@ -131,7 +132,7 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
         _observe_conv_inputs(model, reader, errors, "calibrate 3/3 bias errors", progress)
         corrections = errors.corrections()
     cal = Calibration(model_id=model.model_id, thresholds=thresholds, num_images=used,
-                      bias_corrections=corrections,
+                      bias_corrections=corrections, letterbox=letterbox, resize=model.resize,
                       notes=f"KL (entropy) calibration of {Path(model.graph.path).name} on "
                             f"{used} images" + (", with bias correction" if corrections else ""))
     return CalibrationRun(cal, reader.skipped)

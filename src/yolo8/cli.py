@@ -38,6 +38,10 @@ model_options = [
     click.option("--backend", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True),
     click.option("--calibration", type=click.Path(path_type=Path),
                  help="int8: calibration file from `yolo8 calibrate`"),
+    click.option("--resize", type=click.Choice(["darknet", "opencv"]), default="darknet",
+                 show_default=True,
+                 help="darknet's resize_image (as darknet and yolo2_light), or cv2.resize (as "
+                      "OpenCV's dnn module is fed)"),
 ]
 
 
@@ -81,7 +85,8 @@ def cli(verbose: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="do not print the detections")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: on a terminal, for more than one image)")
-def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, letterbox, json_path,
+def detect(inputs, cfg, weights, names, backend, calibration, resize, thresh, nms, letterbox,
+           json_path,
            save_dir, no_save, txt, txt_score, cameras, frames, recursive, quiet,
            progress) -> None:
     """Detect objects in INPUTS: image files, folders, .txt image lists (darknet style), glob
@@ -97,7 +102,8 @@ def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, lette
         raise click.UsageError("--txt-score adds a column to the --txt label files: give --txt")
     failed = run_detect(DetectOptions(
         inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
-        calibration=calibration, thresh=thresh, nms=nms, letterbox=letterbox, json_path=json_path,
+        calibration=calibration, resize=resize, thresh=thresh, nms=nms, letterbox=letterbox,
+        json_path=json_path,
         save_dir=save_dir, save_images=not no_save, labels=txt, label_scores=txt_score,
         cameras=list(cameras), frames=frames, recursive=recursive, quiet=quiet,
         progress=progress))
@@ -116,11 +122,14 @@ def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, lette
 @click.option("--cfg-out", type=click.Path(path_type=Path),
               help="also write a copy of the cfg with yolo2_light's input_calibration line")
 @click.option("--letterbox", is_flag=True, default=None, help="darknet's letterbox resize")
+@click.option("--resize", type=click.Choice(["darknet", "opencv"]), default="darknet",
+              show_default=True, help="darknet's resize_image, or cv2.resize (recorded in the "
+                                      "calibration: INT8 runs must use the same)")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="also measure per-channel INT8 bias corrections (a third pass)")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: when stderr is a terminal)")
-def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correction,
+def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, resize, bias_correction,
               progress) -> None:
     """INT8 input thresholds (KL divergence) from calibration images, for --backend int8."""
     from .api import load
@@ -131,7 +140,7 @@ def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correct
         if path is not None:
             check_output(path)
     paths = calibration_images(images, limit)
-    model = load(cfg, weights, "fp32")
+    model = load(cfg, weights, "fp32", resize=resize)
     result = run(model, paths, progress, letterbox, bias_correction)
     out = out or Path(f"{Path(model.graph.path).stem}.calibration.json")
     write_outputs(model, result, out, cfg_out)
@@ -158,7 +167,7 @@ def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correct
               help="write all detections (COCO-results JSON, as detect --json)")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: when stderr is a terminal)")
-def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thresh,
+def map_command(data, cfg, weights, names, backend, calibration, resize, thresh, iou_thresh,
                 thresh_report, nms, letterbox, json_path, save_detections, progress) -> None:
     """Mean average precision of a model on a labelled data set.
 
@@ -170,7 +179,7 @@ def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thr
         raise click.UsageError("map takes the class names from the .data file (names=)")
     opts = MapOptions(
         data=data, cfg=cfg, weights=weights, backend=backend, calibration=calibration,
-        thresh=thresh, iou_thresh=iou_thresh, thresh_report=thresh_report, nms=nms,
+        resize=resize, thresh=thresh, iou_thresh=iou_thresh, thresh_report=thresh_report, nms=nms,
         letterbox=letterbox, json_path=json_path, save_detections=save_detections,
         progress=progress)
     result = run_map(opts)

@@ -33,6 +33,7 @@ class MapOptions:
     thresh_report: float = 0.25
     nms: float = 0.45
     letterbox: bool | None = None
+    resize: str = "darknet"      # darknet's resize_image, or "opencv" (cv2.resize)
     json_path: Path | None = None
     save_detections: Path | None = None
     progress: bool | None = None  # None: when stderr is a terminal
@@ -109,7 +110,9 @@ def run_map(opts: MapOptions) -> MapResult:
     if difficult is not None and len(difficult) != len(images):
         raise InputError(f"the difficult list has {len(difficult)} images but valid= has "
                          f"{len(images)}: they must be parallel, line by line", path=config.difficult)
-    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names)
+    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names,
+                 resize=opts.resize)
+    letterbox, resize = model.preprocessing(opts.letterbox)  # checked against calibration
     if model.heads[0].classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")
@@ -125,7 +128,8 @@ def run_map(opts: MapOptions) -> MapResult:
                       opts.thresh_report, model.names[:config.classes])
     if opts.json_path is not None:
         payload = result.to_json()
-        payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped))
+        payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped),
+                       letterbox=letterbox, resize=resize)
         _write_json(opts.json_path, payload)
     if opts.save_detections is not None:
         _write_json(opts.save_detections, got.results)

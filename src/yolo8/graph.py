@@ -6,8 +6,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .darknet.cfg import Section, read_cfg
-from .errors import ConfigError
+from .darknet.weights import WeightsFile
+from .errors import ConfigError, WeightsError
 from .layers import BUILDERS, HEAD_KINDS, NETWORK_INPUT, BuildContext, Convolutional, Layer, Shape
 from .layers.base import MAX_LIVE_ELEMENTS, checked_shape, gib
 
@@ -50,6 +53,10 @@ class Graph:
 
     def convolutions(self) -> list[Convolutional]:
         return [layer for layer in self.layers if isinstance(layer, Convolutional)]
+
+    def weighted_layers(self) -> list[Layer]:
+        """The layers that take values from a .weights file, in file order."""
+        return [layer for layer in self.layers if layer.weight_floats()]
 
     def structure_digest(self) -> str:
         """sha256 of what the graph computes (not of the cfg's text, comments, or training keys)."""
@@ -158,3 +165,33 @@ def load_graph(cfg_path: str | Path) -> Graph:
     """Parse a darknet cfg file into a graph with every shape inferred."""
     text, sections = read_cfg(cfg_path)
     return build_graph(sections, str(cfg_path), text)
+
+
+def _assign(layer: Layer, values: np.ndarray, path: Path) -> None:
+    where = f"layer {layer.index} ([{layer.kind}] at cfg line {layer.line})"
+    if not np.isfinite(values).all():
+        raise WeightsError(f"{where} has non-finite values (NaN or inf): damaged file?", path=path)
+    try:
+        with np.errstate(over="ignore"):  # checked just below, with the layer named
+            layer.assign_weights(values)
+    except ValueError as exc:
+        raise WeightsError(f"{where}: {exc}: damaged file?", path=path) from None
+    # Finite values can still fold to inf (a huge scale over a zero variance).
+    if not all(np.isfinite(v).all() for v in vars(layer).values() if isinstance(v, np.ndarray)):
+        raise WeightsError(f"{where}: batch norm folds to values beyond float32: damaged file?",
+                           path=path)
+
+
+def load_weights(graph: Graph, path: str | Path, expected_sha256: str | None = None) -> str:
+    """Give every weighted layer its values from a darknet .weights file (batch norm folded).
+
+    The file size must match the cfg exactly; with `expected_sha256`, so must its hash
+    (checked before any value is used). Returns the file's sha256 (hex).
+    """
+    path = Path(path)
+    layers = graph.weighted_layers()
+    with WeightsFile(path, [l.weight_floats() for l in layers], graph.path,
+                     expected_sha256) as weights:
+        for layer, values in zip(layers, weights.arrays()):
+            _assign(layer, values, path)
+    return weights.sha256

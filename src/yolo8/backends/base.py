@@ -25,6 +25,7 @@ class Program:
 
     def __init__(self, graph: Graph, ops: Mapping[type, OpMaker]) -> None:
         self.graph = graph
+        self.calibration = None  # the INT8 calibration file's contents, when one is used
         self.steps: list[Step] = []
         freed = freed_after(graph.layers, graph.heads)
         for layer in graph.layers:

@@ -45,21 +45,22 @@ Corrections = dict[int, "np.ndarray"]
 
 def resolve_calibration(graph: Graph, model_id: str, calibration: str | Path | None,
                         default_calibration: Path | None
-                        ) -> tuple[dict[int, float], Corrections, str | None]:
-    """Thresholds, bias corrections and where they came from: an explicit file, else the
-    cfg's input_calibration line (thresholds only), else the default model's shipped file."""
+                        ) -> tuple[dict[int, float], Corrections, str | None, Calibration | None]:
+    """Thresholds, bias corrections, where they came from and the file's contents: an
+    explicit file, else the cfg's input_calibration line (thresholds only), else the default
+    model's shipped file."""
     from_cfg = thresholds_from_cfg(graph) if calibration is None else None
     if from_cfg is not None:
-        return from_cfg, {}, f"{graph.path} (input_calibration)"
+        return from_cfg, {}, f"{graph.path} (input_calibration)", None
     path = calibration
     if path is None and default_calibration is not None and default_calibration.exists():
         path = default_calibration
     if path is None:
-        return {}, {}, None
+        return {}, {}, None, None
     cal = Calibration.load(path)
     cal.check_model(model_id, path)
     corrections = {k: np.asarray(v, dtype=np.float32) for k, v in cal.bias_corrections.items()}
-    return dict(cal.thresholds), corrections, str(path)
+    return dict(cal.thresholds), corrections, str(path), cal
 
 
 def check_corrections(graph: Graph, corrections: Corrections, path: str | Path | None = None) -> None:
@@ -111,6 +112,8 @@ def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections |
 
 def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
                     default_calibration: Path | None) -> tuple[Program, str | None]:
-    thresholds, corrections, source = resolve_calibration(graph, model_id, calibration,
-                                                          default_calibration)
-    return build(graph, thresholds, corrections, source), source
+    thresholds, corrections, source, file = resolve_calibration(graph, model_id, calibration,
+                                                                default_calibration)
+    program = build(graph, thresholds, corrections, source)
+    program.calibration = file  # the model checks its preprocessing against the file's
+    return program, source

@@ -7,6 +7,7 @@ measured on one network are meaningless for another.
 File layout (UTF-8 JSON):
     {"format": "yolo8-calibration", "version": 1, "model_id": "...", "method": "kl",
      "num_images": 500, "bins": 2048, "created_by": "yolo8 0.1.0", "notes": null,
+     "preprocessing": {"letterbox": false, "resize": "darknet"},  # version 2 on
      "thresholds": {"1": 4.25, "2": 11.5, ...},       # layer index -> threshold of |x|
      "bias_corrections": {"2": [0.01, -0.003, ...]}}   # optional: layer -> per-channel shift
 """
@@ -25,7 +26,10 @@ from .. import __version__
 from ..errors import CalibrationError, ConfigError
 
 FORMAT_TAG = "yolo8-calibration"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 files did not record their preprocessing; yolo8 then had OpenCV's resize only.
+_V1_RESIZE = "opencv"
+RESIZE_MODES = ("darknet", "opencv")
 
 _REQUIRED = ("format", "version", "model_id", "thresholds", "method", "num_images", "bins",
              "created_by")
@@ -40,6 +44,8 @@ class Calibration:
     bias_corrections: layer index -> per-output-channel mean error of that layer's INT8
     pre-activation on the calibration images (INT8 minus FP32, same FP32 input); the INT8
     backend subtracts it from the layer's bias (empirical bias correction).
+    letterbox, resize: the preprocessing the images had (activation ranges depend on it);
+    None where it was not recorded (version-1 files: letterbox; resize was OpenCV's then).
     """
 
     model_id: str
@@ -50,10 +56,13 @@ class Calibration:
     created_by: str = field(default_factory=lambda: f"yolo8 {__version__}")
     notes: str | None = None
     bias_corrections: Mapping[int, Sequence[float]] = field(default_factory=dict)
+    letterbox: bool | None = None
+    resize: str | None = None
 
     def __post_init__(self) -> None:
-        problem = _problem_with_fields(self.model_id, self.method, self.num_images, self.bins,
-                                       self.created_by, self.notes)
+        problem = (_problem_with_fields(self.model_id, self.method, self.num_images, self.bins,
+                                        self.created_by, self.notes)
+                   or _problem_with_preprocessing(self.letterbox, self.resize))
         if problem:
             raise ValueError(problem)
         if not self.thresholds:
@@ -90,6 +99,8 @@ class Calibration:
             # back to the same double.
             "thresholds": {str(k): v for k, v in self.thresholds.items()},
         }
+        if self.letterbox is not None and self.resize is not None:
+            document["preprocessing"] = {"letterbox": self.letterbox, "resize": self.resize}
         if self.bias_corrections:
             document["bias_corrections"] = {str(k): list(v) for k, v in self.bias_corrections.items()}
         return json.dumps(document, indent=2, allow_nan=False) + "\n"
@@ -154,10 +165,11 @@ class Calibration:
             raise fail(problem)
         thresholds = _parse_thresholds(document["thresholds"], fail)
         corrections = _parse_corrections(document.get("bias_corrections", {}), fail)
+        letterbox, resize = _parse_preprocessing(document, version, fail)
         return cls(model_id=document["model_id"], thresholds=thresholds,
                    num_images=document["num_images"], method=document["method"],
                    bins=document["bins"], created_by=document["created_by"], notes=notes,
-                   bias_corrections=corrections)
+                   bias_corrections=corrections, letterbox=letterbox, resize=resize)
 
     # -- model check ----------------------------------------------------------------------
     def check_model(self, model_id: str, path: str | PathLike | None = None) -> None:
@@ -171,6 +183,27 @@ class Calibration:
         raise CalibrationError(
             f"made for another model (calibration {theirs}, this model {ours}); "
             "run `yolo8 calibrate` for this model", path=path)
+
+
+    def check_preprocessing(self, letterbox: bool, resize: str,
+                            path: str | PathLike | None = None) -> None:
+        """Raise CalibrationError unless images are prepared as they were for this calibration
+        (thresholds measured on one input distribution misfit another)."""
+        made = {"letterbox": self.letterbox, "resize": self.resize}
+        asked = {"letterbox": letterbox, "resize": resize}
+        differ = [k for k, v in made.items() if v is not None and v != asked[k]]
+        if not differ:
+            return
+        show = lambda d: ", ".join(f"{k}={_option(k, d[k])}" for k in differ)  # noqa: E731
+        raise CalibrationError(
+            f"made with {show(made)} but this run uses {show(asked)}; use the calibration's "
+            f"preprocessing or run `yolo8 calibrate` with yours", path=path, key="preprocessing")
+
+
+def _option(key: str, value: object) -> str:
+    if key == "letterbox":
+        return "on" if value else "off"
+    return str(value)
 
 
 # -- yolo2_light interoperability --------------------------------------------------------------
@@ -270,6 +303,30 @@ def _problem_with_fields(model_id: Any, method: Any, num_images: Any, bins: Any,
     if notes is not None and not isinstance(notes, str):
         return "'notes' must be a string or null"
     return None
+
+
+def _problem_with_preprocessing(letterbox: Any, resize: Any) -> str | None:
+    if letterbox is not None and not isinstance(letterbox, bool):
+        return f"'letterbox' must be true or false, got {letterbox!r}"
+    if resize is not None and resize not in RESIZE_MODES:
+        return f"'resize' must be one of {', '.join(RESIZE_MODES)}, got {resize!r}"
+    return None
+
+
+def _parse_preprocessing(document: dict, version: int, fail: Callable[..., CalibrationError]
+                         ) -> tuple[bool | None, str | None]:
+    """(letterbox, resize) as recorded; not recorded: (None, None), except that version-1 files
+    were all made with OpenCV's resize."""
+    if "preprocessing" not in document:
+        return None, _V1_RESIZE if version == 1 else None
+    raw = document["preprocessing"]
+    if not isinstance(raw, dict) or set(raw) != {"letterbox", "resize"}:
+        raise fail("must be {\"letterbox\": true|false, \"resize\": \"darknet\"|\"opencv\"}",
+                   key="preprocessing")
+    problem = _problem_with_preprocessing(raw["letterbox"], raw["resize"])
+    if problem:
+        raise fail(problem, key="preprocessing")
+    return raw["letterbox"], raw["resize"]
 
 
 def _parse_thresholds(raw: Any, fail: Callable[..., CalibrationError]) -> dict[int, float]:
