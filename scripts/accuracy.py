@@ -30,7 +30,8 @@ def yolo8(*args: object) -> None:
 def measure(folder: Path, images: list[Path], resize: str, *extra: object) -> dict:
     listing, data, out = folder / "list.txt", folder / "set.data", folder / "metrics.json"
     listing.write_text("".join(f"{p}\n" for p in images))
-    data.write_text(f"classes = 80\nvalid = {listing}\nnames = {DEFAULT_DATA / 'coco.names'}\n")
+    names = images[0].parent.parent / "coco.names"
+    data.write_text(f"classes = 80\nvalid = {listing}\nnames = {names}\n")
     yolo8("map", "--data", data, "--json", out, "--resize", resize, "--no-progress", *extra)
     return json.loads(out.read_text())
 
