@@ -57,14 +57,26 @@ def opencv_rows_to_darknet(rows: np.ndarray, head: Yolo | Region, h: int, w: int
 WEIGHTS_HEADER = np.array([0, 2, 0], dtype="<i4").tobytes() + np.zeros(1, dtype="<i8").tobytes()
 
 
+def _connected_floats(layer, rng) -> np.ndarray:
+    """darknet's order: biases, weights (outputs x inputs), then scales, mean, variance."""
+    n, k = layer.outputs, layer.in_shape.size
+    chunks = [rng.normal(0, 0.1, n), rng.normal(0, 1.0, n * k) / np.sqrt(k)]
+    if layer.batch_normalize:
+        chunks += [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)]
+    return np.concatenate(chunks)
+
+
 def random_weights(graph, path: Path, seed: int = 0) -> None:
     """A darknet .weights file for `graph` with values that keep activations in a sane range:
     unit-gain convolutions, and small ones into each residual sum so deep nets do not explode."""
-    from yolo8.layers import Shortcut
+    from yolo8.layers import Connected, Shortcut
 
     rng = np.random.default_rng(seed)
     parts = [WEIGHTS_HEADER]
-    for layer in graph.convolutions():
+    for layer in graph.weighted_layers():
+        if isinstance(layer, Connected):
+            parts.append(_connected_floats(layer, rng).astype("<f4").tobytes())
+            continue
         n = layer.filters
         fan_in = layer.size * layer.size * layer.in_shape.c // layer.groups
         following = graph.layers[layer.index + 1] if layer.index + 1 < len(graph.layers) else None

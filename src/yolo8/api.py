@@ -15,6 +15,7 @@ import numpy as np
 
 from . import models
 from .backends import get_backend
+from .classification import Classification, classifications
 from .darknet.weights import WeightsDigestError
 from .data import read_names
 from .errors import ConfigError, InputError, Yolo8Error
@@ -109,12 +110,34 @@ class Model:
         """One BGR uint8 image -> its network input (H, W, 3) float32 RGB in [0, 1]."""
         letterbox, resize = self.preprocessing(letterbox, resize)
         w, h = self.input_size
-        return to_blob([image], w, h, letterbox, resize=resize)[0]
+        # Classifiers: darknet's `classifier predict` input (shorter side, centre crop).
+        return to_blob([image], w, h, letterbox, resize=resize,
+                       crop=not self.graph.is_detector)[0]
+
+    def _require(self, detector: bool) -> None:
+        if self.graph.is_detector != detector:
+            what = ("has no [yolo] or [region] layer: it classifies (use classify)" if detector
+                    else "is a detector: it has no class scores to rank (use detect)")
+            raise InputError(f"this model {what}", path=self.graph.path)
+
+    def classify_prepared(self, blob: np.ndarray, top: int = 5) -> list[list[Classification]]:
+        """Prepared inputs (N, H, W, 3) -> each image's `top` classes, best first."""
+        self._require(detector=False)
+        output = self.forward_nhwc(blob)[0]
+        return [classifications(output[i], self.names, top) for i in range(len(output))]
+
+    def classify(self, image: np.ndarray, top: int = 5, resize: str | None = None
+                 ) -> list[Classification]:
+        """One BGR uint8 image -> its `top` classes with their scores, best first (darknet's
+        `classifier predict`: shorter side resized to the network width, centre crop)."""
+        self._require(detector=False)
+        return self.classify_prepared(self.prepare(image, resize=resize)[None], top)[0]
 
     def detect_prepared(self, blob: np.ndarray, image_sizes: Sequence[tuple[int, int]],
                         thresh: float = 0.25, nms: float = 0.45, letterbox: bool | None = None
                         ) -> list[list[Detection]]:
         """Prepared inputs (N, H, W, 3) and each image's (width, height) -> detections."""
+        self._require(detector=True)
         letterbox = self.letterbox if letterbox is None else letterbox
         w, h = self.input_size
         outs = self.forward_nhwc(blob)
@@ -152,14 +175,17 @@ class Model:
 
 
 def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
-    classes = graph.layers[graph.heads[0]].classes
+    """Class names: from `names` (one a line), else COCO's for 80-class detectors, else the
+    indices. A classifier's classes are the values of its last layer."""
+    classes = (graph.layers[graph.heads[0]].classes if graph.is_detector
+               else graph.layers[-1].out_shape.size)
     if names is not None:
         listed = read_names(names)
         if len(listed) < classes:
             raise InputError(f"has {len(listed)} names, but the model has {classes} classes",
                              path=names)
         return listed
-    if classes == 80:  # darknet's YOLO models are COCO models unless said otherwise
+    if classes == 80 and graph.is_detector:  # darknet's YOLO models are COCO models unless said otherwise
         return read_names(models.default_names())
     return [str(i) for i in range(classes)]
 

@@ -113,6 +113,9 @@ def run_map(opts: MapOptions) -> MapResult:
     model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names,
                  resize=opts.resize)
     letterbox, resize = model.preprocessing(opts.letterbox)  # checked against calibration
+    if not model.graph.is_detector:
+        raise InputError("has no [yolo] or [region] layer: map measures detectors",
+                         path=model.graph.path)
     if model.heads[0].classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")

@@ -45,7 +45,17 @@ class Graph:
     text: str
     net: NetParams
     layers: list[Layer]
-    heads: list[int] = field(default_factory=list)
+    heads: list[int] = field(default_factory=list)  # the [yolo]/[region] layers
+
+    @property
+    def outputs(self) -> list[int]:
+        """What a forward returns: the detection heads, else (classifiers, feature
+        extractors) the last layer, as darknet's network_predict."""
+        return self.heads or [self.layers[-1].index]
+
+    @property
+    def is_detector(self) -> bool:
+        return bool(self.heads)
 
     @property
     def input_shape(self) -> Shape:
@@ -102,8 +112,9 @@ def _warn_unused(sections: list[Section]) -> None:
 
 
 def freed_after(layers: list[Layer], heads: list[int]) -> dict[int, list[int]]:
-    """The outputs (NETWORK_INPUT included) whose last reader is layer i, by i; heads are kept
-    to the end (key len(layers)). Backends free an output after its last use."""
+    """The outputs (NETWORK_INPUT included) whose last reader is layer i, by i; `heads` (the
+    network's outputs) are kept to the end (key len(layers)). Backends free an output after
+    its last use."""
     last_use = {NETWORK_INPUT: -1}
     for layer in layers:
         for source in layer.inputs:
@@ -148,9 +159,8 @@ def build_graph(sections: list[Section], path: str, text: str) -> Graph:
         raise ConfigError("the cfg has no layers after [net]", path=path)
     _warn_unused(sections)
     heads = [l.index for l in ctx.layers if isinstance(l, HEAD_KINDS)]
-    if not heads:
-        raise ConfigError("the cfg has no [yolo] or [region] layer, so it detects nothing", path=path)
-    _check_live_values(ctx.input_shape, ctx.layers, heads, path)
+    # No head: a classifier (or a feature extractor), whose output is its last layer.
+    _check_live_values(ctx.input_shape, ctx.layers, heads or [ctx.layers[-1].index], path)
     classes = {ctx.layers[i].classes for i in heads}
     if len(classes) > 1:
         first = ctx.layers[heads[0]]

@@ -27,7 +27,7 @@ class Program:
         self.graph = graph
         self.calibration = None  # the INT8 calibration file's contents, when one is used
         self.steps: list[Step] = []
-        freed = freed_after(graph.layers, graph.heads)
+        freed = freed_after(graph.layers, graph.outputs)
         for layer in graph.layers:
             maker = ops.get(type(layer))
             if maker is None:
@@ -36,7 +36,8 @@ class Program:
 
     def run(self, x: np.ndarray, observer: Callable[[Layer, list[np.ndarray]], None] | None = None
             ) -> list[np.ndarray]:
-        """Forward an NHWC float32 batch; returns the head outputs (NHWC).
+        """Forward an NHWC float32 batch; returns the graph's outputs (NHWC): its detection
+        heads, else its last layer.
 
         `observer(layer, inputs)` sees each layer's inputs before it runs (calibration uses it).
         """
@@ -48,4 +49,4 @@ class Program:
             values[step.layer.index] = step.op(*inputs)
             for index in step.release:
                 values.pop(index, None)
-        return [values[h] for h in self.graph.heads]
+        return [values[h] for h in self.graph.outputs]

@@ -20,9 +20,30 @@ from .base import Op, Program
 from .ops import FP32_OPS, conv as fp32_conv
 
 
+def head_feeders(graph: Graph) -> set[int]:
+    """The conv layers whose output reaches a network output through layers without weights
+    only: for a detector, the conv right before each [yolo]/[region]; for a classifier, the
+    last conv(s) before its [avgpool]/[softmax]/[cost] (e.g. darknet19's 1x1 conv with one
+    filter per class). Their outputs are the scores themselves, so they stay FP32."""
+    feeders, seen = set(), set()
+    pending = list(graph.outputs)
+    while pending:
+        index = pending.pop()
+        if index < 0 or index in seen:
+            continue
+        seen.add(index)
+        layer = graph.layers[index]
+        if isinstance(layer, Convolutional):
+            feeders.add(index)
+        elif not layer.weight_floats():  # a [connected] layer ends the walk (it runs FP32)
+            pending.extend(layer.inputs)
+    return feeders
+
+
 def int8_layers(graph: Graph) -> list[int]:
-    """Indices of the conv layers that run INT8 in this graph."""
-    feeds_head = {graph.layers[h].inputs[0] for h in graph.heads}
+    """Indices of the conv layers that run INT8 in this graph: all but the first, the head
+    feeders and xnor layers ([connected] layers run FP32)."""
+    feeds_head = head_feeders(graph)
     return [c.index for c in graph.convolutions()[1:] if c.index not in feeds_head and not c.xnor]
 
 

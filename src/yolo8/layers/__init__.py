@@ -6,6 +6,7 @@ from typing import Callable
 from ..darknet.cfg import Section
 from . import (avgpool, convolutional, dropout, maxpool, region, reorg, route, shortcut, upsample,
                yolo)
+from . import connected, cost, crop, softmax
 from .avgpool import AvgPool
 from .base import NETWORK_INPUT, BuildContext, Layer, Shape
 from .convolutional import Convolutional
@@ -17,6 +18,10 @@ from .route import Route
 from .shortcut import Shortcut
 from .upsample import Upsample
 from .yolo import Yolo
+from .connected import Connected
+from .cost import Cost
+from .crop import Crop
+from .softmax import Softmax
 
 Builder = Callable[[Section, BuildContext], Layer]
 
@@ -34,10 +39,16 @@ BUILDERS: dict[str, Builder] = {
     "reorg": reorg.build,
     "yolo": yolo.build,
     "region": region.build,
+    "connected": connected.build,
+    "conn": connected.build,
+    "softmax": softmax.build,
+    "soft": softmax.build,
+    "cost": cost.build,
+    "crop": crop.build,
 }
 
 HEAD_KINDS = (Yolo, Region)
 
 __all__ = ["BUILDERS", "HEAD_KINDS", "NETWORK_INPUT", "AvgPool", "BuildContext", "Convolutional",
            "Dropout", "Layer", "MaxPool", "Region", "Reorg", "Route", "Shape", "Shortcut",
-           "Upsample", "Yolo"]
+           "Upsample", "Yolo", "Connected", "Cost", "Crop", "Softmax"]
