@@ -87,3 +87,24 @@ def random_weights(graph, path: Path, seed: int = 0) -> None:
         chunks.append(rng.normal(0, 1.0, n * fan_in) * np.sqrt(gain / fan_in))
         parts.append(np.concatenate(chunks).astype("<f4").tobytes())
     path.write_bytes(b"".join(parts))
+
+
+def opencv_last_output(cfg: Path, weights: Path, blob_nchw: np.ndarray, graph) -> np.ndarray:
+    """OpenCV's output of a classifier (its last layer), (N, values). OpenCV 4.x does not run
+    darknet's [crop] as darknet does at test time, so for a cfg with one the network is read
+    without it and given the centre crop mapped to x * scale + shift (darknet's
+    forward_crop_layer with train = 0) instead."""
+    from yolo8.layers import Crop
+
+    crops = [layer for layer in graph.layers if isinstance(layer, Crop)]
+    if crops:
+        crop = crops[0]
+        text = re.sub(r"(?ms)^\[crop\]\s*$.*?(?=^\[)", "", cfg.read_text(), count=1)
+        cfg = cfg.with_name(f"{cfg.stem}-uncropped.cfg")
+        cfg.write_text(text)
+        h, w = crop.out_shape.h, crop.out_shape.w
+        inside = blob_nchw[:, :, crop.top:crop.top + h, crop.left:crop.left + w]
+        blob_nchw = np.ascontiguousarray(inside * np.float32(crop.scale) + np.float32(crop.shift))
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    net.setInput(blob_nchw)
+    return net.forward().reshape(len(blob_nchw), -1)

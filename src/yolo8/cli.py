@@ -188,6 +188,35 @@ def map_command(data, cfg, weights, names, backend, calibration, resize, thresh,
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("inputs", nargs=-1)
+@with_model_options
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True,
+              help="how many classes to report per image")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="write each input's top classes as JSON")
+@click.option("--frames", type=click.IntRange(1), metavar="N", help="at most N frames of each video")
+@click.option("-r", "--recursive", is_flag=True, help="also take the images in subfolders")
+def classify(inputs, cfg, weights, names, backend, calibration, resize, top, json_path, frames,
+             recursive) -> None:
+    """Classify INPUTS with a darknet classifier (darknet's `classifier predict`): images,
+    folders, .txt image lists, glob patterns and videos, as `detect` takes them.
+
+    Prints the --top classes of each input, best first ({input}: {name} {score}; names from
+    --names, one a line, else class indices). Inputs that cannot be read are named on stderr
+    and skipped; the exit code is then 1."""
+    from .classify import ClassifyOptions, run_classify
+
+    if cfg is None:
+        raise click.UsageError("classify needs a classifier: give --cfg and --weights")
+    failed = run_classify(ClassifyOptions(
+        inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
+        calibration=calibration, resize=resize, top=top, json_path=json_path, frames=frames,
+        recursive=recursive))
+    if failed:
+        sys.exit(1)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)
