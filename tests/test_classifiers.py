@@ -219,3 +219,89 @@ def test_cli_refuses_a_detector_for_classify_and_a_classifier_for_detect(tiny, d
                       timeout=600)
     assert other.returncode != 0 and "classifies (use classify)" in other.stderr
     assert "Traceback" not in other.stderr
+
+
+# ------------------------------------------------------------------------------------ INT8
+
+
+SMALL_CLASSIFIER = """[net]
+width=48
+height=48
+channels=3
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+batch_normalize=1
+activation=leaky
+[convolutional]
+filters=16
+size=3
+stride=2
+pad=1
+batch_normalize=1
+activation=leaky
+[convolutional]
+filters=16
+size=3
+pad=1
+batch_normalize=1
+activation=leaky
+[convolutional]
+filters=10
+size=1
+activation=linear
+[avgpool]
+[softmax]
+[cost]
+"""
+
+
+def test_int8_head_feeders_of_classifiers_are_their_class_score_convs():
+    """darknet19: its last conv (1x1, one filter per class, before [avgpool] and [softmax])
+    makes the class scores: it stays FP32, like the first conv; the others run INT8."""
+    from yolo8.backends.int8 import head_feeders, int8_layers
+
+    graph = load_graph(CFGS / "darknet19.cfg")
+    convs = [c.index for c in graph.convolutions()]
+    assert head_feeders(graph) == {convs[-1]}
+    assert int8_layers(graph) == convs[1:-1]
+    vgg = load_graph(CFGS / "vgg-16.cfg")  # conv, ..., [connected] x 3: no conv feeds the head
+    assert head_feeders(vgg) == set()
+    assert int8_layers(vgg) == [c.index for c in vgg.convolutions()][1:]
+
+
+def _logits(model, images: np.ndarray) -> np.ndarray:
+    """The input of the [softmax] (the class scores before it)."""
+    from yolo8.layers import Softmax
+
+    seen = []
+    model.program.run(images, observer=lambda layer, inputs: seen.append(inputs[0].copy())
+                      if isinstance(layer, Softmax) else None)
+    return seen[0].reshape(len(images), -1)
+
+
+def test_calibrate_and_int8_on_a_classifier(tmp_path):
+    """`yolo8 calibrate` on a classifier cfg, then INT8: the class scores move by less than a
+    tenth of how much they vary between the photos, and the class each photo raises most
+    stays. (With random weights the biases set the overall top class, the same for every
+    photo; what a photo changes is what tells quantization error from signal.)"""
+    cfg, weights = tmp_path / "small.cfg", tmp_path / "small.weights"
+    cfg.write_text(SMALL_CLASSIFIER)
+    random_weights(load_graph(cfg), weights, seed=11)
+    images = tmp_path / "calib.txt"
+    images.write_text("".join(f"{p}\n" for p in PHOTOS))
+    out = tmp_path / "small.calibration.json"
+    result = run_yolo8("calibrate", "--images", images, "--cfg", cfg, "--weights", weights,
+                       "--out", out, "--no-progress", timeout=600)
+    assert result.returncode == 0, result.stderr
+    fp32 = yolo8.load(cfg, weights)
+    int8 = yolo8.load(cfg, weights, backend="int8", calibration=out)
+    blob = np.stack([fp32.prepare(read_image(p)) for p in PHOTOS])
+    a, b = _logits(fp32, blob), _logits(int8, blob)
+    spread = a - a.mean(axis=0)
+    assert 0 < np.linalg.norm(b - a) < 0.1 * np.linalg.norm(spread)
+    raised, raised_int8 = spread.argmax(axis=1), (b - a.mean(axis=0)).argmax(axis=1)
+    assert list(raised) == list(raised_int8)
+    assert len(set(raised)) > 1  # the photos are told apart at all
