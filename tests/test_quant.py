@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from yolo8.darknet.cfg_rewrite import cfg_with_input_calibration
 from yolo8.errors import CalibrationError, ConfigError
 from yolo8.quant import (
     ALL_ZERO_FALLBACK_THRESHOLD,
@@ -19,7 +20,6 @@ from yolo8.quant import (
     HistogramCollector,
     RangeCollector,
     abs_histogram,
-    cfg_with_input_calibration,
     compute_thresholds,
     kl_divergences,
     kl_threshold,

@@ -26,8 +26,9 @@ from .errors import InputError, writing
 from .layers import Convolutional, Layer
 from .pipeline import batched, load_images
 from .progress import progress_bar
-from .quant import (Calibration, HistogramCollector, RangeCollector, cfg_with_input_calibration,
-                    compute_thresholds, multiplier_for_threshold)
+from .darknet.cfg_rewrite import cfg_with_input_calibration
+from .quant import (Calibration, HistogramCollector, RangeCollector, compute_thresholds,
+                    multiplier_for_threshold)
 
 log = logging.getLogger(__name__)
 
