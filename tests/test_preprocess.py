@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from yolo8.kernels.resize import darknet_resize_numpy
 from yolo8.preprocess import (darknet_resize, resize_letterbox, resize_min_crop, to_blob,
                               to_float)
 
@@ -62,6 +63,7 @@ def test_resize_equals_darknet_resize_image_bit_for_bit(in_wh, out_wh):
     theirs = transcribed_resize_image(_darknet_image(bgr), *out_wh).transpose(1, 2, 0)
     assert ours.dtype == F and ours.shape == (out_wh[1], out_wh[0], 3)
     np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(darknet_resize_numpy(to_float(bgr), *out_wh), theirs)
 
 
 def test_resize_of_a_photo_equals_darknet_and_differs_from_opencv(test_images):

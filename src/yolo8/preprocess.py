@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError, reading
+from .kernels.resize import darknet_resize
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -34,48 +35,6 @@ RESIZE_MODES = ("darknet", "opencv")
 def to_float(image: np.ndarray) -> np.ndarray:
     """BGR uint8 -> float32 in [0, 1], as darknet's mat_to_image (`data / 255.0f`)."""
     return np.divide(image, np.float32(255), dtype=np.float32)
-
-
-def _axis_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """darknet's sampling along one axis: source index, next index and weight per output.
-
-    All in float32 as darknet computes them: scale = (float)(in - 1) / (out - 1), s = i * scale,
-    ix = (int)s, d = s - ix. The last output takes the last input (darknet's `c == w-1` case).
-    """
-    if size_out == 1:  # darknet divides by zero here (0 * inf is NaN); only the last input is used
-        return (np.full(1, size_in - 1, np.intp),) * 2 + (np.zeros(1, np.float32),)
-    scale = np.float32(size_in - 1) / np.float32(size_out - 1)
-    s = np.arange(size_out, dtype=np.float32) * scale
-    index = s.astype(np.intp)  # truncation, as (int)
-    weight = (s - index.astype(np.float32)).astype(np.float32)
-    index[-1], weight[-1] = size_in - 1, np.float32(0)
-    after = np.minimum(index + 1, size_in - 1)
-    return index, after, weight
-
-
-def darknet_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """darknet's resize_image (image.c) on an (H, W, C) float32 image: bilinear with
-    corner-aligned sampling ((in - 1) / (out - 1)), first along x, then along y, in float32
-    with darknet's order of operations, so the result is darknet's bit for bit."""
-    if image.ndim != 3 or image.dtype != np.float32:
-        raise ValueError(f"expected an (H, W, C) float32 image, got {image.dtype} {image.shape}")
-    if width < 1 or height < 1:
-        raise ValueError(f"output size must be positive, got {width}x{height}")
-    in_h, in_w = image.shape[:2]
-    if (in_w, in_h) == (width, height):
-        return image.copy()
-    one = np.float32(1)
-    ix, ix1, dx = _axis_weights(in_w, width)
-    dx = dx[None, :, None]
-    # part = (1 - dx) * im[x] + dx * im[x + 1]; the last column is im[w - 1] itself.
-    part = (one - dx) * image[:, ix] + dx * image[:, ix1]
-    part[:, -1] = image[:, in_w - 1]
-    iy, iy1, dy = _axis_weights(in_h, height)
-    dy = dy[:, None, None]
-    # resized = (1 - dy) * part[y], then += dy * part[y + 1] except on the last row.
-    resized = (one - dy) * part[iy]
-    resized[:-1] += dy[:-1] * part[iy1[:-1]]
-    return resized
 
 
 def resize_to(image: np.ndarray, width: int, height: int, resize: str) -> np.ndarray:

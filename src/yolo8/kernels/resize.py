@@ -1,0 +1,81 @@
+"""darknet's resize_image (image.c) on an (H, W, C) float32 image: numba kernel and its
+plain-numpy reference, bit for bit the same.
+
+Bilinear with corner-aligned sampling: along each axis scale = (float)(in - 1) / (out - 1),
+s = i * scale, ix = (int)s, d = s - ix, value = (1 - d) * p[ix] + d * p[ix + 1]; the last
+output takes the last input. First along x into a float32 buffer, then along y, where the
+second term is added in a second step (darknet's add_pixel) and skipped on the last row.
+Everything in float32, in darknet's order of operations, with no fused multiply-add.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+def axis_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """darknet's sampling along one axis: source index, next index and weight per output."""
+    if size_out == 1:  # darknet divides by zero here (0 * inf is NaN); only the last input is used
+        return (np.full(1, size_in - 1, np.intp),) * 2 + (np.zeros(1, np.float32),)
+    scale = np.float32(size_in - 1) / np.float32(size_out - 1)
+    s = np.arange(size_out, dtype=np.float32) * scale
+    index = s.astype(np.intp)  # truncation, as (int)
+    weight = (s - index.astype(np.float32)).astype(np.float32)
+    index[-1], weight[-1] = size_in - 1, np.float32(0)
+    after = np.minimum(index + 1, size_in - 1)
+    return index, after, weight
+
+
+@njit(cache=True, nogil=True)
+def _resize(image, ix, ix1, dx, iy, iy1, dy, out):
+    in_h, in_w, channels = image.shape
+    height, width = out.shape[0], out.shape[1]
+    one = np.float32(1)
+    part = np.empty((in_h, width, channels), np.float32)
+    for r in range(in_h):
+        for c in range(width - 1):
+            a, b, d = ix[c], ix1[c], dx[c]
+            for k in range(channels):
+                part[r, c, k] = (one - d) * image[r, a, k] + d * image[r, b, k]
+        for k in range(channels):
+            part[r, width - 1, k] = image[r, in_w - 1, k]
+    for r in range(height):
+        a, b, d = iy[r], iy1[r], dy[r]
+        for c in range(width):
+            for k in range(channels):
+                value = (one - d) * part[a, c, k]
+                if r < height - 1:
+                    value = value + d * part[b, c, k]
+                out[r, c, k] = value
+
+
+def darknet_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """darknet's resize_image of an (H, W, C) float32 image to (height, width, C)."""
+    if image.ndim != 3 or image.dtype != np.float32:
+        raise ValueError(f"expected an (H, W, C) float32 image, got {image.dtype} {image.shape}")
+    if width < 1 or height < 1:
+        raise ValueError(f"output size must be positive, got {width}x{height}")
+    in_h, in_w = image.shape[:2]
+    if (in_w, in_h) == (width, height):
+        return image.copy()
+    out = np.empty((height, width, image.shape[2]), np.float32)
+    _resize(np.ascontiguousarray(image), *axis_weights(in_w, width),
+            *axis_weights(in_h, height), out)
+    return out
+
+
+def darknet_resize_numpy(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Plain-numpy reference of `darknet_resize` (the same float32 operations, vectorised)."""
+    in_h, in_w = image.shape[:2]
+    if (in_w, in_h) == (width, height):
+        return image.copy()
+    one = np.float32(1)
+    ix, ix1, dx = axis_weights(in_w, width)
+    dx = dx[None, :, None]
+    part = (one - dx) * np.take(image, ix, axis=1) + dx * np.take(image, ix1, axis=1)
+    part[:, -1] = image[:, in_w - 1]
+    iy, iy1, dy = axis_weights(in_h, height)
+    dy = dy[:, None, None]
+    resized = (one - dy) * np.take(part, iy, axis=0)
+    resized[:-1] += dy[:-1] * np.take(part, iy1[:-1], axis=0)
+    return resized
