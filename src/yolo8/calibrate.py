@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .api import Model
-from .data import read_image_list
+from .data import image_paths, read_image_list
 from .errors import InputError, writing
 from .layers import Convolutional, Layer
 from .pipeline import batched, load_images
@@ -140,7 +140,7 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
 
 
 def calibration_images(list_path: Path, limit: int | None) -> list[Path]:
-    images = read_image_list(list_path)
+    images = image_paths(read_image_list(list_path))
     return images[:limit] if limit else images
 
 

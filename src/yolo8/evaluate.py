@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .api import Model, load
-from .data import (GroundTruth, ImageDetections, read_data_file, read_ground_truth,
+from .data import (GroundTruth, ImageDetections, image_paths, read_data_file, read_ground_truth,
                    read_image_list)
 from .detect import coco_result
 from .errors import InputError, Yolo8Error, writing
@@ -104,8 +104,9 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
 
 def run_map(opts: MapOptions) -> MapResult:
     config = read_data_file(opts.data)
-    images = read_image_list(config.valid)
-    difficult = read_image_list(config.difficult) if config.difficult is not None else None
+    images = image_paths(read_image_list(config.valid))
+    difficult = (image_paths(read_image_list(config.difficult)) if config.difficult is not None
+                 else None)
     if difficult is not None and len(difficult) != len(images):
         raise InputError(f"the difficult list has {len(difficult)} images but valid= has "
                          f"{len(images)}: they must be parallel, line by line", path=config.difficult)
