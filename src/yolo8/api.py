@@ -17,7 +17,7 @@ from . import models
 from .backends import get_backend
 from .darknet.weights import WeightsDigestError, load_weights
 from .data import read_names
-from .errors import ConfigError, InputError, Yolo8Error
+from .errors import ConfigError, InputError, ModelFetchError, Yolo8Error
 from .graph import Graph, load_graph
 from .layers import Region, Yolo
 from .postprocess import Detection, detections_from_heads
@@ -158,11 +158,15 @@ def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
 
 
 def _load_default_weights(graph: Graph) -> str:
-    """The cached weights, hashed once while read; a corrupted cache is fetched again."""
+    """The default weights, hashed once while read; a corrupted cache is fetched again (a
+    file named by YOLO8_WEIGHTS, or any file in offline mode, is never replaced)."""
     path = models.default_weights(verify=False)
     try:
         return load_weights(graph, path, models.WEIGHTS_SHA256)
     except WeightsDigestError:
+        if models.weights_override() is not None:
+            raise ModelFetchError(f"YOLO8_WEIGHTS={path} is not {models.WEIGHTS_NAME} (sha256 "
+                                  f"mismatch)") from None
         print(f"yolo8: cached weights {path} are corrupted (sha256 mismatch); fetching them again",
               file=sys.stderr, flush=True)
     return load_weights(graph, models.fetch_default_weights(), models.WEIGHTS_SHA256)

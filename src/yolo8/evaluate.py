@@ -12,7 +12,8 @@ from .api import Model, load
 from .data import (GroundTruth, ImageDetections, image_paths, read_data_file, read_ground_truth,
                    read_image_list)
 from .detect import coco_result
-from .errors import InputError, Yolo8Error, writing
+from .errors import InputError, Yolo8Error
+from .files import atomic_write_bytes
 from .metrics import MapResult, evaluate
 from .pipeline import Item, batched, load_images
 from .postprocess import Detection
@@ -134,6 +135,4 @@ def run_map(opts: MapOptions) -> MapResult:
 
 
 def _write_json(path: Path, payload) -> None:
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=1))
+    atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
