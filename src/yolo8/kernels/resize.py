@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..jit import CACHE
+
 
 def axis_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """darknet's sampling along one axis: source index, next index and weight per output."""
@@ -26,7 +28,7 @@ def axis_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, n
     return index, after, weight
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _resize(image, ix, ix1, dx, iy, iy1, dy, out):
     in_h, in_w, channels = image.shape
     height, width = out.shape[0], out.shape[1]
