@@ -13,7 +13,8 @@ kernel rows (xnor vs fp32 vs int8 conv on one layer shape, same process).
 
     python scripts/bench.py                 # everything, table on stdout
     python scripts/bench.py --json out.json # and the figures as JSON
-    python scripts/bench.py --only forward  # one section (forward, throughput, detect, kernels)
+    python scripts/bench.py --only forward  # one section (forward, throughput, detect, kernels,
+                                            # preprocess)
 """
 from __future__ import annotations
 
@@ -86,6 +87,19 @@ def worker_throughput(engine: str, folder: str, batch: int) -> dict:
         count += len(group)
     elapsed = time.perf_counter() - start
     return {"images": count, "seconds": elapsed, "images_per_s": count / elapsed}
+
+
+def worker_preprocess(iters: int) -> dict:
+    """One photo (640x480) to a 416x416 network input, darknet's resize and cv2.resize, in
+    turn in this process (decode excluded): median ms each."""
+    from yolo8.preprocess import read_image, to_blob
+
+    image = read_image(PHOTO)
+    result: dict[str, list[float]] = {"darknet": [], "opencv": []}
+    for _ in range(5):
+        for mode in result:
+            result[mode] += _times(lambda: to_blob([image], 416, 416, resize=mode), iters)
+    return {mode: 1e3 * statistics.median(times) for mode, times in result.items()}
 
 
 def worker_kernels(iters: int) -> dict:
@@ -229,6 +243,10 @@ def _table(results: dict) -> str:
             cells = "  ".join(f"{k} {v:7.2f}" for k, v in r.items())
             ratios = "  ".join(f"fp32/{k} {r['fp32'] / v:5.1f}x" for k, v in r.items() if k != "fp32")
             lines.append(f"{shape:22s} {cells}   {ratios}")
+    if "preprocess" in results:
+        r = results["preprocess"]
+        lines += ["", "one 640x480 photo to a 416x416 input (ms, median; same process)",
+                  f"darknet's resize_image {r['darknet']:6.2f}   cv2.resize {r['opencv']:6.2f}"]
     return "\n".join(lines)
 
 
@@ -239,7 +257,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "coco128-train" / "images",
                         help="folder for the throughput run (default: ../shared coco128, else tests/data)")
-    parser.add_argument("--only", choices=["forward", "throughput", "detect", "kernels"], action="append")
+    parser.add_argument("--only", choices=["forward", "throughput", "detect", "kernels", "preprocess"],
+                        action="append")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.worker:
@@ -250,8 +269,10 @@ def main() -> None:
             print(json.dumps(worker_throughput(rest[0], rest[1], int(rest[2]))))
         elif kind == "kernels":
             print(json.dumps(worker_kernels(int(rest[0]))))
+        elif kind == "preprocess":
+            print(json.dumps(worker_preprocess(int(rest[0]))))
         return
-    sections = args.only or ["forward", "throughput", "detect", "kernels"]
+    sections = args.only or ["forward", "throughput", "detect", "kernels", "preprocess"]
     folder = args.images if args.images.is_dir() else ROOT / "tests" / "data" / "images"
     results = {}
     if "forward" in sections:
@@ -262,6 +283,8 @@ def main() -> None:
         results["detect"] = bench_detect(args.rounds)
     if "kernels" in sections:
         results["kernels"] = _run_worker(["kernels", str(args.iters)])
+    if "preprocess" in sections:
+        results["preprocess"] = _run_worker(["preprocess", str(args.iters)])
     print(_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -7,6 +7,7 @@ relative to the input, objectness, and objectness x class probability.
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -97,14 +98,15 @@ def opencv_last_output(cfg: Path, weights: Path, blob_nchw: np.ndarray, graph) -
     from yolo8.layers import Crop
 
     crops = [layer for layer in graph.layers if isinstance(layer, Crop)]
-    if crops:
-        crop = crops[0]
-        text = re.sub(r"(?ms)^\[crop\]\s*$.*?(?=^\[)", "", cfg.read_text(), count=1)
-        cfg = cfg.with_name(f"{cfg.stem}-uncropped.cfg")
-        cfg.write_text(text)
-        h, w = crop.out_shape.h, crop.out_shape.w
-        inside = blob_nchw[:, :, crop.top:crop.top + h, crop.left:crop.left + w]
-        blob_nchw = np.ascontiguousarray(inside * np.float32(crop.scale) + np.float32(crop.shift))
-    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    with tempfile.TemporaryDirectory() as scratch:
+        if crops:
+            crop = crops[0]
+            text = re.sub(r"(?ms)^\[crop\]\s*$.*?(?=^\[)", "", cfg.read_text(), count=1)
+            cfg = Path(scratch) / f"{cfg.stem}-uncropped.cfg"
+            cfg.write_text(text)
+            h, w = crop.out_shape.h, crop.out_shape.w
+            inside = blob_nchw[:, :, crop.top:crop.top + h, crop.left:crop.left + w]
+            blob_nchw = np.ascontiguousarray(inside * np.float32(crop.scale) + np.float32(crop.shift))
+        net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
     net.setInput(blob_nchw)
     return net.forward().reshape(len(blob_nchw), -1)

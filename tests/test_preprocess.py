@@ -64,6 +64,8 @@ def test_resize_equals_darknet_resize_image_bit_for_bit(in_wh, out_wh):
     assert ours.dtype == F and ours.shape == (out_wh[1], out_wh[0], 3)
     np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(darknet_resize_numpy(to_float(bgr), *out_wh), theirs)
+    np.testing.assert_array_equal(darknet_resize(bgr, *out_wh), theirs)  # uint8 in: / 255.0f
+    np.testing.assert_array_equal(darknet_resize_numpy(bgr, *out_wh), theirs)
 
 
 def test_resize_of_a_photo_equals_darknet_and_differs_from_opencv(test_images):

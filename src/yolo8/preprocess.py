@@ -40,7 +40,7 @@ def to_float(image: np.ndarray) -> np.ndarray:
 def resize_to(image: np.ndarray, width: int, height: int, resize: str) -> np.ndarray:
     """BGR uint8 -> float32 [0, 1] BGR at (width, height), by darknet's or OpenCV's resize."""
     if resize == "darknet":
-        return darknet_resize(to_float(image), width, height)
+        return darknet_resize(image, width, height)  # reads the uint8 pixels as darknet loads them
     return to_float(cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
