@@ -70,16 +70,16 @@ def top5(scores: np.ndarray) -> list[int]:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     lines = [line for line in text if "error:" in line] or text or [type(exc).__name__]
-    return lines[-1].strip()[:110]
+    return lines[-1].strip().split("/")[-1][:110]  # the cfg's name, not the temporary folder
 
 
-def measure(cfg_text: str, folder: Path) -> tuple[str, str, str]:
+def measure(cfg_text: str, folder: Path, name: str) -> tuple[str, str, str]:
     import yolo8
     from yolo8.graph import load_graph
     from yolo8.preprocess import read_image, to_blob
     from tests.oracle import opencv_last_output, random_weights
 
-    cfg, weights = folder / "model.cfg", folder / "model.weights"
+    cfg, weights = folder / name, folder / "model.weights"
     cfg.write_text(cfg_text)
     try:
         graph = load_graph(cfg)
@@ -131,7 +131,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for path in cfgs:
             ours, theirs, agreement = measure(shrink(path.read_text(), args.size, args.divide),
-                                              Path(tmp))
+                                              Path(tmp), path.name)
             print(f"{path.name} | {theirs} | {ours} | {agreement}", flush=True)
 
 
