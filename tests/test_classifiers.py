@@ -305,3 +305,20 @@ def test_calibrate_and_int8_on_a_classifier(tmp_path):
     raised, raised_int8 = spread.argmax(axis=1), (b - a.mean(axis=0)).argmax(axis=1)
     assert list(raised) == list(raised_int8)
     assert len(set(raised)) > 1  # the photos are told apart at all
+
+
+def test_cli_classify_reads_video_frames_and_skips_missing_inputs(tiny, tmp_path):
+    import cv2
+
+    cfg, weights, names = tiny
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 60))
+    for i in range(3):
+        writer.write(np.full((60, 80, 3), 60 * i, np.uint8))
+    writer.release()
+    result = run_yolo8("classify", video, tmp_path / "missing.jpg", "--cfg", cfg, "--weights",
+                       weights, "--top", "2", "--frames", "2", timeout=600)
+    assert result.returncode == 1  # the missing input, named
+    assert "missing.jpg" in result.stderr and "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"{video}#{i}" for i in (0, 0, 1, 1)]
