@@ -179,6 +179,25 @@ def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thr
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
+@with_model_options
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13 or newer)")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="images per run, fixed in the graph")
+@click.option("--dynamic-batch", is_flag=True, help="leave the batch size free (overrides --batch)")
+def export(out, cfg, weights, names, backend, calibration, opset, batch, dynamic_batch) -> None:
+    """Write the model as ONNX: FP32, or INT8 as QuantizeLinear/DequantizeLinear with yolo8's
+    calibration. Input and outputs as Model.forward's; preprocessing is in the metadata."""
+    from .api import load
+    from .export import check_output_path, require_onnx
+
+    require_onnx()
+    check_output_path(out)  # before the model loads: a typo fails fast
+    load(cfg, weights, backend, calibration, names).export_onnx(out, opset, batch, dynamic_batch)
+    click.echo(f"yolo8: wrote {out}", err=True)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)
