@@ -102,14 +102,16 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
     return out
 
 
-def run_map(opts: MapOptions) -> MapResult:
+def run_map(opts: MapOptions, model: Model | None = None) -> MapResult:
+    """The metrics of opts' model (or of `model`, already loaded) on opts.data."""
     config = read_data_file(opts.data)
     images = read_image_list(config.valid)
     difficult = read_image_list(config.difficult) if config.difficult is not None else None
     if difficult is not None and len(difficult) != len(images):
         raise InputError(f"the difficult list has {len(difficult)} images but valid= has "
                          f"{len(images)}: they must be parallel, line by line", path=config.difficult)
-    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names)
+    if model is None:
+        model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names)
     if model.heads[0].classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")

@@ -33,9 +33,9 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     batch: int = 1
     dynamic_batch: bool = False
-    # Test build: also output each INT8 conv's float input (`int8_input_<layer>`) and its
-    # quantized values (`quantized_input_<layer>`, int8).
-    quantized_outputs: bool = False
+    # Test build: also output each INT8 conv's float input (`int8_input_<layer>`), its
+    # quantized values (`quantized_input_<layer>`, int8) and its output (`int8_output_<layer>`).
+    int8_outputs: bool = False
 
 
 def require_onnx() -> Any:
@@ -117,16 +117,17 @@ def build_onnx(model: Model, opts: ExportOptions | None = None) -> Any:
     from .onnx_graph import OnnxGraph
 
     g = OnnxGraph()
-    ctx = EmitContext(g, model.graph, _int8_layers(model), expose_quantized=opts.quantized_outputs)
+    ctx = EmitContext(g, model.graph, _int8_layers(model), expose_int8=opts.int8_outputs)
     tensors = _emit_layers(model, ctx)
     batch: int | str = "batch" if opts.dynamic_batch else opts.batch
     f32 = onnx.TensorProto.FLOAT
     for k, index in enumerate(model.graph.heads):
         g.output(tensors[index], f"head{k}", f32, [batch, *model.graph.layers[index].out_shape])
-    for x, q, layer in ctx.quantized_outputs:
+    for layer, x, q, out in ctx.int8_tensors:
         g.output(x, f"int8_input_{layer.index}", f32, [batch, *layer.in_shape])
         g.output(q, f"quantized_input_{layer.index}", onnx.TensorProto.INT8,
                  [batch, *layer.in_shape])
+        g.output(out, f"int8_output_{layer.index}", f32, [batch, *layer.out_shape])
     image = onnx.helper.make_tensor_value_info(INPUT_NAME, f32, [batch, *model.graph.input_shape])
     graph = onnx.helper.make_graph(g.nodes, f"yolo8 {Path(model.graph.path).stem} {model.backend}",
                                    [image], g.outputs, g.initializers)

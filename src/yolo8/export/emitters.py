@@ -29,9 +29,9 @@ class EmitContext:
     g: OnnxGraph
     graph: Graph
     int8: dict[int, Int8Conv] = field(default_factory=dict)
-    # Test build: expose each INT8 conv's float input and its quantized values as outputs.
-    quantized_outputs: list[tuple[str, str, Convolutional]] = field(default_factory=list)
-    expose_quantized: bool = False
+    # Test build: each INT8 conv's float input, quantized input and output, exposed as outputs.
+    int8_tensors: list[tuple[Convolutional, str, str, str]] = field(default_factory=list)
+    expose_int8: bool = False
 
 
 Emitter = Callable[[Layer, list[str], EmitContext], str]
@@ -92,29 +92,34 @@ def _quantized_input(layer: Convolutional, x: str, multiplier: np.float32, ctx: 
                   f"l{i}_scaled")
     clipped = g.op("Clip", [scaled, g.constant(f"l{i}_qmin", np.float32(-QMAX)),
                             g.constant(f"l{i}_qmax", np.float32(QMAX))], f"l{i}_clipped")
-    q = g.op("QuantizeLinear", [clipped, g.constant(f"l{i}_unit_scale", np.float32(1)),
-                                g.constant(f"l{i}_zero", np.int8(0))], f"l{i}_quantized")
-    if ctx.expose_quantized:
-        ctx.quantized_outputs.append((x, q, layer))
-    return q
+    return g.op("QuantizeLinear", [clipped, g.constant(f"l{i}_unit_scale", np.float32(1)),
+                                   g.constant(f"l{i}_zero", np.int8(0))], f"l{i}_quantized")
 
 
 def _int8_conv(layer: Convolutional, x: str, params: Int8Conv, ctx: EmitContext) -> str:
-    """QDQ: the quantized input dequantized with 1/m, per-channel int8 weights with yolo8's
-    max-abs scales, then a float Conv with the bias-corrected bias."""
+    """QDQ with yolo8's arithmetic: the quantized input and the per-channel int8 weights
+    (yolo8's max-abs) dequantized with scale 1, so the Conv sums integer products, which float32
+    holds exactly while |sum| < 2^24 (yolo8 sums them in int32); then yolo8's epilogue:
+    acc * f32(w_scale / m) per channel, a separate add of the bias-corrected bias, activation."""
     g, i = ctx.g, layer.index
     q = _quantized_input(layer, x, params.multiplier, ctx)
-    x_deq = g.op("DequantizeLinear", [q, g.constant(f"l{i}_input_scale",
-                                                    np.float32(1) / params.multiplier),
-                                      g.constant(f"l{i}_input_zero", np.int8(0))],
-                 f"l{i}_dequantized")
+    unit, zero = g.constant(f"l{i}_unit", np.float32(1)), g.constant(f"l{i}_zero_int8", np.int8(0))
+    q_values = g.op("DequantizeLinear", [q, unit, zero], f"l{i}_input_values")
     wq, w_scale = quantize_weights(layer.weights)
-    w_deq = g.op("DequantizeLinear", [g.constant(f"l{i}_weights_int8", _nchw_weights(wq)),
-                                      g.constant(f"l{i}_weight_scales", w_scale),
-                                      g.constant(f"l{i}_weight_zeros",
-                                                 np.zeros(layer.filters, np.int8))],
-                 f"l{i}_weights", axis=0)
-    return _activate(layer, _conv_node(layer, x_deq, w_deq, params.bias, ctx), ctx)
+    w_values = g.op("DequantizeLinear", [g.constant(f"l{i}_weights_int8", _nchw_weights(wq)),
+                                         unit, zero], f"l{i}_weight_values")
+    p = layer.pad
+    acc = g.op("Conv", [q_values, w_values], f"l{i}_accumulator",
+               kernel_shape=[layer.size, layer.size], strides=[layer.stride, layer.stride],
+               pads=[p, p, p, p], group=layer.groups)
+    out_scale = (w_scale / params.multiplier).astype(np.float32).reshape(1, -1, 1, 1)
+    scaled = g.op("Mul", [acc, g.constant(f"l{i}_output_scale", out_scale)], f"l{i}_dequantized")
+    biased = g.op("Add", [scaled, g.constant(f"l{i}_bias", params.bias.reshape(1, -1, 1, 1))],
+                  f"l{i}_biased")
+    out = _activate(layer, biased, ctx)
+    if ctx.expose_int8:
+        ctx.int8_tensors.append((layer, x, q, out))
+    return out
 
 
 def convolutional(layer: Convolutional, inputs: list[str], ctx: EmitContext) -> str:

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""ONNX Runtime on yolo8's exported models vs yolo8's own engines, on labelled photos.
+
+For each backend: export the default model (INT8 with its shipped calibration, computed on the
+first 64 photos of coco128-train: the last 64 are held out), run the export in ONNX Runtime
+behind yolo8's own preprocessing, decoding and NMS, and compare with yolo8's engine:
+
+- detections at --thresh (0.1): a box agrees when the other side has one of the same class
+  with IoU >= 0.95 and a score within 0.02, counted both ways;
+- mAP (`yolo8 map`'s evaluator): VOC 11-point and COCO AP@[.5:.95], in points.
+
+    python scripts/check_onnx_export.py ../shared/data/coco128-train --last 64 [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import yolo8
+from yolo8.evaluate import MapOptions, run_map
+from yolo8.export import ExportOptions, export_onnx
+from yolo8.export.runtime import with_onnx_runtime
+from yolo8.preprocess import read_image
+
+
+def iou(a, b) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def agrees(det, pool) -> bool:
+    return any(det.class_id == o.class_id and abs(det.score - o.score) <= 0.02 and
+               iou(det.box, o.box) >= 0.95 for o in pool)
+
+
+def compare_detections(ours, theirs, images: list[Path], thresh: float) -> dict:
+    boxes = agreed = 0
+    for path in images:
+        image = read_image(path)
+        a, b = ours.detect(image, thresh), theirs.detect(image, thresh)
+        boxes += len(a) + len(b)
+        agreed += sum(agrees(d, b) for d in a) + sum(agrees(d, a) for d in b)
+    return {"boxes": boxes, "agreed": agreed, "fraction": agreed / boxes if boxes else 1.0}
+
+
+def metrics(model, data: Path) -> dict:
+    result = run_map(MapOptions(data=data, progress=False), model)
+    return {"voc07": 100 * result.voc07, "coco": 100 * result.coco}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", type=Path, help="darknet layout: images/, labels/, coco.names")
+    parser.add_argument("--last", type=int, help="use the last N photos (default: all)")
+    parser.add_argument("--thresh", type=float, default=0.1)
+    parser.add_argument("--backends", nargs="+", default=["int8", "fp32"])
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args()
+    images = sorted((args.dataset / "images").glob("*.jpg"))
+    images = images[-args.last:] if args.last else images
+    names = args.dataset / "coco.names"
+    report = {"photos": len(images)}
+    with tempfile.TemporaryDirectory() as tmp:
+        listing, data = Path(tmp) / "valid.txt", Path(tmp) / "set.data"
+        listing.write_text("".join(f"{p}\n" for p in images))
+        data.write_text(f"classes = 80\nvalid = {listing}\nnames = {names}\n")
+        for backend in args.backends:
+            model = yolo8.load(backend=backend, names=names)
+            onnx_path = export_onnx(model, Path(tmp) / f"{backend}.onnx",
+                                    ExportOptions(dynamic_batch=True))
+            runtime = with_onnx_runtime(model, onnx_path)
+            ours, theirs = metrics(model, data), metrics(runtime, data)
+            report[backend] = {
+                "yolo8": ours, "onnxruntime": theirs,
+                "difference": {k: theirs[k] - ours[k] for k in ours},
+                "detections": compare_detections(model, runtime, images, args.thresh)}
+    print(f"{len(images)} photos; detections at thresh {args.thresh}, mAP in points")
+    print("| backend | engine | VOC 11-point | COCO AP@[.5:.95] | boxes agreeing |")
+    print("|---|---|---|---|---|")
+    for backend in args.backends:
+        r = report[backend]
+        d = r["detections"]
+        print(f"| {backend} | yolo8 | {r['yolo8']['voc07']:.2f} | {r['yolo8']['coco']:.2f} | |")
+        print(f"| {backend} | ONNX Runtime | {r['onnxruntime']['voc07']:.2f} "
+              f"({r['difference']['voc07']:+.2f}) | {r['onnxruntime']['coco']:.2f} "
+              f"({r['difference']['coco']:+.2f}) | {d['agreed']} of {d['boxes']} "
+              f"({100 * d['fraction']:.2f} %) |")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
