@@ -242,6 +242,33 @@ def _has_twin(d, pool) -> bool:
                _iou(d.box, e.box) >= 0.95 for e in pool)
 
 
+@pytest.mark.parametrize("name", ["yolov3-tiny.cfg", "yolov2-tiny.cfg"])
+def test_decode_outputs_equal_yolo8s_decoding(name, tmp_path, test_images):
+    """--decode's boxes and scores vs yolo8's decode_yolo / decode_region of the same head
+    outputs (ONNX Runtime's own), so only the decoding is compared: float32 in the graph,
+    float64 in yolo8, hence the 1e-5 relative bound."""
+    from yolo8.layers import Yolo
+    from yolo8.postprocess import decode_region, decode_yolo
+
+    cfg = tmp_path / name
+    cfg.write_text(cfg_for_opencv((ROOT / "cfg" / name).read_text(), 224, 224))
+    random_weights(load_graph(cfg), tmp_path / "w.weights")
+    model = yolo8.load(cfg, tmp_path / "w.weights")
+    path = export_onnx(model, tmp_path / "d.onnx", ExportOptions(batch=2, decode=True))
+    outs = _run(path, _blob(test_images[:2], 224, 224))
+    for image in range(2):
+        parts = []
+        for k, head in enumerate(model.heads):
+            out = outs[f"head{k}"][image].transpose(1, 2, 0)
+            parts.append(decode_yolo(out, head, 224, 224, 0.0) if isinstance(head, Yolo)
+                         else decode_region(out, head, 0.0))
+        boxes = np.concatenate([p.boxes for p in parts])
+        probs = np.concatenate([p.probs for p in parts])
+        assert outs["boxes"][image].shape == boxes.shape and probs.shape[0] > 100
+        np.testing.assert_allclose(outs["boxes"][image], boxes, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(outs["scores"][image], probs, rtol=1e-5, atol=1e-7)
+
+
 def test_metadata_tells_how_to_preprocess(int8_model, tmp_path):
     proto = onnx.load(str(export_onnx(int8_model, tmp_path / "m.onnx")))
     meta = {p.key: p.value for p in proto.metadata_props}

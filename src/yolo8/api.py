@@ -132,12 +132,14 @@ class Model:
                                     nms, letterbox)
 
     def export_onnx(self, path: PathLike, opset: int | None = None, batch: int = 1,
-                    dynamic_batch: bool = False) -> Path:
+                    dynamic_batch: bool = False, decode: bool = False) -> Path:
         """Write this model as ONNX (FP32, or INT8 as QDQ with this model's calibration): input
-        and outputs as `forward`'s, preprocessing in the file's metadata. Needs `yolo8[onnx]`."""
+        and outputs as `forward`'s (`decode`: boxes and scores too), preprocessing in the file's
+        metadata. Needs `yolo8[onnx]`."""
         from .export import DEFAULT_OPSET, ExportOptions, export_onnx
 
-        opts = ExportOptions(opset=opset or DEFAULT_OPSET, batch=batch, dynamic_batch=dynamic_batch)
+        opts = ExportOptions(opset=opset or DEFAULT_OPSET, batch=batch, dynamic_batch=dynamic_batch,
+                             decode=decode)
         return export_onnx(self, path, opts)
 
     def detect(self, image: np.ndarray, thresh: float = 0.25, nms: float = 0.45,

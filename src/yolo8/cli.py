@@ -186,7 +186,10 @@ def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thr
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
               help="images per run, fixed in the graph")
 @click.option("--dynamic-batch", is_flag=True, help="leave the batch size free (overrides --batch)")
-def export(out, cfg, weights, names, backend, calibration, opset, batch, dynamic_batch) -> None:
+@click.option("--decode", is_flag=True,
+              help="also output decoded boxes and scores (per anchor and class, no NMS)")
+def export(out, cfg, weights, names, backend, calibration, opset, batch, dynamic_batch,
+           decode) -> None:
     """Write the model as ONNX: FP32, or INT8 as QuantizeLinear/DequantizeLinear with yolo8's
     calibration. Input and outputs as Model.forward's; preprocessing is in the metadata."""
     from .api import load
@@ -194,7 +197,8 @@ def export(out, cfg, weights, names, backend, calibration, opset, batch, dynamic
 
     require_onnx()
     check_output_path(out)  # before the model loads: a typo fails fast
-    load(cfg, weights, backend, calibration, names).export_onnx(out, opset, batch, dynamic_batch)
+    model = load(cfg, weights, backend, calibration, names)
+    model.export_onnx(out, opset, batch, dynamic_batch, decode)
     click.echo(f"yolo8: wrote {out}", err=True)
 
 

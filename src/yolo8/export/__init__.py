@@ -33,6 +33,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     batch: int = 1
     dynamic_batch: bool = False
+    decode: bool = False  # also output `boxes` and `scores` (see decode.py)
     # Test build: also output each INT8 conv's float input (`int8_input_<layer>`), its
     # quantized values (`quantized_input_<layer>`, int8) and its output (`int8_output_<layer>`).
     int8_outputs: bool = False
@@ -104,8 +105,11 @@ def _metadata(model: Model, opts: ExportOptions) -> dict[str, str]:
         "yolo8.letterbox": str(int(model.letterbox)),
         "yolo8.resize": resize,
         "yolo8.heads": json.dumps(heads),
-        "yolo8.outputs": "one per head: (N, anchors * (5 + classes), H, W), darknet's layout: "
-                         "x, y, objectness and classes after their activation, w and h raw",
+        "yolo8.outputs": "head<k>, one per head: (N, anchors * (5 + classes), H, W), darknet's "
+                         "layout: x, y, objectness and classes after their activation, w and h "
+                         "raw" + ("; boxes (N, D, 4): centre x, y, w, h relative to the input "
+                                  "(before any letterbox correction); scores (N, D, classes): "
+                                  "objectness x class probability, no NMS" if opts.decode else ""),
     }
 
 
@@ -123,6 +127,12 @@ def build_onnx(model: Model, opts: ExportOptions | None = None) -> Any:
     f32 = onnx.TensorProto.FLOAT
     for k, index in enumerate(model.graph.heads):
         g.output(tensors[index], f"head{k}", f32, [batch, *model.graph.layers[index].out_shape])
+    if opts.decode:
+        from .decode import emit_decoded
+
+        boxes, scores = emit_decoded(g, model.graph, tensors)
+        g.output(boxes, "boxes", f32, [batch, "boxes", 4])
+        g.output(scores, "scores", f32, [batch, "boxes", model.heads[0].classes])
     for layer, x, q, out in ctx.int8_tensors:
         g.output(x, f"int8_input_{layer.index}", f32, [batch, *layer.in_shape])
         g.output(q, f"quantized_input_{layer.index}", onnx.TensorProto.INT8,
