@@ -9,6 +9,10 @@ behind yolo8's own preprocessing, decoding and NMS, and compare with yolo8's eng
   with IoU >= 0.95 and a score within 0.02, counted both ways;
 - mAP (`yolo8 map`'s evaluator): VOC 11-point and COCO AP@[.5:.95], in points.
 
+`--division-study N`: on the first N photos, how many INT8 conv inputs a plain QuantizeLinear
+(x / scale with scale = threshold / 127, range [-128, 127]) would quantize differently from
+yolo8 (round(x * 127 / threshold) in [-127, 127]): why the export multiplies, then clips.
+
     python scripts/check_onnx_export.py ../shared/data/coco128-train --last 64 [--json out.json]
 """
 from __future__ import annotations
@@ -54,6 +58,28 @@ def metrics(model, data: Path) -> dict:
     return {"voc07": 100 * result.voc07, "coco": 100 * result.coco}
 
 
+def division_study(images: list[Path]) -> dict:
+    import numpy as np
+
+    from yolo8.preprocess import to_blob
+
+    model = yolo8.load(backend="int8")
+    thresholds = model.program.quantization.thresholds
+    values = differ = minus_128 = 0
+    for path in images:
+        inputs = {}
+        model.program.run(to_blob([read_image(path)], *model.input_size),
+                          observer=lambda layer, xs: inputs.__setitem__(layer.index, xs[0]))
+        for index, threshold in thresholds.items():
+            x = inputs[index]
+            yolo8_q = np.clip(np.rint(x * np.float32(127 / threshold)), -127, 127)
+            division_q = np.clip(np.rint(x / np.float32(threshold / 127)), -128, 127)
+            values += x.size
+            differ += int((yolo8_q != division_q).sum())
+            minus_128 += int((division_q == -128).sum())
+    return {"photos": len(images), "values": values, "differ": differ, "minus_128": minus_128}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +88,7 @@ def main() -> None:
     parser.add_argument("--thresh", type=float, default=0.1)
     parser.add_argument("--backends", nargs="+", default=["int8", "fp32"])
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--division-study", type=int, metavar="N")
     args = parser.parse_args()
     images = sorted((args.dataset / "images").glob("*.jpg"))
     images = images[-args.last:] if args.last else images
@@ -92,6 +119,12 @@ def main() -> None:
               f"({r['difference']['voc07']:+.2f}) | {r['onnxruntime']['coco']:.2f} "
               f"({r['difference']['coco']:+.2f}) | {d['agreed']} of {d['boxes']} "
               f"({100 * d['fraction']:.2f} %) |")
+    if args.division_study:
+        study = division_study(sorted((args.dataset / "images").glob("*.jpg"))[:args.division_study])
+        report["division_study"] = study
+        print(f"QuantizeLinear(x / scale) vs yolo8 on the INT8 conv inputs of {study['photos']} "
+              f"photos: {study['differ']} of {study['values']} values differ "
+              f"({study['minus_128']} of them -128)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

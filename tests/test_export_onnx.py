@@ -11,7 +11,7 @@ Bounds:
   INT8 kernel run on ONNX Runtime's input of a layer gives ONNX Runtime's output bit for bit.
 - INT8, end to end: the FP32 first conv differs by float32 roundings (yolo8's Winograd vs ONNX
   Runtime's GEMM), so a few inputs of the first INT8 conv sit on the other side of a rounding
-  boundary (5 of 5.5M values on 8 photos), and those flips spread through the later layers. So
+  boundary (5 of 5.5M values on 8 coco128 photos), and those flips spread downstream. So
   heads are bounded loosely (0.15 absolute: measured up to ~0.05 on the test photos), and
   detections are compared as the issue asks (same class, IoU >= 0.95, score within 0.02).
 """
@@ -267,6 +267,28 @@ def test_decode_outputs_equal_yolo8s_decoding(name, tmp_path, test_images):
         assert outs["boxes"][image].shape == boxes.shape and probs.shape[0] > 100
         np.testing.assert_allclose(outs["boxes"][image], boxes, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(outs["scores"][image], probs, rtol=1e-5, atol=1e-7)
+
+
+def test_openvino_runs_both_exports(fp32_model, int8_model, tmp_path, test_images):
+    """Where OpenVINO is installed (it is not a dependency): FP32 within the FP32 bound (f32
+    precision: on CPUs with bf16 it would otherwise use bf16), INT8 with its convs in u8."""
+    ov = pytest.importorskip("openvino")
+    blob = _blob(test_images[:1])
+    for model in (fp32_model, int8_model):
+        path = export_onnx(model, tmp_path / f"{model.backend}.onnx")
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        result = compiled.create_infer_request().infer({"images": blob})
+        outs = {f"head{k}": result[o] for k, o in enumerate(compiled.outputs)}
+        precisions = [op.get_rt_info()["runtimePrecision"].astype(str)
+                      for op in compiled.get_runtime_model().get_ops()
+                      if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+        if model.backend == "fp32":
+            _assert_fp32_heads_match(model.forward(blob), outs)
+            assert precisions == ["f32"] * 13
+        else:
+            assert sorted(precisions) == ["f32"] * 3 + ["u8"] * 10
+            for k, mine in enumerate(model.forward(blob)):
+                assert float(np.abs(mine - outs[f"head{k}"]).max()) <= INT8_HEAD_ATOL
 
 
 def test_metadata_tells_how_to_preprocess(int8_model, tmp_path):
