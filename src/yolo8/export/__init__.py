@@ -26,6 +26,8 @@ INSTALL_HINT = "pip install 'yolo8[onnx]' (or: pip install onnx onnxruntime)"
 MIN_OPSET = 13  # per-channel DequantizeLinear, Softmax over any axis, Resize's inputs
 DEFAULT_OPSET = 17
 INPUT_NAME = "images"
+EXPORTABLE_BACKENDS = ("fp32", "int8")
+MAX_PROTOBUF_BYTES = (1 << 31) - 1  # one protobuf message (the .onnx file without external data)
 
 
 @dataclass
@@ -61,9 +63,12 @@ def _check_options(opts: ExportOptions) -> None:
 def _int8_layers(model: Model) -> dict[int, Int8Conv]:
     from ..quant import multiplier_for_threshold
 
-    quantization = getattr(model.program, "quantization", None)
-    if model.backend != "int8" or quantization is None:
+    if model.backend not in EXPORTABLE_BACKENDS:
+        raise Yolo8Error(f"a {model.backend} model cannot be exported; load it with backend "
+                         f"{' or '.join(EXPORTABLE_BACKENDS)}")
+    if model.backend == "fp32":
         return {}
+    quantization = model.program.quantization
     layers = {}
     for index, threshold in quantization.thresholds.items():
         bias = model.graph.layers[index].bias
@@ -98,7 +103,7 @@ def _metadata(model: Model, opts: ExportOptions) -> dict[str, str]:
         "yolo8.model_id": model.model_id,
         "yolo8.backend": model.backend,
         "yolo8.calibration": model.calibration_source or "",
-        "yolo8.cfg": str(model.graph.path),
+        "yolo8.cfg": Path(model.graph.path).name,
         "yolo8.names": json.dumps(model.names),
         "yolo8.input": json.dumps({"name": INPUT_NAME, "width": w, "height": h,
                                    "layout": "NCHW", "colour": "RGB", "range": [0, 1]}),
@@ -165,6 +170,9 @@ def export_onnx(model: Model, path: str | os.PathLike, opts: ExportOptions | Non
     """Write `model` as ONNX to `path` atomically (a failed export leaves no file behind)."""
     path = check_output_path(path)
     proto = build_onnx(model, opts)
+    if proto.ByteSize() > MAX_PROTOBUF_BYTES:
+        raise Yolo8Error(f"the model needs {proto.ByteSize() >> 20} MiB, more than one ONNX file "
+                         f"holds without external data (2 GiB)", path=path)
     from ..errors import writing
 
     with writing(path):
