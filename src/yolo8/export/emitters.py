@@ -70,10 +70,10 @@ def _activate(layer: Layer, x: str, ctx: EmitContext) -> str:
 
 # -- layers ----------------------------------------------------------------------------------------
 
-def _conv_node(layer: Convolutional, x: str, weights: str, bias: np.ndarray, ctx: EmitContext) -> str:
+def _conv_node(layer: Convolutional, inputs: list[str], hint: str, ctx: EmitContext) -> str:
+    """A Conv with the layer's geometry on inputs [x, weights(, bias)]."""
     p = layer.pad
-    return ctx.g.op("Conv", [x, weights, ctx.g.constant(f"l{layer.index}_bias", bias)],
-                    f"l{layer.index}_conv", kernel_shape=[layer.size, layer.size],
+    return ctx.g.op("Conv", inputs, f"l{layer.index}_{hint}", kernel_shape=[layer.size, layer.size],
                     strides=[layer.stride, layer.stride], pads=[p, p, p, p], group=layer.groups)
 
 
@@ -108,10 +108,7 @@ def _int8_conv(layer: Convolutional, x: str, params: Int8Conv, ctx: EmitContext)
     wq, w_scale = quantize_weights(layer.weights)
     w_values = g.op("DequantizeLinear", [g.constant(f"l{i}_weights_int8", _nchw_weights(wq)),
                                          unit, zero], f"l{i}_weight_values")
-    p = layer.pad
-    acc = g.op("Conv", [q_values, w_values], f"l{i}_accumulator",
-               kernel_shape=[layer.size, layer.size], strides=[layer.stride, layer.stride],
-               pads=[p, p, p, p], group=layer.groups)
+    acc = _conv_node(layer, [q_values, w_values], "accumulator", ctx)
     out_scale = (w_scale / params.multiplier).astype(np.float32).reshape(1, -1, 1, 1)
     scaled = g.op("Mul", [acc, g.constant(f"l{i}_output_scale", out_scale)], f"l{i}_dequantized")
     biased = g.op("Add", [scaled, g.constant(f"l{i}_bias", params.bias.reshape(1, -1, 1, 1))],
@@ -130,7 +127,8 @@ def convolutional(layer: Convolutional, inputs: list[str], ctx: EmitContext) -> 
     if params is not None:
         return _int8_conv(layer, inputs[0], params, ctx)
     weights = ctx.g.constant(f"l{layer.index}_weights", _nchw_weights(layer.weights))
-    return _activate(layer, _conv_node(layer, inputs[0], weights, layer.bias, ctx), ctx)
+    bias = ctx.g.constant(f"l{layer.index}_bias", layer.bias)
+    return _activate(layer, _conv_node(layer, [inputs[0], weights, bias], "conv", ctx), ctx)
 
 
 def maxpool(layer: MaxPool, inputs: list[str], ctx: EmitContext) -> str:
