@@ -374,12 +374,19 @@ def test_out_into_missing_folder_is_one_clear_error(tmp_path):
 
 
 def test_cli_writes_a_model_onnx_runtime_runs(tmp_path, default_weights, test_images):
+    from yolo8 import models
+
+    calibration = tmp_path / "my.calibration.json"
+    calibration.write_bytes(models.default_calibration().read_bytes())
     out = tmp_path / "m.onnx"
-    result = run_yolo8("export", "--out", out, "--backend", "int8", "--batch", "2", timeout=300)
+    result = run_yolo8("export", "--out", out, "--backend", "int8", "--calibration", calibration,
+                       "--batch", "2", timeout=300)
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "my.calibration.json"]
     outs = _run(out, _blob(test_images[:2]))
     assert [o.shape for o in outs.values()] == [(2, 255, 13, 13), (2, 255, 26, 26)]
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["yolo8.calibration"] == str(calibration)
 
 
 def test_export_without_onnx_says_how_to_install(tmp_path):
