@@ -9,6 +9,9 @@ behind yolo8's own preprocessing, decoding and NMS, and compare with yolo8's eng
   with IoU >= 0.95 and a score within 0.02, counted both ways;
 - mAP (`yolo8 map`'s evaluator): VOC 11-point and COCO AP@[.5:.95], in points.
 
+`--nudge`: also yolo8 itself on inputs moved up by one float32 ulp (np.nextafter), the size of
+change another engine's float rounding makes: how far the figures move without any export.
+
 `--division-study N`: on the first N photos, how many INT8 conv inputs a plain QuantizeLinear
 (x / scale with scale = threshold / 127, range [-128, 127]) would quantize differently from
 yolo8 (round(x * 127 / threshold) in [-127, 127]): why the export multiplies, then clips.
@@ -18,6 +21,7 @@ yolo8 (round(x * 127 / threshold) in [-127, 127]): why the export multiplies, th
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -51,6 +55,24 @@ def compare_detections(ours, theirs, images: list[Path], thresh: float) -> dict:
         boxes += len(a) + len(b)
         agreed += sum(agrees(d, b) for d in a) + sum(agrees(d, a) for d in b)
     return {"boxes": boxes, "agreed": agreed, "fraction": agreed / boxes if boxes else 1.0}
+
+
+class NudgedProgram:
+    """A program run on its inputs moved one float32 ulp towards +inf."""
+
+    def __init__(self, program) -> None:
+        self.program = program
+
+    def run(self, x, observer=None):
+        import numpy as np
+
+        return self.program.run(np.nextafter(x, np.float32(np.inf)), observer)
+
+
+def nudged(model):
+    twin = copy.copy(model)
+    twin.program = NudgedProgram(model.program)
+    return twin
 
 
 def metrics(model, data: Path) -> dict:
@@ -88,6 +110,7 @@ def main() -> None:
     parser.add_argument("--thresh", type=float, default=0.1)
     parser.add_argument("--backends", nargs="+", default=["int8", "fp32"])
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--nudge", action="store_true")
     parser.add_argument("--division-study", type=int, metavar="N")
     args = parser.parse_args()
     images = sorted((args.dataset / "images").glob("*.jpg"))
@@ -108,6 +131,11 @@ def main() -> None:
                 "yolo8": ours, "onnxruntime": theirs,
                 "difference": {k: theirs[k] - ours[k] for k in ours},
                 "detections": compare_detections(model, runtime, images, args.thresh)}
+            if args.nudge:
+                moved = metrics(nudged(model), data)
+                report[backend]["nudged"] = {
+                    "yolo8": moved, "difference": {k: moved[k] - ours[k] for k in ours},
+                    "detections": compare_detections(model, nudged(model), images, args.thresh)}
     print(f"{len(images)} photos; detections at thresh {args.thresh}, mAP in points")
     print("| backend | engine | VOC 11-point | COCO AP@[.5:.95] | boxes agreeing |")
     print("|---|---|---|---|---|")
@@ -119,6 +147,12 @@ def main() -> None:
               f"({r['difference']['voc07']:+.2f}) | {r['onnxruntime']['coco']:.2f} "
               f"({r['difference']['coco']:+.2f}) | {d['agreed']} of {d['boxes']} "
               f"({100 * d['fraction']:.2f} %) |")
+        if "nudged" in r:
+            n, d = r["nudged"], r["nudged"]["detections"]
+            print(f"| {backend} | yolo8, inputs + 1 ulp | {n['yolo8']['voc07']:.2f} "
+                  f"({n['difference']['voc07']:+.2f}) | {n['yolo8']['coco']:.2f} "
+                  f"({n['difference']['coco']:+.2f}) | {d['agreed']} of {d['boxes']} "
+                  f"({100 * d['fraction']:.2f} %) |")
     if args.division_study:
         study = division_study(sorted((args.dataset / "images").glob("*.jpg"))[:args.division_study])
         report["division_study"] = study
