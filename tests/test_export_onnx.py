@@ -304,6 +304,14 @@ def test_metadata_tells_how_to_preprocess(int8_model, tmp_path):
     assert proto.producer_name == "yolo8"
 
 
+def test_oldest_opset_gives_the_same_outputs(int8_model, tmp_path, test_images):
+    blob = _blob(test_images[:1])
+    newest = _run(export_onnx(int8_model, tmp_path / "17.onnx"), blob)
+    oldest = _run(export_onnx(int8_model, tmp_path / "13.onnx", ExportOptions(opset=13)), blob)
+    assert onnx.load(str(tmp_path / "13.onnx")).opset_import[0].version == 13
+    assert all(np.array_equal(newest[k], oldest[k]) for k in newest)
+
+
 def test_fixed_batch_is_in_the_graph(fp32_model):
     proto = build_onnx(fp32_model, ExportOptions(batch=3))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
