@@ -166,6 +166,11 @@ def _times(op, iters: int) -> list[float]:
 
 # --------------------------------------------------------------------------- orchestration
 def _run_worker(args: list[str], env: dict | None = None) -> dict:
+    """One engine in a process of its own, with the thread-pool settings the yolo8 command
+    uses (the library itself sets none)."""
+    from yolo8.cli import THREAD_POOL_DEFAULTS
+
+    env = {**THREAD_POOL_DEFAULTS, **(env if env is not None else os.environ)}
     out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True,
                          text=True, env=env, timeout=1800)
     if out.returncode != 0:

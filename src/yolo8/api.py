@@ -17,11 +17,12 @@ from . import models
 from .backends import get_backend
 from .darknet.weights import WeightsDigestError, load_weights
 from .data import read_names
-from .errors import ConfigError, InputError, Yolo8Error
+from .errors import ConfigError, InputError, ModelFetchError, Yolo8Error
 from .graph import Graph, load_graph
 from .layers import Region, Yolo
 from .postprocess import Detection, detections_from_heads
 from .preprocess import to_blob
+from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
 notices = logging.getLogger("yolo8.notice")  # progress notes; the CLI shows them on stderr
@@ -48,7 +49,12 @@ PathLike = str | Path
 
 
 class Model:
-    """A darknet model compiled for one backend."""
+    """A darknet model compiled for one backend.
+
+    Safe to call from several threads at once (results equal to sequential calls): a forward
+    keeps its intermediate values to itself, the INT8 layers quantize into per-thread buffers,
+    and the kernels release the GIL, sharing the cores as `yolo8.threads` describes.
+    """
 
     def __init__(self, graph: Graph, backend: str, names: list[str], model_id: str,
                  calibration_source: str | None = None) -> None:
@@ -75,11 +81,12 @@ class Model:
     def forward_nhwc(self, x: np.ndarray) -> list[np.ndarray]:
         """NHWC float32 RGB [0, 1] batch -> head outputs in NHWC."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._first_run:
-            self._first_run = False
-            with _notice_if_slow(COMPILE_NOTICE, after=COMPILE_NOTICE_AFTER):
-                return self.program.run(x)
-        return self.program.run(x)
+        with kernel_threads():
+            if self._first_run:
+                self._first_run = False
+                with _notice_if_slow(COMPILE_NOTICE, after=COMPILE_NOTICE_AFTER):
+                    return self.program.run(x)
+            return self.program.run(x)
 
     def forward(self, blob: np.ndarray) -> list[np.ndarray]:
         """darknet's view: blob (N, 3, H, W) float32 RGB in [0, 1] -> one array per
@@ -162,11 +169,15 @@ def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
 
 
 def _load_default_weights(graph: Graph) -> str:
-    """The cached weights, hashed once while read; a corrupted cache is fetched again."""
+    """The default weights, hashed once while read; a corrupted cache is fetched again (a
+    file named by YOLO8_WEIGHTS, or any file in offline mode, is never replaced)."""
     path = models.default_weights(verify=False)
     try:
         return load_weights(graph, path, models.WEIGHTS_SHA256)
     except WeightsDigestError:
+        if models.weights_override() is not None:
+            raise ModelFetchError(f"YOLO8_WEIGHTS={path} is not {models.WEIGHTS_NAME} (sha256 "
+                                  f"mismatch)") from None
         print(f"yolo8: cached weights {path} are corrupted (sha256 mismatch); fetching them again",
               file=sys.stderr, flush=True)
     return load_weights(graph, models.fetch_default_weights(), models.WEIGHTS_SHA256)

@@ -21,13 +21,14 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .api import Model
-from .data import read_image_list
+from .data import image_paths, read_image_list
 from .errors import InputError, writing
 from .layers import Convolutional, Layer
 from .pipeline import batched, load_images
 from .progress import progress_bar
 from .quant import (Calibration, HistogramCollector, RangeCollector, cfg_with_input_calibration,
                     compute_thresholds, multiplier_for_threshold)
+from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def _observe_conv_inputs(model: Model, reader: CalibrationDataReader, collector,
     with progress_bar(len(reader), desc, progress) as bar:
         for blob in reader.batches():
             if blob.size:
-                model.program.run(blob, observer=observer)
+                with kernel_threads():
+                    model.program.run(blob, observer=observer)
             bar.update(max(len(blob), 1) if blob.ndim == 4 else 1)
 
 
@@ -138,7 +140,7 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
 
 
 def calibration_images(list_path: Path, limit: int | None) -> list[Path]:
-    images = read_image_list(list_path)
+    images = image_paths(read_image_list(list_path))
     return images[:limit] if limit else images
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from .api import Model, load
-from .data import (GroundTruth, ImageDetections, read_data_file, read_ground_truth,
+from .data import (GroundTruth, ImageDetections, image_paths, read_data_file, read_ground_truth,
                    read_image_list)
 from .detect import coco_result
-from .errors import InputError, Yolo8Error, writing
+from .errors import InputError, Yolo8Error
+from .files import atomic_write_bytes
 from .metrics import MapResult, evaluate
 from .pipeline import Item, batched, load_images
 from .postprocess import Detection
@@ -105,8 +106,9 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
 def run_map(opts: MapOptions, model: Model | None = None) -> MapResult:
     """The metrics of opts' model (or of `model`, already loaded) on opts.data."""
     config = read_data_file(opts.data)
-    images = read_image_list(config.valid)
-    difficult = read_image_list(config.difficult) if config.difficult is not None else None
+    images = image_paths(read_image_list(config.valid))
+    difficult = (image_paths(read_image_list(config.difficult)) if config.difficult is not None
+                 else None)
     if difficult is not None and len(difficult) != len(images):
         raise InputError(f"the difficult list has {len(difficult)} images but valid= has "
                          f"{len(images)}: they must be parallel, line by line", path=config.difficult)
@@ -135,6 +137,4 @@ def run_map(opts: MapOptions, model: Model | None = None) -> MapResult:
 
 
 def _write_json(path: Path, payload) -> None:
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=1))
+    atomic_write_bytes(path, json.dumps(payload, indent=1).encode())

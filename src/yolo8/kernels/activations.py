@@ -11,6 +11,8 @@ import math
 import numpy as np
 from numba import njit
 
+from ..jit import CACHE
+
 LINEAR, LEAKY, RELU, LOGISTIC, MISH, SWISH = range(6)
 
 CODES: dict[str, int] = {
@@ -26,7 +28,7 @@ CODES: dict[str, int] = {
 _SOFTPLUS_THRESHOLD = 20.0
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def _softplus(x):
     if x > _SOFTPLUS_THRESHOLD:
         return x
@@ -35,7 +37,7 @@ def _softplus(x):
     return math.log1p(math.exp(x))
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def activate(x, code):
     """darknet's activate() for one float32 value."""
     if code == LEAKY:
