@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import Yolo8Error
+from ..files import atomic_write_bytes
 from ..layers import NETWORK_INPUT
 from .emitters import EMITTERS, EmitContext, Int8Conv, refuse
 
@@ -173,15 +173,5 @@ def export_onnx(model: Model, path: str | os.PathLike, opts: ExportOptions | Non
     if proto.ByteSize() > MAX_PROTOBUF_BYTES:
         raise Yolo8Error(f"the model needs {proto.ByteSize() >> 20} MiB, more than one ONNX file "
                          f"holds without external data (2 GiB)", path=path)
-    from ..errors import writing
-
-    with writing(path):
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(proto.SerializeToString())
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+    atomic_write_bytes(path, proto.SerializeToString())
     return path
