@@ -175,6 +175,17 @@ class Model:
         return self.detect_prepared(blob, [(im.shape[1], im.shape[0]) for im in images], thresh,
                                     nms, letterbox)
 
+    def export_onnx(self, path: PathLike, opset: int | None = None, batch: int = 1,
+                    dynamic_batch: bool = False, decode: bool = False) -> Path:
+        """Write this model as ONNX (FP32, or INT8 as QDQ with this model's calibration): input
+        and outputs as `forward`'s (`decode`: boxes and scores too), preprocessing in the file's
+        metadata. Needs `yolo8[onnx]`."""
+        from .export import DEFAULT_OPSET, ExportOptions, export_onnx
+
+        opts = ExportOptions(opset=opset or DEFAULT_OPSET, batch=batch, dynamic_batch=dynamic_batch,
+                             decode=decode)
+        return export_onnx(self, path, opts)
+
     def detect(self, image: np.ndarray, thresh: float = 0.25, nms: float = 0.45,
                letterbox: bool | None = None, resize: str | None = None) -> list[Detection]:
         """One BGR uint8 image (as cv2.imread gives) -> detections, best first."""

@@ -204,6 +204,29 @@ def map_command(data, cfg, weights, names, backend, calibration, resize, thresh,
 
 
 @cli.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
+@with_model_options
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13 or newer)")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="images per run, fixed in the graph")
+@click.option("--dynamic-batch", is_flag=True, help="leave the batch size free (overrides --batch)")
+@click.option("--decode", is_flag=True,
+              help="also output decoded boxes and scores (per anchor and class, no NMS)")
+def export(out, cfg, weights, names, backend, calibration, opset, batch, dynamic_batch,
+           decode) -> None:
+    """Write the model as ONNX: FP32, or INT8 as QuantizeLinear/DequantizeLinear with yolo8's
+    calibration. Input and outputs as Model.forward's; preprocessing is in the metadata."""
+    from .api import load
+    from .export import check_output_path, require_onnx
+
+    require_onnx()
+    check_output_path(out)  # before the model loads: a typo fails fast
+    model = load(cfg, weights, backend, calibration, names)
+    model.export_onnx(out, opset, batch, dynamic_batch, decode)
+    click.echo(f"yolo8: wrote {out}", err=True)
+
+
+@cli.command()
 @click.option("--force", is_flag=True, help="fetch again even if the cached file is intact")
 def fetch(force: bool) -> None:
     """Download the default model's weights now (e.g. while building an image), verify them

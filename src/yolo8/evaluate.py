@@ -104,7 +104,8 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
     return out
 
 
-def run_map(opts: MapOptions) -> MapResult:
+def run_map(opts: MapOptions, model: Model | None = None) -> MapResult:
+    """The metrics of opts' model (or of `model`, already loaded) on opts.data."""
     config = read_data_file(opts.data)
     images = image_paths(read_image_list(config.valid))
     difficult = (image_paths(read_image_list(config.difficult)) if config.difficult is not None
@@ -112,8 +113,9 @@ def run_map(opts: MapOptions) -> MapResult:
     if difficult is not None and len(difficult) != len(images):
         raise InputError(f"the difficult list has {len(difficult)} images but valid= has "
                          f"{len(images)}: they must be parallel, line by line", path=config.difficult)
-    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names,
-                 resize=opts.resize)
+    if model is None:
+        model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names,
+                     resize=opts.resize)
     letterbox, resize = model.preprocessing(opts.letterbox)  # checked against calibration
     if not model.graph.is_detector:
         raise InputError("has no [yolo] or [region] layer: map measures detectors",

@@ -14,6 +14,15 @@ OpMaker = Callable[[Layer, Graph], Op]   # how a backend prepares one layer
 
 
 @dataclass
+class Quantization:
+    """An INT8 program's parameters: input threshold of each INT8 conv layer (by index) and
+    the per-channel bias corrections applied to them (subtracted from the bias)."""
+
+    thresholds: dict[int, float]
+    corrections: dict[int, np.ndarray]
+
+
+@dataclass
 class Step:
     layer: Layer
     op: Op
@@ -27,6 +36,8 @@ class Program:
         self.graph = graph
         self.calibration = None  # the INT8 calibration file's contents, when one is used
         self.steps: list[Step] = []
+        # The INT8 backend records what it quantized with (the ONNX exporter reads it).
+        self.quantization: Quantization | None = None
         freed = freed_after(graph.layers, graph.outputs)
         for layer in graph.layers:
             maker = ops.get(type(layer))

@@ -16,7 +16,7 @@ from ..errors import CalibrationError
 from ..graph import Graph
 from ..layers import Convolutional
 from ..quant import Calibration, multiplier_for_threshold, threshold_for_multiplier
-from .base import Op, Program
+from .base import Op, Program, Quantization
 from .ops import FP32_OPS, conv as fp32_conv
 
 
@@ -128,7 +128,10 @@ def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections |
         bias = layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
         return int8_conv(layer, thresholds[layer.index], bias, layer.activation_code)
 
-    return Program(graph, {**FP32_OPS, Convolutional: conv})
+    program = Program(graph, {**FP32_OPS, Convolutional: conv})
+    program.quantization = Quantization({i: thresholds[i] for i in wanted},
+                                        {i: corrections[i] for i in wanted if i in corrections})
+    return program
 
 
 def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
