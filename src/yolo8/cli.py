@@ -212,7 +212,7 @@ def map_command(data, cfg, weights, names, backend, calibration, resize, thresh,
 @click.option("--dynamic-batch", is_flag=True, help="leave the batch size free (overrides --batch)")
 @click.option("--decode", is_flag=True,
               help="also output decoded boxes and scores (per anchor and class, no NMS)")
-def export(out, cfg, weights, names, backend, calibration, opset, batch, dynamic_batch,
+def export(out, cfg, weights, names, backend, calibration, resize, opset, batch, dynamic_batch,
            decode) -> None:
     """Write the model as ONNX: FP32, or INT8 as QuantizeLinear/DequantizeLinear with yolo8's
     calibration. Input and outputs as Model.forward's; preprocessing is in the metadata."""
@@ -221,7 +221,7 @@ def export(out, cfg, weights, names, backend, calibration, opset, batch, dynamic
 
     require_onnx()
     check_output_path(out)  # before the model loads: a typo fails fast
-    model = load(cfg, weights, backend, calibration, names)
+    model = load(cfg, weights, backend, calibration, names, resize=resize)
     model.export_onnx(out, opset, batch, dynamic_batch, decode)
     click.echo(f"yolo8: wrote {out}", err=True)
 
