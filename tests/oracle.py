@@ -58,13 +58,19 @@ WEIGHTS_HEADER = np.array([0, 2, 0], dtype="<i4").tobytes() + np.zeros(1, dtype=
 
 
 def random_weights(graph, path: Path, seed: int = 0) -> None:
-    """A darknet .weights file for `graph` with values that keep activations in a sane range:
-    unit-gain convolutions, and small ones into each residual sum so deep nets do not explode."""
-    from yolo8.layers import Shortcut
+    """A darknet .weights file for `graph`, its layers' floats in darknet's order (conv layers
+    and weighted shortcuts, load_weights_upto), with values that keep activations in a sane
+    range: unit-gain convolutions, and small ones into each residual sum so deep nets do not
+    explode."""
+    from yolo8.layers import Convolutional, Shortcut
 
     rng = np.random.default_rng(seed)
     parts = [WEIGHTS_HEADER]
-    for layer in graph.convolutions():
+    for layer in graph.layers:
+        if isinstance(layer, Shortcut) and layer.weight_floats():
+            parts.append(rng.uniform(0.2, 1.2, layer.weight_floats()).astype("<f4").tobytes())
+        if not isinstance(layer, Convolutional):
+            continue
         n = layer.filters
         fan_in = layer.size * layer.size * layer.in_shape.c // layer.groups
         following = graph.layers[layer.index + 1] if layer.index + 1 < len(graph.layers) else None

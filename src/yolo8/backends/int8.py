@@ -17,7 +17,7 @@ from ..graph import Graph
 from ..layers import Convolutional
 from ..quant import Calibration, multiplier_for_threshold, threshold_for_multiplier
 from .base import Op, Program
-from .ops import FP32_OPS, conv as fp32_conv
+from .ops import FP32_OPS, conv as fp32_conv, unfused_activation, with_dilation
 
 
 def int8_layers(graph: Graph) -> list[int]:
@@ -78,8 +78,8 @@ def int8_conv(layer: Convolutional, threshold: float, bias: np.ndarray, activati
 
     packed = Int8ConvWeights.from_float(layer.weights, layer.groups)
     multiplier = multiplier_for_threshold(threshold)
-    return lambda x: conv2d_int8(x, packed, bias, multiplier, layer.stride, layer.pad, activation,
-                                 layer.groups)
+    return with_dilation(layer, lambda x: conv2d_int8(x, packed, bias, multiplier, layer.stride,
+                                                      layer.pad, activation, layer.groups))
 
 
 def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections | None = None,
@@ -104,7 +104,8 @@ def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections |
             return fp32_conv(layer, g)
         correction = corrections.get(layer.index)
         bias = layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
-        return int8_conv(layer, thresholds[layer.index], bias, layer.activation_code)
+        return unfused_activation(layer, int8_conv(layer, thresholds[layer.index], bias,
+                                                   layer.activation_code))
 
     return Program(graph, {**FP32_OPS, Convolutional: conv})
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import WeightsError, reading
 from ..graph import Graph
-from ..layers import Convolutional
+from ..layers import Convolutional, Layer, Shortcut
 
 _HEADER = struct.Struct("<iii")  # major, minor, revision
 
@@ -20,8 +20,14 @@ def _seen_size(major: int, minor: int) -> int:
     return 8 if (major * 10 + minor) >= 2 and major < 1000 and minor < 1000 else 4
 
 
+def weighted_layers(graph: Graph) -> list[Layer]:
+    """The layers that read floats from the file, in the file's (darknet's) order: conv
+    layers and weighted shortcuts (load_weights_upto)."""
+    return [layer for layer in graph.layers if layer.weight_floats()]
+
+
 def expected_size(graph: Graph, major: int, minor: int) -> int:
-    floats = sum(layer.weight_floats() for layer in graph.convolutions())
+    floats = sum(layer.weight_floats() for layer in weighted_layers(graph))
     return _HEADER.size + _seen_size(major, minor) + 4 * floats
 
 
@@ -90,14 +96,28 @@ class WeightsDigestError(WeightsError):
     """The file is not the one expected (its sha256 differs)."""
 
 
-def _load_layer(layer: Convolutional, src, path: Path) -> None:
+def _read_floats(layer: Layer, src, path: Path) -> np.ndarray:
     count = layer.weight_floats()
     chunk = np.fromfile(src, dtype="<f4", count=count)
     if len(chunk) != count:  # the file shrank while we read it
         raise WeightsError("changed while being read", path=path)
-    where = f"layer {layer.index} ([convolutional] at cfg line {layer.line})"
     if not np.isfinite(chunk).all():
-        raise WeightsError(f"{where} has non-finite values (NaN or inf): damaged file?", path=path)
+        raise WeightsError(f"{_where(layer)} has non-finite values (NaN or inf): damaged file?",
+                           path=path)
+    return chunk
+
+
+def _where(layer: Layer) -> str:
+    return f"layer {layer.index} ([{layer.kind}] at cfg line {layer.line})"
+
+
+def _load_shortcut(layer: Shortcut, src, path: Path) -> None:
+    layer.set_weights(_read_floats(layer, src, path))
+
+
+def _load_layer(layer: Convolutional, src, path: Path) -> None:
+    chunk = _read_floats(layer, src, path)
+    where = _where(layer)
     try:
         with np.errstate(over="ignore"):  # checked just below, with the layer named
             folded = _fold(layer, chunk)
@@ -108,6 +128,9 @@ def _load_layer(layer: Convolutional, src, path: Path) -> None:
         raise WeightsError(f"{where}: batch norm folds to values beyond float32: damaged file?",
                            path=path)
     layer.weights, layer.bias, layer.output_scale = folded
+
+
+_LOADERS = {Convolutional: _load_layer, Shortcut: _load_shortcut}
 
 
 def load_weights(graph: Graph, path: str | Path, expected_sha256: str | None = None) -> str:
@@ -132,6 +155,6 @@ def load_weights(graph: Graph, path: str | Path, expected_sha256: str | None = N
         if expected_sha256 is None:
             digest = _sha256(src)
         src.seek(first)
-        for layer in graph.convolutions():
-            _load_layer(layer, src, path)
+        for layer in weighted_layers(graph):
+            _LOADERS[type(layer)](layer, src, path)
     return digest

@@ -45,6 +45,10 @@ class Layer:
     inputs: tuple[int, ...]
     out_shape: Shape
 
+    def weight_floats(self) -> int:
+        """Floats this layer takes from a darknet .weights file (in layer order)."""
+        return 0
+
     def describe(self) -> str:
         """Canonical text of what the layer computes (used in the model fingerprint)."""
         return f"{self.kind} in={self.inputs} out={tuple(self.out_shape)}"

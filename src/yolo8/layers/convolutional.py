@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..darknet.cfg import Section
-from ..kernels.activations import CODES
+from ..activations import check_name, kernel_code
 from .base import BuildContext, Layer, Shape, checked_shape
 
 MAX_KERNEL = 64  # larger kernels are typos; refusing them bounds the weights before reading
@@ -28,6 +28,7 @@ class Convolutional(Layer):
     batch_normalize: bool
     activation: str
     xnor: bool
+    dilation: int = 1
     # Filled by the weights loader: (filters, size, size, in_c/groups) float32, BN folded
     # (xnor layers: raw weights, and BN's per-channel factor in output_scale).
     weights: np.ndarray | None = None
@@ -36,7 +37,8 @@ class Convolutional(Layer):
 
     @property
     def activation_code(self) -> int:
-        return CODES[self.activation]
+        """The activation the kernels fuse (LINEAR when the op applies it afterwards)."""
+        return kernel_code(self.activation)
 
     def weight_floats(self) -> int:
         """Floats this layer takes from a darknet .weights file."""
@@ -46,14 +48,30 @@ class Convolutional(Layer):
     def describe(self) -> str:
         return (f"{super().describe()} filters={self.filters} size={self.size} stride={self.stride} "
                 f"pad={self.pad} groups={self.groups} bn={int(self.batch_normalize)} "
-                f"act={self.activation} xnor={int(self.xnor)}")
+                f"act={self.activation} xnor={int(self.xnor)}"
+                + (f" dilation={self.dilation}" if self.dilation != 1 else ""))
 
 
 # Keys of darknet features yolo8 does not implement, refused unless they hold this value.
-_NEUTRAL = {"dilation": 1, "binary": 0, "antialiasing": 0, "deform": 0, "assisted_excitation": 0,
+_NEUTRAL = {"binary": 0, "antialiasing": 0, "deform": 0, "assisted_excitation": 0,
             "sway": 0, "rotate": 0, "stretch": 0, "stretch_sway": 0, "share_index": -1000000,
             "flipped": 0, "dot": 0, "coordconv": 0}
 _TRAINING_KEYS = ("stopbackward", "train_only_bn", "dont_update", "burnin_update", "learning_rate")
+
+
+def read_dilation(section: Section, size: int, padding: int) -> int:
+    """darknet's `dilation`: taps `dilation` pixels apart, padding multiplied by it (im2col_cpu_ext
+    gets pad * dilation). darknet sizes the output without the dilation, so the two agree only
+    when 2 * padding = size - 1 (pad=1 with an odd size): other combinations are refused."""
+    dilation = section.get_int("dilation", 1, low=1, high=MAX_KERNEL)
+    if size == 1:
+        return 1  # darknet ignores it for 1x1 kernels
+    if dilation > 1 and section.get_int("stride", 1) != 1:
+        raise section.error("dilation > 1 is supported with stride=1 only", "dilation")
+    if dilation > 1 and 2 * padding != size - 1:
+        raise section.error(f"dilation={dilation} needs padding = (size - 1) / 2 (pad=1 with an "
+                            f"odd size): darknet's output size ignores the dilation", "dilation")
+    return dilation
 
 
 def build(section: Section, ctx: BuildContext) -> Convolutional:
@@ -72,14 +90,12 @@ def build(section: Section, ctx: BuildContext) -> Convolutional:
     if in_shape.c % groups or filters % groups:
         raise section.error(f"groups={groups} must divide the input channels ({in_shape.c}) and "
                             f"filters ({filters})", "groups")
-    activation = section.get_str("activation", "logistic")  # darknet's default, really
-    if activation not in CODES:
-        raise section.error(f"unknown activation '{activation}'; expected one of "
-                            f"{', '.join(CODES)}", "activation")
+    activation = check_name(section, default="logistic")  # darknet's default, really
+    dilation = read_dilation(section, size, padding)
     batch_normalize = bool(section.get_int("batch_normalize", 0, low=0, high=1))
     xnor = bool(section.get_int("xnor", 0, low=0, high=1))
-    if xnor and groups != 1:
-        raise section.error("xnor=1 layers must have groups=1", "groups")
+    if xnor and (groups != 1 or dilation != 1):
+        raise section.error("xnor=1 layers must have groups=1 and dilation=1", "groups")
     for key, neutral in _NEUTRAL.items():
         section.require_default(key, neutral)
     section.ignore(*_TRAINING_KEYS)
@@ -87,8 +103,8 @@ def build(section: Section, ctx: BuildContext) -> Convolutional:
     out_w = (in_shape.w + 2 * padding - size) // stride + 1
     out_shape = checked_shape(section, filters, out_h, out_w)
     # The INT8 and XNOR kernels copy the input with its zero border.
-    checked_shape(section, in_shape.c, in_shape.h + 2 * padding, in_shape.w + 2 * padding,
-                  "padded input")
+    checked_shape(section, in_shape.c, in_shape.h + 2 * padding * dilation,
+                  in_shape.w + 2 * padding * dilation, "padded input")
     patch = size * size * (in_shape.c // groups)
     if patch > MAX_PATCH:
         raise section.error(f"each output value would read {size}x{size}x{in_shape.c // groups} = "
@@ -96,6 +112,6 @@ def build(section: Section, ctx: BuildContext) -> Convolutional:
     layer = Convolutional(
         index=ctx.index, line=section.line, inputs=(prev,), out_shape=out_shape, in_shape=in_shape,
         filters=filters, size=size, stride=stride, pad=padding, groups=groups,
-        batch_normalize=batch_normalize, activation=activation, xnor=xnor)
+        batch_normalize=batch_normalize, activation=activation, xnor=xnor, dilation=dilation)
     ctx.charge(section, weights=layer.weight_floats(), work=out_shape.size * patch)
     return layer
