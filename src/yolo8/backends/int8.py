@@ -17,7 +17,7 @@ from ..graph import Graph
 from ..layers import Convolutional
 from ..quant import Calibration, multiplier_for_threshold, threshold_for_multiplier
 from .base import Op, Program
-from .ops import FP32_OPS, conv as fp32_conv, unfused_activation, with_dilation
+from .ops import FP32_OPS, conv as fp32_conv, kernel_stride, unfused_activation, with_dilation
 
 
 def int8_layers(graph: Graph) -> list[int]:
@@ -78,7 +78,8 @@ def int8_conv(layer: Convolutional, threshold: float, bias: np.ndarray, activati
 
     packed = Int8ConvWeights.from_float(layer.weights, layer.groups)
     multiplier = multiplier_for_threshold(threshold)
-    return with_dilation(layer, lambda x: conv2d_int8(x, packed, bias, multiplier, layer.stride,
+    stride = kernel_stride(layer)
+    return with_dilation(layer, lambda x: conv2d_int8(x, packed, bias, multiplier, stride,
                                                       layer.pad, activation, layer.groups))
 
 

@@ -16,10 +16,11 @@ from .base import Op
 def conv(layer: Convolutional, graph: Graph) -> Op:
     if layer.xnor:
         return unfused_activation(layer, xnor_conv(layer))
-    kernel = Fp32Conv(layer.weights, layer.bias, layer.stride, layer.pad, layer.groups,
+    d = layer.dilation
+    kernel = Fp32Conv(layer.weights, layer.bias, kernel_stride(layer), layer.pad, layer.groups,
                       layer.activation_code,
-                      out_hw=(-(-layer.out_shape.h // layer.dilation),
-                              -(-layer.out_shape.w // layer.dilation)))
+                      out_hw=(-(-layer.in_shape.h // d), -(-layer.in_shape.w // d)) if d > 1
+                      else (layer.out_shape.h, layer.out_shape.w))
     return conv_op(layer, kernel)
 
 
@@ -37,8 +38,23 @@ def unfused_activation(layer: Convolutional, op: Op) -> Op:
     return lambda x: activations.apply(op(x), layer.activation)
 
 
+def kernel_stride(layer: Convolutional) -> int:
+    """The stride the layer's kernel runs with: dilated layers run at stride 1 (see
+    with_dilation)."""
+    return 1 if layer.dilation > 1 else layer.stride
+
+
 def with_dilation(layer: Convolutional, kernel: Op) -> Op:
-    return dilated(kernel, layer.dilation) if layer.dilation > 1 else kernel
+    """The layer's convolution from a kernel of stride kernel_stride(layer): dilated layers
+    run at stride 1 and keep every stride-th output (darknet's strided output is exactly that
+    subsample, 4x the work for stride 2: resnet152_trident has one such layer)."""
+    if layer.dilation == 1:
+        return kernel
+    op = dilated(kernel, layer.dilation)
+    if layer.stride == 1:
+        return op
+    s = layer.stride
+    return lambda x: np.ascontiguousarray(op(x)[:, ::s, ::s])
 
 
 def dilated(kernel: Op, d: int) -> Op:

@@ -66,8 +66,6 @@ def read_dilation(section: Section, size: int, padding: int) -> int:
     dilation = section.get_int("dilation", 1, low=1, high=MAX_KERNEL)
     if size == 1:
         return 1  # darknet ignores it for 1x1 kernels
-    if dilation > 1 and section.get_int("stride", 1) != 1:
-        raise section.error("dilation > 1 is supported with stride=1 only", "dilation")
     if dilation > 1 and 2 * padding != size - 1:
         raise section.error(f"dilation={dilation} needs padding = (size - 1) / 2 (pad=1 with an "
                             f"odd size): darknet's output size ignores the dilation", "dilation")
