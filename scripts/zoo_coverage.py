@@ -30,73 +30,13 @@ import yolo8  # noqa: E402  (sets the thread-pool environment before numpy is im
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tests.oracle import WEIGHTS_HEADER, cfg_for_opencv, random_weights  # noqa: E402
+from tests.oracle import (WEIGHTS_HEADER, cfg_for_opencv, compare_with_opencv,  # noqa: E402
+                          random_weights)
 from yolo8.errors import Yolo8Error  # noqa: E402
 from yolo8.graph import load_graph  # noqa: E402
-from yolo8.layers import Region, Yolo  # noqa: E402
-from yolo8.postprocess import Candidates, nms, nms_rule, to_detections  # noqa: E402
 from yolo8.preprocess import read_image, to_blob  # noqa: E402
 
 PHOTO = ROOT / "tests" / "data" / "images" / "000000000009.jpg"
-MIN_THRESH, TOP, NMS, IOU, SCORE = 0.01, 300, 0.45, 0.95, 0.02
-
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of a with every box of b (left, top, right, bottom)."""
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def unmatched(ours: list, theirs: list, thresh: float) -> int:
-    """Detections of `ours` with no partner in `theirs` (same class, IoU, score), those near
-    the threshold aside."""
-    count = 0
-    ours = [d for d in ours if d.score > thresh + SCORE]
-    for k in {d.class_id for d in ours}:
-        mine = [d for d in ours if d.class_id == k]
-        other = [d for d in theirs if d.class_id == k]
-        if not other:
-            count += len(mine)
-            continue
-        iou = _iou_matrix(np.array([d.box for d in mine]), np.array([d.box for d in other]))
-        close = np.abs(np.array([d.score for d in mine])[:, None]
-                       - np.array([d.score for d in other])[None, :]) <= SCORE
-        count += int((~((iou >= IOU) & close).any(axis=1)).sum())
-    return count
-
-
-def yolo8_detections(model, blob_nhwc: np.ndarray, thresh: float) -> list:
-    """yolo8's detections on the blob, boxes in network pixels (no letterbox correction)."""
-    w, h = model.input_size
-    return model.detect_prepared(blob_nhwc, [(w, h)], thresh, NMS, letterbox=False)[0]
-
-
-def opencv_rows(cfg: Path, weights: Path, blob_nhwc: np.ndarray) -> np.ndarray:
-    """OpenCV's decoded rows: x, y, w, h relative, objectness, objectness x class prob."""
-    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
-    net.setInput(blob_nhwc.transpose(0, 3, 1, 2))
-    return np.concatenate([o.reshape(-1, o.shape[-1]) for o in
-                           net.forward(net.getUnconnectedOutLayersNames())]).astype(np.float64)
-
-
-def threshold_for(rows: np.ndarray) -> float:
-    scores = np.sort(rows[:, 5:].ravel())[::-1]
-    return max(MIN_THRESH, float(scores[min(TOP, len(scores) - 1)]))
-
-
-def opencv_detections(rows: np.ndarray, heads: list, size: int, thresh: float) -> list:
-    """OpenCV's rows through darknet's NMS."""
-    probs = rows[:, 5:].copy()
-    probs[probs <= thresh] = 0.0
-    alive = (probs > 0).any(axis=1)
-    boxes, probs = rows[alive, :4], probs[alive]
-    probs = nms(boxes, probs, NMS, nms_rule(heads))
-    return to_detections(Candidates(boxes, probs), size, size, thresh, [])
 
 
 def opencv_runs(cfg: Path, weights: Path, size: int) -> str:
@@ -139,14 +79,11 @@ def survey(cfg_path: Path, work: Path, size: int) -> dict:
         row["agreement"] = "n/a (xnor=1 layers: OpenCV runs them as float convs)"
     elif model is not None and row["opencv"] == "runs" and row["yolo8"] == "runs":
         blob = to_blob([read_image(PHOTO)], size, size)
-        rows = opencv_rows(cfg, weights, blob)
-        thresh = threshold_for(rows)
-        ours = yolo8_detections(model, blob, thresh)
-        theirs = opencv_detections(rows, model.heads, size, thresh)
-        missing, extra = unmatched(theirs, ours, thresh), unmatched(ours, theirs, thresh)
-        verdict = "equal" if not missing and not extra else "DIFFER"
-        row["agreement"] = (f"{verdict} ({len(ours)} yolo8 / {len(theirs)} OpenCV, "
-                            f"{extra} + {missing} unmatched, score > {thresh:.3f})")
+        found = compare_with_opencv(model, cfg, weights, blob)
+        verdict = "equal" if found.equal else "DIFFER"
+        row["agreement"] = (f"{verdict} ({found.ours} yolo8 / {found.theirs} OpenCV, "
+                            f"{found.extra} + {found.missing} unmatched, score > "
+                            f"{found.thresh:.3f})")
     return row
 
 

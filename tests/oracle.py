@@ -7,12 +7,14 @@ relative to the input, objectness, and objectness x class probability.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from yolo8.layers import Region, Yolo
+from yolo8.postprocess import Candidates, nms, nms_rule, to_detections
 
 
 def cfg_for_opencv(text: str, width: int | None = None, height: int | None = None) -> str:
@@ -51,6 +53,97 @@ def opencv_rows_to_darknet(rows: np.ndarray, head: Yolo | Region, h: int, w: int
         out[..., 4] = v[..., 4]
         out[..., 5:] = np.where(v[..., 4:5] > 0, v[..., 5:] / v[..., 4:5], 0.0)
     return out.transpose(2, 3, 0, 1).reshape(a * per, h, w)
+
+
+# Detections compared with OpenCV's (scripts/zoo_coverage.py and the zoo tests): same class,
+# IoU >= 0.95, score within 0.02, both ways. Random weights make most boxes score alike, so the
+# threshold is the score of OpenCV's TOP-th best candidate (at least 0.01), and a detection
+# within 0.02 of it may go unmatched (the other engine may have it just below). Both engines'
+# candidates go through darknet's NMS (the cfg's nms_kind): the networks and their box
+# decoding are compared, not two NMS implementations.
+MIN_THRESH, TOP, NMS, IOU, SCORE = 0.01, 300, 0.45, 0.95, 0.02
+
+
+@dataclass
+class Agreement:
+    ours: int      # detections found by yolo8
+    theirs: int    # by OpenCV
+    extra: int     # of ours without a partner in OpenCV's (away from the threshold)
+    missing: int   # of OpenCV's without a partner in ours
+    thresh: float
+
+    @property
+    def equal(self) -> bool:
+        return self.extra == 0 and self.missing == 0
+
+
+def compare_with_opencv(model, cfg: Path, weights: Path, blob_nhwc: np.ndarray) -> Agreement:
+    """yolo8's and OpenCV's detections on one prepared image (boxes in network pixels)."""
+    rows = opencv_rows(cfg, weights, blob_nhwc)
+    thresh = threshold_for(rows)
+    ours = yolo8_detections(model, blob_nhwc, thresh)
+    theirs = opencv_detections(rows, model.heads, blob_nhwc.shape[2], blob_nhwc.shape[1], thresh)
+    return Agreement(len(ours), len(theirs), unmatched(ours, theirs, thresh),
+                     unmatched(theirs, ours, thresh), thresh)
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of a with every box of b (left, top, right, bottom)."""
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def unmatched(ours: list, theirs: list, thresh: float) -> int:
+    """Detections of `ours` with no partner in `theirs` (same class, IoU, score), those near
+    the threshold aside."""
+    count = 0
+    ours = [d for d in ours if d.score > thresh + SCORE]
+    for k in {d.class_id for d in ours}:
+        mine = [d for d in ours if d.class_id == k]
+        other = [d for d in theirs if d.class_id == k]
+        if not other:
+            count += len(mine)
+            continue
+        iou = _iou_matrix(np.array([d.box for d in mine]), np.array([d.box for d in other]))
+        close = np.abs(np.array([d.score for d in mine])[:, None]
+                       - np.array([d.score for d in other])[None, :]) <= SCORE
+        count += int((~((iou >= IOU) & close).any(axis=1)).sum())
+    return count
+
+
+def yolo8_detections(model, blob_nhwc: np.ndarray, thresh: float) -> list:
+    """yolo8's detections on the blob, boxes in network pixels (no letterbox correction)."""
+    w, h = model.input_size
+    return model.detect_prepared(blob_nhwc, [(w, h)], thresh, NMS, letterbox=False)[0]
+
+
+def opencv_rows(cfg: Path, weights: Path, blob_nhwc: np.ndarray) -> np.ndarray:
+    """OpenCV's decoded rows: x, y, w, h relative, objectness, objectness x class prob."""
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    net.setInput(blob_nhwc.transpose(0, 3, 1, 2))
+    return np.concatenate([o.reshape(-1, o.shape[-1]) for o in
+                           net.forward(net.getUnconnectedOutLayersNames())]).astype(np.float64)
+
+
+def threshold_for(rows: np.ndarray) -> float:
+    scores = np.sort(rows[:, 5:].ravel())[::-1]
+    return max(MIN_THRESH, float(scores[min(TOP, len(scores) - 1)]))
+
+
+def opencv_detections(rows: np.ndarray, heads: list, width: int, height: int, thresh: float
+                      ) -> list:
+    """OpenCV's rows through darknet's NMS."""
+    probs = rows[:, 5:].copy()
+    probs[probs <= thresh] = 0.0
+    alive = (probs > 0).any(axis=1)
+    boxes, probs = rows[alive, :4], probs[alive]
+    probs = nms(boxes, probs, NMS, nms_rule(heads))
+    return to_detections(Candidates(boxes, probs), width, height, thresh, [])
 
 
 # darknet .weights header of format 0.2 (major, minor, revision, 8-byte `seen`): 20 bytes
