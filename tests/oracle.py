@@ -162,8 +162,8 @@ def random_weights(graph, path: Path, seed: int = 0) -> None:
     for layer in graph.layers:
         if isinstance(layer, Shortcut) and layer.weight_floats():
             parts.append(rng.uniform(0.2, 1.2, layer.weight_floats()).astype("<f4").tobytes())
-        if not isinstance(layer, Convolutional):
-            continue
+        if not isinstance(layer, Convolutional) or not layer.weight_floats():
+            continue  # share_index layers read nothing
         n = layer.filters
         fan_in = layer.size * layer.size * layer.in_shape.c // layer.groups
         following = graph.layers[layer.index + 1] if layer.index + 1 < len(graph.layers) else None

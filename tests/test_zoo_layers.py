@@ -356,3 +356,32 @@ def test_yolo9000_tree_is_refused_with_file_line_and_feature():
     with pytest.raises(ConfigError, match="hierarchical softmax") as info:
         graph_of(text)
     assert "test.cfg:14" in str(info.value) and "'tree'" in str(info.value)
+
+
+def test_share_index_reuses_an_earlier_layers_weights(tmp_path):
+    """darknet's share_index: the layer reads no weights and computes with the shared ones."""
+    import yolo8
+
+    from .oracle import random_weights
+
+    body = ("[convolutional]\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n"
+            "[convolutional]\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n"
+            "[convolutional]\nshare_index=-1\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\n"
+            "dilation=2\nactivation=leaky\n")
+    cfg = tmp_path / "share.cfg"
+    cfg.write_text(net(body, c=3))
+    graph = graph_of(cfg.read_text())
+    assert graph.layers[2].shares_weights_of == 1 and graph.layers[2].weight_floats() == 0
+    weights = tmp_path / "share.weights"
+    random_weights(graph, weights)
+    assert weights.stat().st_size == 20 + 4 * sum(c.weight_floats() for c in graph.layers[:4]
+                                                   if c.kind == "convolutional")
+    model = yolo8.load(cfg, weights)
+    second, third = model.graph.layers[1], model.graph.layers[2]
+    np.testing.assert_array_equal(third.weights, second.weights)
+    np.testing.assert_array_equal(third.bias, second.bias)
+    bad = body.replace("size=3\npad=1\nbatch_normalize=1\ndilation", "size=1\nbatch_normalize=1\n"
+                       "dilation")
+    with pytest.raises(ConfigError, match="layer 1 has other weights") as info:
+        graph_of(net(bad))
+    assert "'share_index'" in str(info.value) and "test.cfg:18" in str(info.value)

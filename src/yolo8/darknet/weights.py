@@ -157,4 +157,9 @@ def load_weights(graph: Graph, path: str | Path, expected_sha256: str | None = N
         src.seek(first)
         for layer in weighted_layers(graph):
             _LOADERS[type(layer)](layer, src, path)
+    for layer in graph.convolutions():
+        if layer.shares_weights_of is not None:  # darknet's share_index: the same arrays
+            shared = graph.layers[layer.shares_weights_of]
+            layer.weights, layer.bias, layer.output_scale = (shared.weights, shared.bias,
+                                                             shared.output_scale)
     return digest

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..darknet.cfg import Section
+from ..darknet.cfg import MAX_INT, Section
 from ..activations import check_name, kernel_code
 from .base import BuildContext, Layer, Shape, checked_shape
 
@@ -29,6 +29,9 @@ class Convolutional(Layer):
     activation: str
     xnor: bool
     dilation: int = 1
+    # AlexeyAB's share_index: this layer uses the weights (and batch norm) of that earlier
+    # conv layer and reads none from the .weights file.
+    shares_weights_of: int | None = None
     # Filled by the weights loader: (filters, size, size, in_c/groups) float32, BN folded
     # (xnor layers: raw weights, and BN's per-channel factor in output_scale).
     weights: np.ndarray | None = None
@@ -42,6 +45,8 @@ class Convolutional(Layer):
 
     def weight_floats(self) -> int:
         """Floats this layer takes from a darknet .weights file."""
+        if self.shares_weights_of is not None:
+            return 0
         per_filter = 1 + (3 if self.batch_normalize else 0)
         return self.filters * per_filter + self.filters * (self.in_shape.c // self.groups) * self.size ** 2
 
@@ -49,12 +54,14 @@ class Convolutional(Layer):
         return (f"{super().describe()} filters={self.filters} size={self.size} stride={self.stride} "
                 f"pad={self.pad} groups={self.groups} bn={int(self.batch_normalize)} "
                 f"act={self.activation} xnor={int(self.xnor)}"
-                + (f" dilation={self.dilation}" if self.dilation != 1 else ""))
+                + (f" dilation={self.dilation}" if self.dilation != 1 else "")
+                + (f" shares={self.shares_weights_of}" if self.shares_weights_of is not None
+                   else ""))
 
 
 # Keys of darknet features yolo8 does not implement, refused unless they hold this value.
 _NEUTRAL = {"binary": 0, "antialiasing": 0, "deform": 0, "assisted_excitation": 0,
-            "sway": 0, "rotate": 0, "stretch": 0, "stretch_sway": 0, "share_index": -1000000,
+            "sway": 0, "rotate": 0, "stretch": 0, "stretch_sway": 0,
             "flipped": 0, "dot": 0, "coordconv": 0}
 _TRAINING_KEYS = ("stopbackward", "train_only_bn", "dont_update", "burnin_update", "learning_rate")
 
@@ -70,6 +77,31 @@ def read_dilation(section: Section, size: int, padding: int) -> int:
         raise section.error(f"dilation={dilation} needs padding = (size - 1) / 2 (pad=1 with an "
                             f"odd size): darknet's output size ignores the dilation", "dilation")
     return dilation
+
+
+# darknet's "no share_index" value (parse_convolutional)
+_NO_SHARE = -1000000000
+
+
+def read_share_index(section: Section, ctx: BuildContext, layer: Convolutional) -> int | None:
+    """The earlier conv layer whose weights this one uses (darknet's share_index: absolute, or
+    relative when negative), checked to have the same weight shapes as darknet does."""
+    value = section.get_int("share_index", _NO_SHARE, low=-MAX_INT)
+    if value == _NO_SHARE:
+        return None
+    index = ctx.resolve(section, "share_index", value)
+    other = ctx.layers[index]
+    if not isinstance(other, Convolutional):
+        raise section.error(f"layer {index} is a [{other.kind}], not a conv layer", "share_index")
+    mine = (layer.size, layer.filters, layer.in_shape.c, layer.groups, layer.batch_normalize,
+            layer.xnor)
+    theirs = (other.size, other.filters, other.in_shape.c, other.groups, other.batch_normalize,
+              other.xnor)
+    if mine != theirs:
+        raise section.error(f"layer {index} has other weights (size, filters, input channels, "
+                            f"groups, batch_normalize, xnor = {theirs}, this layer {mine})",
+                            "share_index")
+    return index
 
 
 def build(section: Section, ctx: BuildContext) -> Convolutional:
@@ -111,5 +143,6 @@ def build(section: Section, ctx: BuildContext) -> Convolutional:
         index=ctx.index, line=section.line, inputs=(prev,), out_shape=out_shape, in_shape=in_shape,
         filters=filters, size=size, stride=stride, pad=padding, groups=groups,
         batch_normalize=batch_normalize, activation=activation, xnor=xnor, dilation=dilation)
+    layer.shares_weights_of = read_share_index(section, ctx, layer)
     ctx.charge(section, weights=layer.weight_floats(), work=out_shape.size * patch)
     return layer
