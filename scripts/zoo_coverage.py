@@ -75,9 +75,12 @@ def survey(cfg_path: Path, work: Path, size: int) -> dict:
         row["opencv"] = opencv_runs(cfg, weights, size)
     except cv2.error as exc:
         row["opencv"] = f"fails: {short(exc)}"
-    if model is not None and any(c.xnor for c in model.graph.convolutions()):
+    convs = model.graph.convolutions() if model is not None else []
+    if any(c.xnor for c in convs):
         row["agreement"] = "n/a (xnor=1 layers: OpenCV runs them as float convs)"
-    elif model is not None and row["opencv"] == "runs" and row["yolo8"] == "runs":
+    elif any(c.dilation > 1 or c.shares_weights_of is not None for c in convs):
+        row["agreement"] = "n/a (OpenCV ignores dilation and share_index)"
+    elif row["opencv"] == "runs" and row["yolo8"] == "runs":
         blob = to_blob([read_image(PHOTO)], size, size)
         found = compare_with_opencv(model, cfg, weights, blob)
         verdict = "equal" if found.equal else "DIFFER"

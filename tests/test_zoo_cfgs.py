@@ -24,8 +24,14 @@ ZOO = DATA / "cfg"
 OPENCV_RUNS = ["csresnext50-panet-spp.cfg", "enet-coco.cfg", "yolov3-tiny-prn.cfg",
                "yolov4-csp.cfg", "yolov4-p5.cfg", "yolov4x-mish.cfg", "yolov7-tiny.cfg",
                "yolov7.cfg"]
-OPENCV_LACKS = {"Gaussian_yolov3_BDD.cfg": "gaussian_yolo",
-                "yolov4-sam-mish-csp-reorg-bfm.cfg": "sam"}
+# Cfgs OpenCV refuses, or runs without a feature they need (it ignores dilation and
+# share_index: checked by hand, its conv output differs from a dilated one), by that feature.
+OPENCV_LACKS = {
+    "Gaussian_yolov3_BDD.cfg": lambda layer: layer.kind == "gaussian_yolo",
+    "yolov4-sam-mish-csp-reorg-bfm.cfg": lambda layer: layer.kind in ("sam", "reorg3d"),
+    "resnet152_trident.cfg": lambda layer: getattr(layer, "dilation", 1) > 1
+    or getattr(layer, "shares_weights_of", None) is not None,
+}
 SIZE = 128
 
 
@@ -69,17 +75,21 @@ def test_the_comparison_sees_a_wrong_box_decoding(tmp_path):
 def test_cfgs_opencv_cannot_run_run(name, tmp_path):
     cfg, weights = prepared(name, tmp_path)
     model = yolo8.load(cfg, weights)
-    assert any(layer.kind == OPENCV_LACKS[name] for layer in model.graph.layers)
+    assert any(OPENCV_LACKS[name](layer) for layer in model.graph.layers)
     outputs = model.forward(blob().transpose(0, 3, 1, 2))
     assert len(outputs) == len(model.heads) and all(np.isfinite(o).all() for o in outputs)
     assert model.detect(read_image(PHOTOS[0]), thresh=0.2)
 
 
-@pytest.mark.parametrize("name", ["yolov7-tiny.cfg", "yolov4-sam-mish-csp-reorg-bfm.cfg"])
-def test_calibrate_and_int8_on_zoo_cfgs(name, tmp_path):
+@pytest.mark.parametrize("name, bound", [("yolov7-tiny.cfg", 0.05),
+                                         ("yolov4-sam-mish-csp-reorg-bfm.cfg", 0.05),
+                                         ("resnet152_trident.cfg", 0.10)])
+def test_calibrate_and_int8_on_zoo_cfgs(name, bound, tmp_path):
     """Every conv but the first and those feeding a head runs INT8 after `calibrate`; the
-    INT8 heads stay close to FP32's (bound: 5% of the heads' magnitude; random weights are
-    harder to quantize than trained ones, the default model's bound is tested elsewhere)."""
+    INT8 heads stay close to FP32's (bound: a fraction of the heads' magnitude; random
+    weights are harder to quantize than trained ones, the default model's bound is tested
+    elsewhere). The error grows with depth: trident has 209 INT8 layers and reaches 7.5%
+    (8.4% with its dilated layers left in FP32: they are not the cause), yolov4-sam 1.5%."""
     from yolo8.calibrate import calibrate
 
     cfg, weights = prepared(name, tmp_path)
@@ -97,5 +107,5 @@ def test_calibrate_and_int8_on_zoo_cfgs(name, tmp_path):
     x = to_blob([read_image(p) for p in PHOTOS[2:4]], SIZE, SIZE)
     for ours, ref in zip(program.run(x), model.program.run(x)):
         scale = float(np.abs(ref).max())
-        assert np.abs(ours - ref).max() <= 0.05 * scale
+        assert np.abs(ours - ref).max() <= bound * scale
         assert np.abs(ours - ref).max() > 0  # INT8 really ran
