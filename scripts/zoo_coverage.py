@@ -4,14 +4,11 @@
 
 For every *.cfg of the folder (e.g. AlexeyAB/darknet's cfg/): the cfg at SIZE x SIZE (head
 `thresh` set to 0 so OpenCV keeps every score), random weights in darknet's order
-(tests/oracle.py), one photo of tests/data through both engines. Detections (score > 0.1)
-are compared both ways: same class, IoU >= 0.95, score within 0.02. Both engines' candidate
-boxes go through the same NMS (darknet's, with the cfg's nms_kind), so the comparison is of
-the networks and their box decoding. Random weights make most boxes score alike, so the
-threshold is the score of OpenCV's TOP-th best candidate (at least 0.01), and a detection
-within 0.02 of it may go unmatched (the other engine may have it just below). A cfg yolo8 refuses gets a weights file holding the
-header only for OpenCV (it reads past the end without complaint): its status then says only
-whether OpenCV loads and runs it.
+(tests/oracle.py), one photo of tests/data (plus seeded noise) through both engines, and
+their detections compared both ways: same class, IoU >= 0.95, score within 0.02 (the
+threshold, NMS and near-tie rules are tests/oracle.py's compare_with_opencv). A cfg yolo8
+refuses gets a weights file holding the header only for OpenCV (it reads past the end
+without complaint): its status then says only whether OpenCV loads and runs it.
 """
 from __future__ import annotations
 
@@ -31,10 +28,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tests.oracle import (WEIGHTS_HEADER, cfg_for_opencv, compare_with_opencv,  # noqa: E402
-                          random_weights)
+                          comparison_input, random_weights)
 from yolo8.errors import Yolo8Error  # noqa: E402
 from yolo8.graph import load_graph  # noqa: E402
-from yolo8.preprocess import read_image, to_blob  # noqa: E402
 
 PHOTO = ROOT / "tests" / "data" / "images" / "000000000009.jpg"
 
@@ -81,12 +77,12 @@ def survey(cfg_path: Path, work: Path, size: int) -> dict:
     elif any(c.dilation > 1 or c.shares_weights_of is not None for c in convs):
         row["agreement"] = "n/a (OpenCV ignores dilation and share_index)"
     elif row["opencv"] == "runs" and row["yolo8"] == "runs":
-        blob = to_blob([read_image(PHOTO)], size, size)
+        blob = comparison_input(PHOTO, size, size)
         found = compare_with_opencv(model, cfg, weights, blob)
         verdict = "equal" if found.equal else "DIFFER"
         row["agreement"] = (f"{verdict} ({found.ours} yolo8 / {found.theirs} OpenCV, "
-                            f"{found.extra} + {found.missing} unmatched, score > "
-                            f"{found.thresh:.3f})")
+                            f"{found.extra} + {found.missing} unmatched, {found.ties} near-tie "
+                            f"swaps, score > {found.thresh:.3f})")
     return row
 
 

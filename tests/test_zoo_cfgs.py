@@ -18,7 +18,7 @@ from yolo8.layers import Yolo
 from yolo8.preprocess import read_image, to_blob
 
 from .conftest import DATA, PHOTOS
-from .oracle import cfg_for_opencv, compare_with_opencv, random_weights
+from .oracle import cfg_for_opencv, compare_with_opencv, comparison_input, random_weights
 
 ZOO = DATA / "cfg"
 OPENCV_RUNS = ["csresnext50-panet-spp.cfg", "enet-coco.cfg", "yolov3-tiny-prn.cfg",
@@ -45,7 +45,7 @@ def prepared(name: str, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def blob() -> np.ndarray:
-    return to_blob([read_image(PHOTOS[0])], SIZE, SIZE)
+    return comparison_input(PHOTOS[0], SIZE, SIZE)
 
 
 def test_every_zoo_cfg_is_tested():
