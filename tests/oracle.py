@@ -7,6 +7,7 @@ relative to the input, objectness, and objectness x class probability.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,20 +176,31 @@ def opencv_detections(rows: np.ndarray, heads: list, width: int, height: int, th
 WEIGHTS_HEADER = np.array([0, 2, 0], dtype="<i4").tobytes() + np.zeros(1, dtype="<i8").tobytes()
 
 
+def _connected_floats(layer, rng) -> np.ndarray:
+    """darknet's order: biases, weights (outputs x inputs), then scales, mean, variance."""
+    n, k = layer.outputs, layer.in_shape.size
+    chunks = [rng.normal(0, 0.1, n), rng.normal(0, 1.0, n * k) / np.sqrt(k)]
+    if layer.batch_normalize:
+        chunks += [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)]
+    return np.concatenate(chunks)
+
+
 def random_weights(graph, path: Path, seed: int = 0) -> None:
-    """A darknet .weights file for `graph`, its layers' floats in darknet's order (conv layers
-    and weighted shortcuts, load_weights_upto), with values that keep activations in a sane
-    range: unit-gain convolutions, and small ones into each residual sum so deep nets do not
-    explode."""
-    from yolo8.layers import Convolutional, Shortcut
+    """A darknet .weights file for `graph`, its layers' floats in darknet's order (conv and
+    connected layers, weighted shortcuts: load_weights_upto), with values that keep activations
+    in a sane range: unit-gain convolutions, and small ones into each residual sum so deep nets
+    do not explode."""
+    from yolo8.layers import Connected, Shortcut
 
     rng = np.random.default_rng(seed)
     parts = [WEIGHTS_HEADER]
-    for layer in graph.layers:
-        if isinstance(layer, Shortcut) and layer.weight_floats():
+    for layer in graph.weighted_layers():  # share_index layers read nothing
+        if isinstance(layer, Connected):
+            parts.append(_connected_floats(layer, rng).astype("<f4").tobytes())
+            continue
+        if isinstance(layer, Shortcut):
             parts.append(rng.uniform(0.2, 1.2, layer.weight_floats()).astype("<f4").tobytes())
-        if not isinstance(layer, Convolutional) or not layer.weight_floats():
-            continue  # share_index layers read nothing
+            continue
         n = layer.filters
         fan_in = layer.size * layer.size * layer.in_shape.c // layer.groups
         following = graph.layers[layer.index + 1] if layer.index + 1 < len(graph.layers) else None
@@ -199,3 +211,30 @@ def random_weights(graph, path: Path, seed: int = 0) -> None:
         chunks.append(rng.normal(0, 1.0, n * fan_in) * np.sqrt(gain / fan_in))
         parts.append(np.concatenate(chunks).astype("<f4").tobytes())
     path.write_bytes(b"".join(parts))
+
+
+def opencv_last_output(cfg: Path, weights: Path, blob_nchw: np.ndarray, graph) -> np.ndarray:
+    """OpenCV's output of a classifier (its last layer), (N, values). OpenCV 4.x does not run
+    darknet's [crop] as darknet does at test time, so for a cfg with one the network is read
+    without it and given the centre crop mapped to x * scale + shift (darknet's
+    forward_crop_layer with train = 0) instead."""
+    from yolo8.layers import Crop
+
+    crops = [layer for layer in graph.layers if isinstance(layer, Crop)]
+    with tempfile.TemporaryDirectory() as scratch:
+        if crops:
+            crop = crops[0]
+            text = re.sub(r"(?ms)^\[crop\]\s*$.*?(?=^\[)", "", cfg.read_text(), count=1)
+            cfg = Path(scratch) / f"{cfg.stem}-uncropped.cfg"
+            cfg.write_text(text)
+            h, w = crop.out_shape.h, crop.out_shape.w
+            inside = blob_nchw[:, :, crop.top:crop.top + h, crop.left:crop.left + w]
+            blob_nchw = np.ascontiguousarray(inside * np.float32(crop.scale) + np.float32(crop.shift))
+        net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    # One image at a time: OpenCV 4.14's [scale_channels] fails on batches of 2 or more
+    # (efficientnet_b0: a shape assertion in shape_utils.hpp).
+    outputs = []
+    for image in blob_nchw:
+        net.setInput(image[None])
+        outputs.append(net.forward().reshape(-1))
+    return np.stack(outputs)

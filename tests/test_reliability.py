@@ -383,7 +383,7 @@ CASES = [
     # ---- lists, folders, data sets, labels
     Case("calibrate-empty-list", "cli", lambda k: (
         ["calibrate", "--images", k.write("empty.list", "# nothing\r\n\r\n"), *k.model_args()],
-        Expect([str(k.root / "empty.list"), "the image list is empty"]))),
+        Expect([str(k.root / "empty.list"), "empty image list"]))),
     Case("calibrate-out-is-a-folder", "cli", lambda k: (
         ["calibrate", "--images", k.write("one.list", f"{k.photo}\n"), *k.model_args(), "--out",
          k.root], Expect([str(k.root), "is a folder"]))),

@@ -1,5 +1,5 @@
-"""Cfgs of AlexeyAB/darknet's cfg/ folder (tests/data/cfg: shrunk copies, see each file's first
-line) with random weights: detections equal to OpenCV dnn's where OpenCV runs the cfg
+"""Detector cfgs of AlexeyAB/darknet's cfg/ folder (tests/data/cfg/detectors: shrunk copies, see
+each file's first line) with random weights: detections equal to OpenCV dnn's where OpenCV runs the cfg
 (tests/oracle.compare_with_opencv: same class, IoU >= 0.95, score within 0.02, both ways);
 the others (layers OpenCV lacks) run, and their new layers are checked against darknet's
 formulas in test_zoo_layers.py. INT8: calibration works on them and keeps their outputs
@@ -20,7 +20,7 @@ from yolo8.preprocess import read_image, to_blob
 from .conftest import DATA, PHOTOS
 from .oracle import cfg_for_opencv, compare_with_opencv, comparison_input, random_weights
 
-ZOO = DATA / "cfg"
+ZOO = DATA / "cfg" / "detectors"
 OPENCV_RUNS = ["csresnext50-panet-spp.cfg", "enet-coco.cfg", "yolov3-tiny-prn.cfg",
                "yolov4-csp.cfg", "yolov4-p5.cfg", "yolov4x-mish.cfg", "yolov7-tiny.cfg",
                "yolov7.cfg"]
@@ -48,7 +48,7 @@ def blob() -> np.ndarray:
     return comparison_input(PHOTOS[0], SIZE, SIZE)
 
 
-def test_every_zoo_cfg_is_tested():
+def test_every_zoo_detector_is_tested():
     assert sorted(p.name for p in ZOO.glob("*.cfg")) == sorted([*OPENCV_RUNS, *OPENCV_LACKS])
 
 

@@ -160,7 +160,7 @@ def test_shortcut_equals_shortcut_multilayer_cpu(extra):
     weights = None
     if layer.weight_floats():
         weights = RNG.normal(0.5, 1, layer.weight_floats()).astype(np.float32)
-        layer.set_weights(weights)
+        layer.assign_weights(weights)
     got = run_op(graph, 3, prev, a, b)
     want = ref.shortcut_multilayer(nchw(prev), [nchw(a), nchw(b)], weights,
                                    layer.weights_normalization)
@@ -169,7 +169,7 @@ def test_shortcut_equals_shortcut_multilayer_cpu(extra):
 
 
 def test_shortcut_weights_are_read_in_darknets_layer_order(tmp_path):
-    from yolo8.darknet.weights import load_weights
+    from yolo8.graph import load_weights
 
     from .oracle import WEIGHTS_HEADER
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from .jit import CACHE
 from .layers import GaussianYolo, Region, Yolo
 from .preprocess import letterbox_geometry
 
@@ -125,7 +126,7 @@ def correct_boxes(boxes: np.ndarray, image_w: int, image_h: int, net_w: int, net
     return out
 
 
-@njit(cache=True)
+@njit(cache=CACHE, nogil=True)
 def _overlap(a, b, diou_beta):
     """darknet's box_iou on centre-format boxes; with diou_beta >= 0, AlexeyAB's DIoU:
     IoU - (d^2 / c^2) ** diou_beta, d the distance between the centres, c the diagonal of
@@ -148,7 +149,7 @@ def _overlap(a, b, diou_beta):
     return iou - (d / c) ** diou_beta
 
 
-@njit(cache=True)
+@njit(cache=CACHE, nogil=True)
 def _nms_sorted(boxes, order, thresh, diou_beta, keep):
     """Greedy suppression over `order` (by score, descending)."""
     for oi in range(order.shape[0]):

@@ -10,6 +10,7 @@ from ..kernels.pooling import maxpool
 from ..layers import (AvgPool, Convolutional, Dropout, MaxPool, Region, Reorg, Route, Shortcut,
                       Upsample, Yolo)
 from ..layers import GaussianYolo, LocalAvgPool, Reorg3d, Sam, ScaleChannels
+from ..layers import Connected, Cost, Crop, Softmax
 from .base import Op
 
 
@@ -314,9 +315,52 @@ def gaussian_yolo(layer: GaussianYolo, graph: Graph) -> Op:
     return head
 
 
+def _darknet_order(x: np.ndarray) -> np.ndarray:
+    """NHWC batch -> (N, C*H*W) in darknet's (C, H, W) order."""
+    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+
+def connected(layer: Connected, graph: Graph) -> Op:
+    """darknet's forward_connected_layer: x . W^T + b (batch norm folded), then activation."""
+    weights_t = np.ascontiguousarray(layer.weights.T)
+
+    def fully_connected(x: np.ndarray) -> np.ndarray:
+        y = _darknet_order(x) @ weights_t + layer.bias
+        y = y if layer.activation == "linear" else activations.apply(y, layer.activation)
+        return y.reshape(x.shape[0], 1, 1, layer.outputs)
+    return fully_connected
+
+
+def softmax(layer: Softmax, graph: Graph) -> Op:
+    """darknet's softmax_cpu: over `groups` consecutive runs of the (C, H, W)-ordered input,
+    exp(x / t - max / t) normalised (t the temperature)."""
+    t = np.float32(layer.temperature)
+
+    def soft(x: np.ndarray) -> np.ndarray:
+        n, h, w, c = x.shape
+        v = _darknet_order(x).reshape(n, layer.groups, -1)
+        e = np.exp(v / t - v.max(axis=2, keepdims=True) / t)
+        out = (e / e.sum(axis=2, keepdims=True)).reshape(n, c, h, w)
+        return np.ascontiguousarray(out.transpose(0, 2, 3, 1), dtype=np.float32)
+    return soft
+
+
+def cost(layer: Cost, graph: Graph) -> Op:
+    return lambda x: x
+
+
+def crop(layer: Crop, graph: Graph) -> Op:
+    """The centre of the input, x * scale + shift (darknet's crop at test time)."""
+    rows = slice(layer.top, layer.top + layer.out_shape.h)
+    cols = slice(layer.left, layer.left + layer.out_shape.w)
+    scale, shift = np.float32(layer.scale), np.float32(layer.shift)
+    return lambda x: x[:, rows, cols] * scale + shift
+
+
 FP32_OPS = {
     Convolutional: conv, MaxPool: max_pool, AvgPool: avg_pool, Dropout: dropout, Route: route,
     Shortcut: shortcut, Upsample: upsample, Reorg: reorg, Yolo: yolo, Region: region,
     GaussianYolo: gaussian_yolo, ScaleChannels: scale_channels, Sam: sam, Reorg3d: reorg3d,
     LocalAvgPool: local_avg_pool,
+    Connected: connected, Softmax: softmax, Cost: cost, Crop: crop,
 }

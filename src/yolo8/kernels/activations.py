@@ -11,12 +11,14 @@ import math
 import numpy as np
 from numba import njit
 
+from ..jit import CACHE
+
 # The codes and names live outside kernels/ (a cfg parse must not import numba).
 from ..activations import CODES, LEAKY, LINEAR, LOGISTIC, MISH, RELU, SWISH  # noqa: F401
 from ..activations import SOFTPLUS_THRESHOLD as _SOFTPLUS_THRESHOLD
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def _softplus(x):
     if x > _SOFTPLUS_THRESHOLD:
         return x
@@ -25,7 +27,7 @@ def _softplus(x):
     return math.log1p(math.exp(x))
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def activate(x, code):
     """darknet's activate() for one float32 value."""
     if code == LEAKY:

@@ -6,7 +6,9 @@ import functools
 
 import llvmlite.binding as llvm_binding
 import numpy as np
-from numba import config, njit
+from numba import config, njit, prange
+
+from ..jit import CACHE
 
 ALIGN = 64  # bytes: a packed weight vector of the micro-kernels is then one cache line
 
@@ -46,7 +48,7 @@ def aligned_empty(count: int, dtype: np.dtype, align: int = ALIGN) -> np.ndarray
     return raw[start:start + count * dtype.itemsize].view(dtype)
 
 
-@njit(cache=True)
+@njit(cache=CACHE, nogil=True)
 def row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_stride, base):
     """Source offsets of output pixels m0..m0+mr-1 (pixel m = (img, y, x) over (ho, wo));
     rows past the end repeat the last one (read, never stored)."""
@@ -65,3 +67,14 @@ def row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_strid
                 if y == ho:
                     y = 0
                     img += 1
+
+
+@njit(parallel=True, cache=CACHE, nogil=True)
+def _fill_parallel(out, value):
+    for i in prange(out.size):
+        out[i] = value
+
+
+def warm_parallel_runtime() -> None:
+    """Run one tiny parallel kernel: numba then loads its threading layer (and reports it)."""
+    _fill_parallel(np.empty(2, np.int64), 1)

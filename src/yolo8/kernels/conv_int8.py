@@ -12,17 +12,19 @@ Semantics (the references below implement exactly this):
 
 There is no im2col matrix: the input is quantized once into a zero-padded u8 NHWC buffer
 (value + 128, channels of each group padded to a multiple of 4) and the micro-kernel reads
-every kernel tap straight from it (see gemm_int8). That buffer, the tap offsets and the
-output scales are cached on the `Int8ConvWeights` of the layer and reused between calls, so
-one `Int8ConvWeights` must not be used by two threads at once.
+every kernel tap straight from it (see gemm_int8). That buffer and the tap offsets are cached
+on the `Int8ConvWeights` of the layer per calling thread (a model may run in several threads at
+once: each thread quantizes into a buffer of its own) and reused between that thread's calls.
 """
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 from numba import njit, prange
 
+from ..jit import CACHE
 from .activations import CODES, activate_numpy
 from .common import conv_taps, output_size
 from .gemm_int8 import MAX_K, ZERO_U8, PackedB, resolve_variant, run_tiles, threads_for
@@ -35,7 +37,7 @@ QMAX = 127
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def _quantize_scalar(v, multiplier):
     """saturate(round_half_even(f32(v * multiplier))) as int32 in [-127, 127]; NaN -> 0."""
     q = np.rint(v * multiplier)
@@ -48,13 +50,13 @@ def _quantize_scalar(v, multiplier):
     return np.int32(q)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _quantize(x, multiplier, out):
     for i in prange(x.size):
         out[i] = np.int8(_quantize_scalar(x[i], multiplier))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _quantize_padded(x, multiplier, xq, n, h, w, pad, groups, cg, cg4):
     """xq[img, y + pad, x + pad, g * cg4 + c] = q(x[img, y, x, g * cg + c]) + 128, on flat views.
 
@@ -154,7 +156,8 @@ class Int8ConvWeights:
         self.groups = int(groups)
         self.packed = PackedB(self.wq.reshape(cout, kh * kw, cg), self.groups)
         self._out_scale: tuple[np.float32, np.ndarray] | None = None
-        self._input: tuple[tuple[int, ...], np.ndarray, np.ndarray, int] | None = None
+        # Per thread: (input shape, padded u8 buffer, tap offsets, k groups of 4 per tap).
+        self._per_thread = threading.local()
 
     @classmethod
     def from_float(cls, w: np.ndarray, groups: int = 1) -> Int8ConvWeights:
@@ -180,9 +183,11 @@ class Int8ConvWeights:
 
     def out_scale(self, multiplier: np.float32) -> np.ndarray:
         """f32(w_scale / multiplier), computed once per multiplier."""
-        if self._out_scale is None or self._out_scale[0] != multiplier:
-            self._out_scale = (multiplier, np.float32(self.w_scale / multiplier))
-        return self._out_scale[1]
+        cached = self._out_scale  # read once: another thread may replace it meanwhile
+        if cached is None or cached[0] != multiplier:
+            cached = (multiplier, np.float32(self.w_scale / multiplier))
+            self._out_scale = cached
+        return cached[1]
 
     @property
     def channels_padded(self) -> int:
@@ -192,18 +197,20 @@ class Int8ConvWeights:
     def input_buffer(self, n: int, h: int, w: int, pad: int) -> tuple[np.ndarray, np.ndarray, int]:
         """For this input shape: the padded u8 input buffer (flat; border and channel padding
         hold 128), the tap offsets into it (`conv_taps`: with one group a kernel row is one
-        tap of kw pixels) and the k groups of 4 per tap. Allocated on the first call with a
-        new shape."""
+        tap of kw pixels) and the k groups of 4 per tap. Each calling thread has its own,
+        allocated on its first call with a new shape (so concurrent calls never share it)."""
         key = (n, h, w, pad)
-        if self._input is None or self._input[0] != key:
+        cached = getattr(self._per_thread, "input", None)
+        if cached is None or cached[0] != key:
             kh, kw = self.kernel_size
             cs = self.groups * self.channels_padded
             wp = w + 2 * pad
             buffer = np.full(n * (h + 2 * pad) * wp * cs, ZERO_U8, dtype=np.uint8)
             taps = conv_taps(kh, kw, wp, cs, self.groups)
             k4 = self.packed.k4 * (kw if self.groups == 1 else 1)
-            self._input = (key, buffer, taps, k4)
-        return self._input[1], self._input[2], self._input[3]
+            cached = (key, buffer, taps, k4)
+            self._per_thread.input = cached
+        return cached[1], cached[2], cached[3]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..jit import CACHE
 from .activations import LEAKY, LINEAR, activate
 from .common import ALIGN, aligned_empty, row_offsets, target_features
 
@@ -258,7 +259,7 @@ _vnni_12x2 = _make_vnni_microkernel(12, 2)
 _vnni_6x4 = _make_vnni_microkernel(6, 4)
 
 
-@njit(cache=True)
+@njit(cache=CACHE, nogil=True)
 def _microkernel_portable(src, rows, taps, k4, packed, b_offset, c, mr, nr):
     """Plain-numba micro-kernel with the same contract as the VNNI one (the fallback).
 
@@ -291,7 +292,7 @@ def _microkernel_portable(src, rows, taps, k4, packed, b_offset, c, mr, nr):
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=CACHE, nogil=True)
 def _store_int32(tile, nr, rows_valid, cols_valid, corr, out_i, m0, col0):
     for i in range(rows_valid):
         acc = tile[i * nr:i * nr + cols_valid]
@@ -300,7 +301,7 @@ def _store_int32(tile, nr, rows_valid, cols_valid, corr, out_i, m0, col0):
             dst[j] = acc[j] - corr[j]
 
 
-@njit(cache=True)
+@njit(cache=CACHE, nogil=True)
 def _store_float(tile, nr, rows_valid, cols_valid, corr, out_f, m0, col0, scale, bias, act):
     """y = f32(acc) * scale + bias (two float32 roundings, never an FMA), then activation.
 
@@ -323,7 +324,7 @@ def _store_float(tile, nr, rows_valid, cols_valid, corr, out_f, m0, col0, scale,
                 dst[j] = activate(np.float32(np.int32(acc[j] - corr[j])) * scale[j] + bias[j], act)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _tiles(src, taps, k4, m_total, ho, wo, img_stride, row_stride, col_stride, group_stride,
            packed, nv, n_panels, n_per_group, corr,
            out_i, out_f, scale, bias, act, float_out, use_vnni, n_threads):

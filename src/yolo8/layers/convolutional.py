@@ -50,6 +50,11 @@ class Convolutional(Layer):
         per_filter = 1 + (3 if self.batch_normalize else 0)
         return self.filters * per_filter + self.filters * (self.in_shape.c // self.groups) * self.size ** 2
 
+    def assign_weights(self, values: np.ndarray) -> None:
+        """Take this layer's floats from a .weights file (darknet's order), batch norm folded."""
+        self.weights, self.bias, self.output_scale = fold_batch_norm(
+            self, values[:self.filters], values[self.filters:])
+
     def describe(self) -> str:
         return (f"{super().describe()} filters={self.filters} size={self.size} stride={self.stride} "
                 f"pad={self.pad} groups={self.groups} bn={int(self.batch_normalize)} "
@@ -57,6 +62,37 @@ class Convolutional(Layer):
                 + (f" dilation={self.dilation}" if self.dilation != 1 else "")
                 + (f" shares={self.shares_weights_of}" if self.shares_weights_of is not None
                    else ""))
+
+
+def fold_batch_norm(layer: Convolutional, bias: np.ndarray, rest: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """darknet's conv floats after the biases: [scales, rolling mean, rolling variance when
+    batch_normalize] then the weights (Cout, Cin/groups, kh, kw). Folds batch norm as darknet
+    computes it: y = scale * (conv - mean) / (sqrt(var) + 1e-6) + bias.
+
+    Returns (weights, bias, output_scale). xnor layers keep their raw weights and get the
+    batch norm's per-channel factor as output_scale instead: darknet binarizes the raw
+    weights (w == 0 -> -mean|w|), and folding a negative scale first would flip that case."""
+    n, cin = layer.filters, layer.in_shape.c // layer.groups
+    bn = 3 * n if layer.batch_normalize else 0
+    weights = rest[bn:].reshape(n, cin, layer.size, layer.size)
+    output_scale = None
+    if layer.batch_normalize:
+        scale, mean, var = rest[:n], rest[n:2 * n], rest[2 * n:3 * n]
+        if (var < 0).any():
+            raise ValueError("negative rolling variance")
+        k = scale / (np.sqrt(var) + np.float32(1e-6))  # float32 maths, as darknet's
+        bias = bias - mean * k
+        if layer.xnor:
+            output_scale = k
+    # darknet (Cout, Cin, kh, kw) -> ours (Cout, kh, kw, Cin): channels innermost for NHWC;
+    # transposed and scaled in one pass, into one new array.
+    folded = np.empty((n, layer.size, layer.size, cin), dtype=np.float32)
+    if layer.batch_normalize and not layer.xnor:
+        np.multiply(weights.transpose(0, 2, 3, 1), k[:, None, None, None], out=folded)
+    else:
+        folded[...] = weights.transpose(0, 2, 3, 1)
+    return folded, np.asarray(bias, np.float32), output_scale
 
 
 # Keys of darknet features yolo8 does not implement, refused unless they hold this value.

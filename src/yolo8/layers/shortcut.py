@@ -47,7 +47,8 @@ class Shortcut(Layer):
         per_input = {None: 0, "per_feature": 1, "per_channel": self.out_shape.c}
         return len(self.inputs) * per_input[self.weights_type]
 
-    def set_weights(self, values: np.ndarray) -> None:
+    def assign_weights(self, values: np.ndarray) -> None:
+        """Take this layer's floats from a .weights file: the inputs' weights in turn."""
         self.weights = values.astype(np.float32).reshape(len(self.inputs), -1)
 
     def describe(self) -> str:
