@@ -62,17 +62,21 @@ def survey(cfg_path: Path, work: Path, size: int) -> dict:
         row["yolo8"] = "runs"
     except Yolo8Error as exc:
         row["yolo8"] = f"refused: {short(exc)}"
+        model = None
         weights.write_bytes(WEIGHTS_HEADER)
     except Exception as exc:  # a crash is a bug to report, not a refusal
         row["yolo8"] = f"CRASH: {type(exc).__name__}: {short(exc)}"
         traceback.print_exc()
+        model = None
         weights.write_bytes(WEIGHTS_HEADER)
     try:
         row["opencv"] = opencv_runs(cfg, weights, size)
     except cv2.error as exc:
         row["opencv"] = f"fails: {short(exc)}"
     convs = model.graph.convolutions() if model is not None else []
-    if any(c.xnor for c in convs):
+    if model is not None and not model.graph.is_detector:
+        row["agreement"] = "n/a (no detection head: scripts/zoo_coverage_classifiers.py)"
+    elif any(c.xnor for c in convs):
         row["agreement"] = "n/a (xnor=1 layers: OpenCV runs them as float convs)"
     elif any(c.dilation > 1 or c.shares_weights_of is not None for c in convs):
         row["agreement"] = "n/a (OpenCV ignores dilation and share_index)"
