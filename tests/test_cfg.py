@@ -74,7 +74,7 @@ def _error(text: str) -> ConfigError:
     ("[bogus]\nx=1\n", 5, "unknown or unsupported section [bogus]"),
     ("[route]\nlayers=-3\n", 6, "refers to layer -3"),
     ("[convolutional]\nfilters=4\n[shortcut]\nfrom=5\n", 8, "refers to layer 5"),
-    ("[convolutional]\nfilters=4\ndilation=2\n", 7, "not supported"),
+    ("[convolutional]\nfilters=4\nantialiasing=1\n", 7, "not supported"),
     ("[convolutional]\nfilters=17\nsize=1\n[yolo]\nmask=0\nanchors=10,14\nclasses=1\nnum=1\n", 8,
      "has 17 filters, expected 6 (1 anchors x (5 + 1 classes))"),
     ("[convolutional]\nfilters=12\nsize=1\n[yolo]\nmask=0,3\nanchors=10,14,1,1\nclasses=1\nnum=2\n",

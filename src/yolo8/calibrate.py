@@ -80,6 +80,7 @@ class BiasErrorCollector:
 
     def __init__(self, graph, thresholds: dict[int, float]) -> None:
         from .backends.int8 import int8_conv, int8_layers
+        from .backends.ops import kernel_stride, with_dilation
         from .kernels.activations import LINEAR
         from .kernels.conv_fp32 import Fp32Conv
 
@@ -87,7 +88,8 @@ class BiasErrorCollector:
         for index in int8_layers(graph):
             layer = graph.layers[index]
             zero = np.zeros(layer.filters, np.float32)
-            fp32 = Fp32Conv(layer.weights, zero, layer.stride, layer.pad, layer.groups, LINEAR)
+            fp32 = with_dilation(layer, Fp32Conv(layer.weights, zero, kernel_stride(layer),
+                                                 layer.pad, layer.groups, LINEAR))
             self._ops[index] = (int8_conv(layer, thresholds[index], zero, LINEAR), fp32)
         self._sums = {i: np.zeros(graph.layers[i].filters) for i in self._ops}
         self._counts = dict.fromkeys(self._ops, 0)

@@ -204,4 +204,9 @@ def load_weights(graph: Graph, path: str | Path, expected_sha256: str | None = N
                      expected_sha256) as weights:
         for layer, values in zip(layers, weights.arrays()):
             _assign(layer, values, path)
+    for layer in graph.convolutions():
+        if layer.shares_weights_of is not None:  # darknet's share_index: the same arrays
+            shared = graph.layers[layer.shares_weights_of]
+            layer.weights, layer.bias, layer.output_scale = (shared.weights, shared.bias,
+                                                             shared.output_scale)
     return weights.sha256

@@ -17,7 +17,7 @@ from ..graph import Graph
 from ..layers import Convolutional
 from ..quant import Calibration, multiplier_for_threshold, threshold_for_multiplier
 from .base import Op, Program, Quantization
-from .ops import FP32_OPS, conv as fp32_conv
+from .ops import FP32_OPS, conv as fp32_conv, kernel_stride, unfused_activation, with_dilation
 
 
 def head_feeders(graph: Graph) -> set[int]:
@@ -100,8 +100,9 @@ def int8_conv(layer: Convolutional, threshold: float, bias: np.ndarray, activati
 
     packed = Int8ConvWeights.from_float(layer.weights, layer.groups)
     multiplier = multiplier_for_threshold(threshold)
-    return lambda x: conv2d_int8(x, packed, bias, multiplier, layer.stride, layer.pad, activation,
-                                 layer.groups)
+    stride = kernel_stride(layer)
+    return with_dilation(layer, lambda x: conv2d_int8(x, packed, bias, multiplier, stride,
+                                                      layer.pad, activation, layer.groups))
 
 
 def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections | None = None,
@@ -126,7 +127,8 @@ def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections |
             return fp32_conv(layer, g)
         correction = corrections.get(layer.index)
         bias = layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
-        return int8_conv(layer, thresholds[layer.index], bias, layer.activation_code)
+        return unfused_activation(layer, int8_conv(layer, thresholds[layer.index], bias,
+                                                   layer.activation_code))
 
     program = Program(graph, {**FP32_OPS, Convolutional: conv})
     program.quantization = Quantization({i: thresholds[i] for i in wanted},

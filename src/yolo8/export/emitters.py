@@ -123,6 +123,8 @@ def convolutional(layer: Convolutional, inputs: list[str], ctx: EmitContext) -> 
     if layer.xnor:
         raise refuse(layer, ctx.graph, "xnor=1 (binary input and weights with popcount) has no "
                      "faithful ONNX operator")
+    if layer.dilation > 1:
+        raise refuse(layer, ctx.graph, "dilation is not exported yet")
     params = ctx.int8.get(layer.index)
     if params is not None:
         return _int8_conv(layer, inputs[0], params, ctx)
@@ -167,6 +169,11 @@ def route(layer: Route, inputs: list[str], ctx: EmitContext) -> str:
 
 
 def shortcut(layer: Shortcut, inputs: list[str], ctx: EmitContext) -> str:
+    shapes = {ctx.graph.layers[i].out_shape if i >= 0 else ctx.graph.input_shape
+              for i in layer.inputs}
+    if layer.weights_type is not None or len(layer.inputs) != 2 or len(shapes) != 1:
+        raise refuse(layer, ctx.graph, "only the plain sum of two equal shapes is exported yet "
+                     "(not weights, several 'from' layers or different channel counts)")
     return _activate(layer, ctx.g.op("Add", inputs, f"l{layer.index}_shortcut"), ctx)
 
 
@@ -203,6 +210,8 @@ def reorg(layer: Reorg, inputs: list[str], ctx: EmitContext) -> str:
 def yolo(layer: Yolo, inputs: list[str], ctx: EmitContext) -> str:
     """Logistic on every channel but each anchor's w and h; then x, y scaled by scale_x_y about
     the cell centre (a float32 multiply, then an add, as the FP32 op)."""
+    if layer.new_coords:
+        raise refuse(layer, ctx.graph, "new_coords=1 is not exported yet")
     g, i, x = ctx.g, layer.index, inputs[0]
     per_anchor = 5 + layer.classes
     channel = np.arange(layer.num_anchors * per_anchor) % per_anchor

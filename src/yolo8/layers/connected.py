@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..darknet.cfg import Section
-from ..kernels.activations import CODES
+from ..activations import check_name, kernel_code
 from .base import BuildContext, Layer, Shape
 
 
@@ -25,7 +25,7 @@ class Connected(Layer):
 
     @property
     def activation_code(self) -> int:
-        return CODES[self.activation]
+        return kernel_code(self.activation)
 
     def weight_floats(self) -> int:
         return self.outputs * (1 + self.in_shape.size + (3 if self.batch_normalize else 0))
@@ -53,10 +53,7 @@ class Connected(Layer):
 def build(section: Section, ctx: BuildContext) -> Connected:
     prev, in_shape = ctx.previous()
     outputs = section.get_int("output", 1, low=1)
-    activation = section.get_str("activation", "logistic")  # darknet's default
-    if activation not in CODES:
-        raise section.error(f"unknown activation '{activation}'; expected one of "
-                            f"{', '.join(CODES)}", "activation")
+    activation = check_name(section, default="logistic")  # darknet's default
     batch_normalize = bool(section.get_int("batch_normalize", 0, low=0, high=1))
     section.ignore("learning_rate", "stopbackward", "dont_update")
     layer = Connected(index=ctx.index, line=section.line, inputs=(prev,),
