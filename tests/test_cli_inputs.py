@@ -466,3 +466,19 @@ def test_camera_until_frames_or_ctrl_c(tmp_path, detect, monkeypatch, interrupt_
     entries = json.loads((tmp_path / "d.json").read_text())
     assert entries and {e["frame"] for e in entries} <= set(range(written))
     assert all(line.startswith("camera2#") for line in out.splitlines())
+    assert "d.jsonl" in err  # a camera with a .json array: told that .jsonl streams
+
+
+def test_camera_with_jsonl_streams_one_line_per_detection(tmp_path, detect, monkeypatch):
+    write_video(tmp_path / "scene.avi", "MJPG")
+    monkeypatch.setattr(inputs.cv2, "VideoCapture", lambda source, *args: (
+        FakeCamera(tmp_path / "scene.avi", 8) if source == 2 else REAL_CAPTURE(source, *args)))
+    code, out, err = detect("--camera", "2", "--no-save", "--json", "d.jsonl", "--thresh", "0.05",
+                            cwd=tmp_path)
+    assert code == 0, err
+    assert ".jsonl" not in err
+    lines = (tmp_path / "d.jsonl").read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert entries and all(e["file"] == "camera2" or "frame" in e for e in entries)
+    printed = [line for line in out.splitlines() if line.startswith("camera2#")]
+    assert len(printed) == len(entries)  # every printed detection is in the file

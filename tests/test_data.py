@@ -107,12 +107,36 @@ def test_image_list_skips_blanks_and_comments_and_resolves_both_ways(dataset):
     listing = write(dataset / "list.txt",
                     "# header\nimages/a.jpg\n\n  images/b.jpg  \n/abs/c.png\nimages/gone.jpg\n",
                     newline="\r\n")
-    assert read_image_list(listing) == [
-        dataset / "images" / "a.jpg",  # only next to the list
-        Path.cwd() / "images" / "b.jpg",  # in the working directory
-        Path("/abs/c.png"),  # missing: returned all the same
-        Path.cwd() / "images" / "gone.jpg",  # missing relative entry: as darknet would open it
+    entries = read_image_list(listing)
+    assert [(e.path, e.line) for e in entries] == [
+        (dataset / "images" / "a.jpg", 2),  # only next to the list
+        (Path("images") / "b.jpg", 4),  # in the working directory: kept as written
+        (Path("/abs/c.png"), 5),  # missing: returned all the same, with its problem
+        (Path("images") / "gone.jpg", 6),  # missing relative entry: as darknet would open it
     ]
+    assert [e.problem is None for e in entries] == [True, True, False, False]
+    assert all(e.problem.line == e.line and "not found" in str(e.problem)
+               for e in entries if e.problem is not None)
+
+
+def test_detect_calibrate_and_map_read_lists_with_the_same_reader(dataset, monkeypatch):
+    """One reader: a list entry resolves to the same path for every command."""
+    from yolo8 import calibrate, evaluate, inputs
+
+    write(dataset / "images" / "a.jpg", "")
+    listing = write(dataset / "list.txt", "images/a.jpg\n")
+    calls = []
+    real = read_image_list
+
+    def spy(path):
+        calls.append(path)
+        return real(path)
+
+    for module in (calibrate, evaluate, inputs):
+        monkeypatch.setattr(module, "read_image_list", spy)
+    assert calibrate.calibration_images(listing, None) == [dataset / "images" / "a.jpg"]
+    assert [s.path for s in inputs.read_input_list(listing).sources] == [dataset / "images" / "a.jpg"]
+    assert len(calls) == 2
 
 
 def test_empty_image_list_is_an_input_error(dataset):

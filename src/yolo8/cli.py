@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -9,6 +10,20 @@ from pathlib import Path
 import click
 
 from .errors import Yolo8Error
+
+# Two thread pools share the cores: numba's OpenMP workers (our kernels) and OpenBLAS's
+# (numpy's sgemm). By default both keep spinning after each parallel region and steal the
+# CPU from each other; on 2 cores that made a yolov3-tiny forward 3-4x slower (215 ms vs
+# 54 ms). Ask both to sleep as soon as they are idle, unless the user chose otherwise.
+# A short spin is still worth having: a forward is ~20 parallel regions back to back, and
+# waking a sleeping vCPU costs more than the gap between two of them. GOMP_SPINCOUNT=10000
+# (roughly 0.1 ms; it overrides PASSIVE's 0) made 300 INT8 forwards 9 % faster and `map`
+# 3-5 % faster; 200000 made single forwards faster too but `map` 6-8 % slower, its workers
+# then spinning against the image-decoding threads.
+# The runtimes read these when they load, so the command sets them before numpy or numba
+# is imported; the library itself never changes the environment.
+THREAD_POOL_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000",
+                        "OPENBLAS_THREAD_TIMEOUT": "4"}
 
 EXIT_INPUT = 2  # a user-facing problem (bad input, bad option value)
 EXIT_BUG = 70   # an internal error (EX_SOFTWARE)
@@ -38,6 +53,10 @@ model_options = [
     click.option("--backend", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True),
     click.option("--calibration", type=click.Path(path_type=Path),
                  help="int8: calibration file from `yolo8 calibrate`"),
+    click.option("--resize", type=click.Choice(["darknet", "opencv"]), default="darknet",
+                 show_default=True,
+                 help="darknet's resize_image (as darknet and yolo2_light), or cv2.resize (as "
+                      "OpenCV's dnn module is fed)"),
 ]
 
 
@@ -81,7 +100,8 @@ def cli(verbose: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="do not print the detections")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: on a terminal, for more than one image)")
-def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, letterbox, json_path,
+def detect(inputs, cfg, weights, names, backend, calibration, resize, thresh, nms, letterbox,
+           json_path,
            save_dir, no_save, txt, txt_score, cameras, frames, recursive, quiet,
            progress) -> None:
     """Detect objects in INPUTS: image files, folders, .txt image lists (darknet style), glob
@@ -97,7 +117,8 @@ def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, lette
         raise click.UsageError("--txt-score adds a column to the --txt label files: give --txt")
     failed = run_detect(DetectOptions(
         inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
-        calibration=calibration, thresh=thresh, nms=nms, letterbox=letterbox, json_path=json_path,
+        calibration=calibration, resize=resize, thresh=thresh, nms=nms, letterbox=letterbox,
+        json_path=json_path,
         save_dir=save_dir, save_images=not no_save, labels=txt, label_scores=txt_score,
         cameras=list(cameras), frames=frames, recursive=recursive, quiet=quiet,
         progress=progress))
@@ -116,11 +137,14 @@ def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, lette
 @click.option("--cfg-out", type=click.Path(path_type=Path),
               help="also write a copy of the cfg with yolo2_light's input_calibration line")
 @click.option("--letterbox", is_flag=True, default=None, help="darknet's letterbox resize")
+@click.option("--resize", type=click.Choice(["darknet", "opencv"]), default="darknet",
+              show_default=True, help="darknet's resize_image, or cv2.resize (recorded in the "
+                                      "calibration: INT8 runs must use the same)")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="also measure per-channel INT8 bias corrections (a third pass)")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: when stderr is a terminal)")
-def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correction,
+def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, resize, bias_correction,
               progress) -> None:
     """INT8 input thresholds (KL divergence) from calibration images, for --backend int8."""
     from .api import load
@@ -131,7 +155,7 @@ def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correct
         if path is not None:
             check_output(path)
     paths = calibration_images(images, limit)
-    model = load(cfg, weights, "fp32")
+    model = load(cfg, weights, "fp32", resize=resize)
     result = run(model, paths, progress, letterbox, bias_correction)
     out = out or Path(f"{Path(model.graph.path).stem}.calibration.json")
     write_outputs(model, result, out, cfg_out)
@@ -158,7 +182,7 @@ def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correct
               help="write all detections (COCO-results JSON, as detect --json)")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: when stderr is a terminal)")
-def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thresh,
+def map_command(data, cfg, weights, names, backend, calibration, resize, thresh, iou_thresh,
                 thresh_report, nms, letterbox, json_path, save_detections, progress) -> None:
     """Mean average precision of a model on a labelled data set.
 
@@ -170,7 +194,7 @@ def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thr
         raise click.UsageError("map takes the class names from the .data file (names=)")
     opts = MapOptions(
         data=data, cfg=cfg, weights=weights, backend=backend, calibration=calibration,
-        thresh=thresh, iou_thresh=iou_thresh, thresh_report=thresh_report, nms=nms,
+        resize=resize, thresh=thresh, iou_thresh=iou_thresh, thresh_report=thresh_report, nms=nms,
         letterbox=letterbox, json_path=json_path, save_detections=save_detections,
         progress=progress)
     result = run_map(opts)
@@ -179,7 +203,96 @@ def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thr
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
+@with_model_options
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13 or newer)")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="images per run, fixed in the graph")
+@click.option("--dynamic-batch", is_flag=True, help="leave the batch size free (overrides --batch)")
+@click.option("--decode", is_flag=True,
+              help="also output decoded boxes and scores (per anchor and class, no NMS)")
+def export(out, cfg, weights, names, backend, calibration, resize, opset, batch, dynamic_batch,
+           decode) -> None:
+    """Write the model as ONNX: FP32, or INT8 as QuantizeLinear/DequantizeLinear with yolo8's
+    calibration. Input and outputs as Model.forward's; preprocessing is in the metadata."""
+    from .api import load
+    from .export import check_output_path, require_onnx
+
+    require_onnx()
+    check_output_path(out)  # before the model loads: a typo fails fast
+    model = load(cfg, weights, backend, calibration, names, resize=resize)
+    model.export_onnx(out, opset, batch, dynamic_batch, decode)
+    click.echo(f"yolo8: wrote {out}", err=True)
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="fetch again even if the cached file is intact")
+def fetch(force: bool) -> None:
+    """Download the default model's weights now (e.g. while building an image), verify them
+    and print where they are."""
+    from . import models
+
+    if force:
+        path = models.fetch_default_weights()
+    else:
+        path = models.default_weights(verify=True)
+    click.echo(str(path))
+
+
+@cli.command()
+@click.option("--backend", "backends", type=click.Choice(["fp32", "int8"]), multiple=True,
+              help="compile this backend's kernels (repeatable; default: all)")
+def warmup(backends: tuple[str, ...]) -> None:
+    """Compile every numba kernel ahead of time into the kernel cache (for a Docker image:
+    the cache is tied to this CPU's instruction-set features). Needs no model file."""
+    from . import jit
+    from .warmup import warmup as run
+
+    spent = run(backends or ("fp32", "int8"))
+    where = jit.CACHE_DIR if jit.CACHE else "nowhere: no writable cache folder"
+    for backend, seconds in spent.items():
+        click.echo(f"{backend}: kernels ready in {seconds:.1f} s")
+    click.echo(f"kernel cache: {where}")
+
+
+def set_thread_pool_defaults() -> None:
+    """THREAD_POOL_DEFAULTS for the variables the user has not set (before numpy loads)."""
+    for name, value in THREAD_POOL_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1)
+@with_model_options
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True,
+              help="how many classes to report per image")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="write each input's top classes as JSON")
+@click.option("--frames", type=click.IntRange(1), metavar="N", help="at most N frames of each video")
+@click.option("-r", "--recursive", is_flag=True, help="also take the images in subfolders")
+def classify(inputs, cfg, weights, names, backend, calibration, resize, top, json_path, frames,
+             recursive) -> None:
+    """Classify INPUTS with a darknet classifier (darknet's `classifier predict`): images,
+    folders, .txt image lists, glob patterns and videos, as `detect` takes them.
+
+    Prints the --top classes of each input, best first ({input}: {name} {score}; names from
+    --names, one a line, else class indices). Inputs that cannot be read are named on stderr
+    and skipped; the exit code is then 1."""
+    from .classify import ClassifyOptions, run_classify
+
+    if cfg is None:
+        raise click.UsageError("classify needs a classifier: give --cfg and --weights")
+    failed = run_classify(ClassifyOptions(
+        inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
+        calibration=calibration, resize=resize, top=top, json_path=json_path, frames=frames,
+        recursive=recursive))
+    if failed:
+        sys.exit(1)
+
+
 def main() -> None:
+    set_thread_pool_defaults()
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

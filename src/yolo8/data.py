@@ -82,17 +82,15 @@ def read_lines(path: Path, what: str) -> list[str]:
 
 
 def _resolve(entry: str, folder: Path) -> Path | None:
-    """`entry` as darknet opens it (relative to the working directory), else relative to
-    `folder` (the file that names it), so that a data set can be used from anywhere.
-    None when it exists in neither place."""
+    """`entry` as darknet opens it (relative to the working directory, kept as written), else
+    relative to `folder` (the file that names it), so that a data set can be used from
+    anywhere. None when it exists in neither place."""
     candidate = Path(entry)
-    if candidate.is_absolute():
-        return candidate if candidate.exists() else None
-    from_cwd = Path.cwd() / candidate
-    if from_cwd.exists():
-        return from_cwd
-    from_folder = folder / candidate
-    return from_folder if from_folder.exists() else None
+    if candidate.exists():
+        return candidate
+    if not candidate.is_absolute() and (folder / candidate).exists():
+        return folder / candidate
+    return None
 
 
 # ----------------------------------------------------------------------------------- .data file
@@ -131,7 +129,7 @@ def _data_file_entry(options: dict[str, tuple[str, int]], key: str, path: Path) 
             f"and next to the .data file in {path.parent})",
             path=path, line=line, key=key,
         )
-    return resolved
+    return resolved.absolute()  # the data set stays usable if the working directory changes
 
 
 def _data_file_classes(options: dict[str, tuple[str, int]], path: Path) -> int:
@@ -178,26 +176,51 @@ def read_data_file(path: str | Path) -> DataConfig:
 # ------------------------------------------------------------------------------ lists and names
 
 
-def read_image_list(path: str | Path) -> list[Path]:
-    """The image paths of a darknet list file, in order.
+@dataclass(frozen=True)
+class ListedImage:
+    """One entry of a darknet image list: where it was found (else the path as darknet would
+    open it, from the working directory), its line, and why it cannot be used (None if it can)."""
+    path: Path
+    line: int
+    problem: InputError | None = None
 
-    Blank lines and `#` lines are skipped, CRLF is fine, surrounding spaces are dropped.
-    Relative entries resolve against the working directory, then against the list's folder.
-    Images that exist in neither place are still returned (as seen from the working
-    directory): the caller reports how many are missing. Raises InputError when the list
-    is missing or has no entries.
+
+def read_image_list(path: str | Path) -> list[ListedImage]:
+    """The entries of a darknet image list, in order: the one reader of `detect`, `calibrate`
+    and `map`.
+
+    Blank lines and `#` lines are skipped, CRLF and a UTF-8 BOM are fine, surrounding spaces are
+    dropped. Relative entries resolve against the working directory, then against the list's
+    folder. An entry found in neither place, or naming a folder, is kept with its `problem`
+    (the callers report it and go on). Raises InputError when the list is missing, unreadable
+    or has no entries.
     """
     path = Path(path)
-    images = []
-    for raw in read_lines(path, "image list"):
+    entries = []
+    for number, raw in enumerate(read_lines(path, "image list"), start=1):
         entry = raw.strip()
         if not entry or entry.startswith("#"):
             continue
-        resolved = _resolve(entry, path.parent)
-        images.append(resolved if resolved is not None else Path.cwd() / entry)
-    if not images:
-        raise InputError("the image list is empty", path=path)
-    return images
+        found = _resolve(entry, path.parent)
+        problem = None
+        if found is None:
+            where = path.parent if str(path.parent) != "." else "the list folder"
+            problem = InputError(f"listed file {entry!r} not found (looked in the working "
+                                 f"directory and in {where})", path=path, line=number)
+        elif found.is_dir():
+            problem = InputError(f"listed entry {entry!r} is a folder, expected a file",
+                                 path=path, line=number)
+        entries.append(ListedImage(found if found is not None else Path(entry), number, problem))
+    if not entries:
+        raise InputError("empty image list: no paths in it (blank and # lines are "
+                         "skipped)", path=path)
+    return entries
+
+
+def image_paths(entries: list[ListedImage]) -> list[Path]:
+    """The paths of a list's entries, unusable ones included (reading them fails and is
+    reported per image, so that parallel lists stay aligned)."""
+    return [e.path for e in entries]
 
 
 def read_names(path: str | Path) -> list[str]:

@@ -44,6 +44,7 @@ from .api import Model, load
 from .data import label_path
 from .draw import draw_detections
 from .errors import InputError, Yolo8Error, writing
+from .files import atomic_write_bytes, make_parent, temporary_twin
 from .inputs import Expanded, Source, expand_inputs, open_capture
 from .pipeline import Item, batched, load_images, read_frames
 from .postprocess import Detection
@@ -66,6 +67,7 @@ class DetectOptions:
     thresh: float = 0.25
     nms: float = 0.45
     letterbox: bool | None = None
+    resize: str = "darknet"         # darknet's resize_image, or "opencv" (cv2.resize)
     json_path: Path | None = None
     save_dir: Path | None = Path("predictions")  # None: write nothing there (no copies, no labels)
     save_images: bool = True        # annotated copies of images and videos
@@ -141,18 +143,8 @@ def _resolved(path: Path) -> Path:
 # ------------------------------------------------------------------------------------- writing
 
 
-def _mkdir_for(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise Yolo8Error(f"cannot create the output folder: {exc.strerror}",
-                         path=path.parent) from None
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
-    _mkdir_for(path)
-    with writing(path):
-        path.write_bytes(data)
+    atomic_write_bytes(path, data)  # an interrupted run never leaves half a file
 
 
 def write_image(path: Path, image: np.ndarray) -> Path:
@@ -199,13 +191,16 @@ class VideoWriteError(Yolo8Error):
 
 class VideoOut:
     """An annotated video, opened at the first frame (its size), same frame rate. The codecs'
-    4:2:0 chroma makes an odd width or height one pixel smaller in the file."""
+    4:2:0 chroma makes an odd width or height one pixel smaller in the file. It is written under
+    a temporary name and renamed when closed (also after Ctrl-C: then it holds the frames done),
+    so no half-written container is ever left under its name."""
 
     def __init__(self, path: Path, fps: float) -> None:
         self.path, self.fps = path, fps
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
         self.frames = 0
+        self._twin = None  # the temporary file's context (files.temporary_twin)
 
     def write(self, frame: np.ndarray) -> None:
         if self.writer is None:
@@ -216,19 +211,31 @@ class VideoOut:
         self.frames += 1
 
     def _open(self, width: int, height: int) -> None:
-        _mkdir_for(self.path)
         self.size = (width, height)
         codec = _video_codec(self.path)
-        self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*codec), self.fps,
+        self._twin = temporary_twin(self.path)
+        temp = self._twin.__enter__()
+        self.writer = cv2.VideoWriter(str(temp), cv2.VideoWriter_fourcc(*codec), self.fps,
                                       self.size)
         if not self.writer.isOpened():
+            self._finish(VideoWriteError)
             raise VideoWriteError(f"OpenCV cannot write this video ({codec}, {width}x{height} at "
                                   f"{self.fps:g} fps)", path=self.path)
 
-    def close(self) -> None:
+    def _finish(self, error: type[BaseException] | None) -> None:
+        """Release the writer; rename the file into place (error None) or drop it."""
         if self.writer is not None:
             self.writer.release()
             self.writer = None
+        twin, self._twin = self._twin, None
+        if twin is not None:
+            if error is None:
+                twin.__exit__(None, None, None)
+            else:
+                twin.__exit__(error, error(), None)
+
+    def close(self) -> None:
+        self._finish(None)
 
 
 def _stream_fps(capture: cv2.VideoCapture, name: str) -> float:
@@ -237,6 +244,61 @@ def _stream_fps(capture: cv2.VideoCapture, name: str) -> float:
         log.info("%s: no usable frame rate (%s); writing at %g fps", name, fps, DEFAULT_FPS)
         return DEFAULT_FPS
     return fps
+
+
+# ------------------------------------------------------------------------------- JSON outputs
+
+
+class JsonArrayOut:
+    """`--json x.json`: one COCO-results array, written (atomically) when the run ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: list[dict] = []
+
+    def add(self, entries: list[dict]) -> None:
+        self.entries.extend(entries)
+
+    def close(self) -> None:
+        _write_bytes(self.path, json.dumps(self.entries, indent=1).encode())
+
+
+class JsonLinesOut:
+    """`--json x.jsonl`: one JSON object per line and detection, written as the run goes and
+    flushed after each image or frame (one write each: a crash or Ctrl-C loses at most the
+    frame in progress, never half a line), so an endless stream never grows in memory."""
+
+    def __init__(self, path: Path) -> None:
+        make_parent(path)
+        with writing(path):
+            self.file = path.open("w", encoding="utf-8")
+        self.path = path
+
+    def add(self, entries: list[dict]) -> None:
+        if entries:
+            with writing(self.path):
+                self.file.write("".join(json.dumps(e) + "\n" for e in entries))
+                self.file.flush()
+
+    def close(self) -> None:
+        with writing(self.path):
+            self.file.close()
+
+
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def open_json_output(path: Path | None, endless: bool) -> JsonArrayOut | JsonLinesOut | None:
+    """The writer `--json PATH` asks for: JSON Lines by the extension, else an array."""
+    if path is None:
+        return None
+    if path.suffix.lower() in JSON_LINES_SUFFIXES:
+        return JsonLinesOut(path)
+    if endless:
+        log.warning("--json %s is written when the run ends (a camera runs until Ctrl-C, keeping "
+                    "every detection in memory until then); name it %s to stream one JSON line "
+                    "per detection as frames are done", path, path.with_suffix(".jsonl"))
+    return JsonArrayOut(path)
 
 
 # ----------------------------------------------------------------------------------------- run
@@ -251,10 +313,10 @@ class DetectRun:
 
     def __init__(self, model: Model, opts: DetectOptions, sources: list[Source]) -> None:
         self.model, self.opts = model, opts
-        self.letterbox = model.letterbox if opts.letterbox is None else opts.letterbox
+        self.letterbox = model.preprocessing(opts.letterbox)[0]  # checked against calibration
         saving = opts.save_dir is not None and (opts.save_images or opts.labels)
         self.names = OutputNames(opts.save_dir, sources) if saving else None  # None: save nothing
-        self.results: list[dict] = []
+        self.json_out = open_json_output(opts.json_path, any(s.kind == "camera" for s in sources))
         self.count = 0
         self.bar = progress_bar(_initial_total(sources), "detect", _progress_enabled(opts, sources))
 
@@ -271,7 +333,8 @@ class DetectRun:
             where = name if frame is None else f"{name}#{frame}"
             for det in dets:
                 self.say(format_detection(where, det))
-        self.results.extend(coco_result(det, name, frame) for det in dets)
+        if self.json_out is not None:
+            self.json_out.add([coco_result(det, name, frame) for det in dets])
 
     # --- images ----------------------------------------------------------------------------
     def _prepare(self, image: np.ndarray) -> np.ndarray:
@@ -390,15 +453,11 @@ class DetectRun:
             log.info("camera stopped (Ctrl-C)")
         finally:
             self.bar.close()
-            self._write_json()
+            if self.json_out is not None:
+                self.json_out.close()
         elapsed = time.perf_counter() - start
         log.info("%d images/frames in %.2f s (%.2f per second)", self.count, elapsed,
                  self.count / elapsed if elapsed else 0.0)
-
-    def _write_json(self) -> None:
-        if self.opts.json_path is None:
-            return
-        _write_bytes(self.opts.json_path, json.dumps(self.results, indent=1).encode())
 
 
 def _groups(sources: list[Source]) -> list[list[Source]]:
@@ -451,6 +510,7 @@ def run_detect(opts: DetectOptions) -> list[str]:
     if opts.batch < 1:
         raise ValueError(f"batch must be >= 1, got {opts.batch}")
     sources = _usable_sources(expand_inputs(opts.inputs, opts.cameras, opts.recursive), opts)
-    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names)
+    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names,
+                 resize=opts.resize)
     DetectRun(model, opts, sources).run(sources)
     return opts.failures

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from .api import Model, load
-from .data import (GroundTruth, ImageDetections, read_data_file, read_ground_truth,
+from .data import (GroundTruth, ImageDetections, image_paths, read_data_file, read_ground_truth,
                    read_image_list)
 from .detect import coco_result
-from .errors import InputError, Yolo8Error, writing
+from .errors import InputError, Yolo8Error
+from .files import atomic_write_bytes
 from .metrics import MapResult, evaluate
 from .pipeline import Item, batched, load_images
 from .postprocess import Detection
@@ -33,6 +34,7 @@ class MapOptions:
     thresh_report: float = 0.25
     nms: float = 0.45
     letterbox: bool | None = None
+    resize: str = "darknet"      # darknet's resize_image, or "opencv" (cv2.resize)
     json_path: Path | None = None
     save_detections: Path | None = None
     progress: bool | None = None  # None: when stderr is a terminal
@@ -102,14 +104,22 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
     return out
 
 
-def run_map(opts: MapOptions) -> MapResult:
+def run_map(opts: MapOptions, model: Model | None = None) -> MapResult:
+    """The metrics of opts' model (or of `model`, already loaded) on opts.data."""
     config = read_data_file(opts.data)
-    images = read_image_list(config.valid)
-    difficult = read_image_list(config.difficult) if config.difficult is not None else None
+    images = image_paths(read_image_list(config.valid))
+    difficult = (image_paths(read_image_list(config.difficult)) if config.difficult is not None
+                 else None)
     if difficult is not None and len(difficult) != len(images):
         raise InputError(f"the difficult list has {len(difficult)} images but valid= has "
                          f"{len(images)}: they must be parallel, line by line", path=config.difficult)
-    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names)
+    if model is None:
+        model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names,
+                     resize=opts.resize)
+    letterbox, resize = model.preprocessing(opts.letterbox)  # checked against calibration
+    if not model.graph.is_detector:
+        raise InputError("has no [yolo] or [region] layer: map measures detectors",
+                         path=model.graph.path)
     if model.heads[0].classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")
@@ -125,7 +135,8 @@ def run_map(opts: MapOptions) -> MapResult:
                       opts.thresh_report, model.names[:config.classes])
     if opts.json_path is not None:
         payload = result.to_json()
-        payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped))
+        payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped),
+                       letterbox=letterbox, resize=resize)
         _write_json(opts.json_path, payload)
     if opts.save_detections is not None:
         _write_json(opts.save_detections, got.results)
@@ -133,6 +144,4 @@ def run_map(opts: MapOptions) -> MapResult:
 
 
 def _write_json(path: Path, payload) -> None:
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=1))
+    atomic_write_bytes(path, json.dumps(payload, indent=1).encode())

@@ -30,7 +30,7 @@ from typing import Iterator, Literal, Sequence
 
 import cv2
 
-from .data import read_lines
+from .data import read_image_list
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -140,42 +140,19 @@ def _expand_folder(arg: str, recursive: bool) -> Expanded:
 # -------------------------------------------------------------------------------------- lists
 
 
-def _resolve_entry(entry: str, folder: Path) -> Path | None:
-    """darknet opens list entries from the working directory; we also try the list's folder so a
-    list works from anywhere. The path is kept as written when it is found from the cwd."""
-    candidate = Path(entry)
-    if candidate.exists():
-        return candidate
-    if not candidate.is_absolute() and (folder / candidate).exists():
-        return folder / candidate
-    return None
-
-
 def read_input_list(path: Path) -> Expanded:
-    """The sources named by a darknet list file; entries that do not exist become problems."""
+    """The sources named by a darknet list file (`data.read_image_list`); entries that do not
+    exist, or name folders, become problems."""
     try:
-        lines = read_lines(path, "image list")
+        entries = read_image_list(path)
     except InputError as exc:
         return Expanded(problems=[exc])
     out = Expanded()
-    for number, raw in enumerate(lines, start=1):
-        entry = raw.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        resolved = _resolve_entry(entry, path.parent)
-        if resolved is None:
-            out.problems.append(InputError(
-                f"listed file {entry!r} not found (looked in the working directory and in "
-                f"{path.parent if str(path.parent) != '.' else 'the list folder'})",
-                path=path, line=number))
-        elif resolved.is_dir():
-            out.problems.append(InputError(f"listed entry {entry!r} is a folder, expected a file",
-                                           path=path, line=number))
+    for entry in entries:
+        if entry.problem is not None:
+            out.problems.append(entry.problem)
         else:
-            out.sources.append(file_source(resolved))
-    if not out.sources and not out.problems:
-        out.problems.append(InputError("empty image list: no paths in it (blank and # lines are "
-                                       "skipped)", path=path))
+            out.sources.append(file_source(entry.path))
     return out
 
 

@@ -8,6 +8,8 @@ import llvmlite.binding as llvm_binding
 import numpy as np
 from numba import config, njit, prange
 
+from ..jit import CACHE
+
 ALIGN = 64  # bytes: a packed weight vector of the micro-kernels is then one cache line
 
 
@@ -46,7 +48,7 @@ def aligned_empty(count: int, dtype: np.dtype, align: int = ALIGN) -> np.ndarray
     return raw[start:start + count * dtype.itemsize].view(dtype)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_stride, base):
     """Source offsets of output pixels m0..m0+mr-1 (pixel m = (img, y, x) over (ho, wo));
     rows past the end repeat the last one (read, never stored)."""
@@ -67,7 +69,7 @@ def row_offsets(rows, m0, mr, m_total, ho, wo, img_stride, row_stride, col_strid
                     img += 1
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _fill_parallel(out, value):
     for i in prange(out.size):
         out[i] = value

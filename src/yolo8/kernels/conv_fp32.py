@@ -22,6 +22,7 @@ import logging
 import numpy as np
 from numba import njit, prange
 
+from ..jit import CACHE
 from .activations import activate_numpy
 from .common import conv_taps, output_size
 from .gemm_fp32 import PackedWeights, run_gemm_tiles
@@ -57,7 +58,7 @@ def choose_method(size: int, stride: int, groups: int, cin_g: int, cout: int,
     return "winograd4" if 36 * cin_g * cout * 4 <= WINOGRAD4_MAX_BYTES else "winograd2"
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _pad_copy(x, pad, xp):
     """xp[:, pad:pad+h, pad:pad+w] = x; xp's border is zero already and never written."""
     n, h, w, c = x.shape

@@ -24,6 +24,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from ..jit import CACHE
 from .activations import CODES, activate_numpy
 from .common import conv_taps, output_size
 from .gemm_int8 import (MAX_K, ZERO_U8, PackedB, default_variant, resolve_variant, run_tiles,
@@ -37,7 +38,7 @@ QMAX = 127
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def _quantize_scalar(v, multiplier):
     """saturate(round_half_even(f32(v * multiplier))) as int32 in [-127, 127]; NaN -> 0."""
     q = np.rint(v * multiplier)
@@ -50,13 +51,13 @@ def _quantize_scalar(v, multiplier):
     return np.int32(q)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _quantize(x, multiplier, out):
     for i in prange(x.size):
         out[i] = np.int8(_quantize_scalar(x[i], multiplier))
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _quantize_padded(x, multiplier, xq, n, h, w, pad, groups, cg, cg4):
     """xq[img, y + pad, x + pad, g * cg4 + c] = q(x[img, y, x, g * cg + c]) + 128, on flat views
     (xq uint8, or int16 for the AVX2 tier: one compiled copy per dtype).

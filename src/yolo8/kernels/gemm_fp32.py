@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from ..jit import CACHE
 from . import tile_ir
 from .activations import LEAKY, LINEAR, activate, activate_numpy
 from .common import aligned_empty, row_offsets, target_features
@@ -188,7 +189,7 @@ _UKR_NV2 = _make_microkernel(rows_per_tile(2), 2)
 _UKR_NV4 = _make_microkernel(rows_per_tile(4), 4)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _microkernel(nv, a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off, ldc,
                  rows_valid, cols_valid, leaky):
     if nv == 4:
@@ -207,7 +208,7 @@ def _microkernel(nv, a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _activate_tile(c, c_off, ldc, rows_valid, cols_valid, act):
     for i in range(rows_valid):
         row = c[c_off + i * ldc:c_off + i * ldc + cols_valid]
@@ -215,7 +216,7 @@ def _activate_tile(c, c_off, ldc, rows_valid, cols_valid, act):
             row[j] = activate(row[j], act)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _gemm_tiles(a, geometry, a_batch_stride, a_group_stride, taps, kc, chunk_taps,
                 b, nv, n_panels, batches, groups,
                 bias, c, c_batch_stride, ldc, n_per_group, act, n_threads):

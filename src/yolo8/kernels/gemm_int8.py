@@ -50,6 +50,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from ..jit import CACHE
 from . import tile_ir
 from .activations import LEAKY, LINEAR, activate
 from .common import ALIGN, aligned_empty, row_offsets, target_features
@@ -306,7 +307,7 @@ _TIER_AVX512VNNI, _TIER_AVXVNNI, _TIER_AVX2, _TIER_PORTABLE = (
     TIERS[n].code for n in ("avx512vnni", "avxvnni", "avx2", "portable"))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _microkernel_portable(src, rows, taps, k4, packed, b_offset, c, mr, nr):
     """Plain-numba micro-kernel with the same contract as the IR ones (the fallback).
 
@@ -372,7 +373,7 @@ def _microkernel(tier, nv, src, rows, taps, k4, packed, b_offset, corr, corr_off
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _store_int32(tile, nr, rows_valid, cols_valid, corr, out_i, m0, col0):
     for i in range(rows_valid):
         acc = tile[i * nr:i * nr + cols_valid]
@@ -381,7 +382,7 @@ def _store_int32(tile, nr, rows_valid, cols_valid, corr, out_i, m0, col0):
             dst[j] = acc[j] - corr[j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _store_float(tile, nr, rows_valid, cols_valid, corr, out_f, m0, col0, scale, bias, act):
     """y = f32(acc) * scale + bias (two float32 roundings, never an FMA), then activation.
 
@@ -404,7 +405,7 @@ def _store_float(tile, nr, rows_valid, cols_valid, corr, out_f, m0, col0, scale,
                 dst[j] = activate(np.float32(np.int32(acc[j] - corr[j])) * scale[j] + bias[j], act)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _tiles(src, taps, k4, m_total, ho, wo, img_stride, row_stride, col_stride, group_stride,
            packed, tier, mr, nv, nr, n_panels, panel_bytes, n_per_group, corr,
            out_i, out_f, scale, bias, act, float_out, n_threads):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..jit import CACHE
+
 LOWEST = np.finfo(np.float32).min  # darknet's -FLT_MAX
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _maxpool(x, size, stride, offset, out):
     n, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
@@ -37,7 +39,7 @@ def _maxpool(x, size, stride, offset, out):
                             out[b, oy, ox, ch] = v
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _maxpool_2x2_inside(x, stride, out):
     """size 2, every window inside the image (no bounds checks): the four taps of a channel
     are compared in registers and stored once, so LLVM vectorises over the channels (the

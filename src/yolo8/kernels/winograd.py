@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from ..jit import CACHE
 from . import tile_ir
 from .activations import LEAKY, LINEAR, activate, activate_numpy
 from .gemm_fp32 import (_F32, _I64, _VF, _VMASK, LANES, MAX_ROWS, TILE_VECTORS, PackedWeights,
@@ -298,7 +299,7 @@ _IN_F2, _IN_F4 = _make_input_transform(2), _make_input_transform(4)
 _OUT_F2, _OUT_F4 = _make_output_transform(2), _make_output_transform(4)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _gather_border_tile(x, img, y0, x0, d):
     """d[i, j, :] = x[img, y0 + i, x0 + j, :] for a tile crossing the image border, zero
     outside the image."""
@@ -315,7 +316,7 @@ def _gather_border_tile(x, img, y0, x0, d):
                 dst[k] = src[k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _input_tile(x, pad, m, tiles_y, tiles_x, t, d, v, v_off):
     """v[v_off:] ([i][j][c]) = B^T d B for tile t = (img, ty, tx); d: (a, a, c) scratch."""
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
@@ -338,7 +339,7 @@ def _input_tile(x, pad, m, tiles_y, tiles_x, t, d, v, v_off):
             _IN_F2(d, 0, a * c, v, v_off, c)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _output_tile(mm, mm_off, bias, act, m, tiles_y, tiles_x, t, out):
     """out[img, ty*m + i, tx*m + j, :] = activate((A^T M A)[i, j] + bias) for tile t, inside
     the output only; M = mm[mm_off:] ([i][j][cout])."""
@@ -367,7 +368,7 @@ def _output_tile(mm, mm_off, bias, act, m, tiles_y, tiles_x, t, out):
 # ----------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _input_transform(x, pad, m, tiles_y, tiles_x, t0, tb, v, n_threads):
     """v[t - t0] = B^T d B for tiles t0..t0+tb-1 (v: (tiles, a, a, c))."""
     c = x.shape[3]
@@ -379,7 +380,7 @@ def _input_transform(x, pad, m, tiles_y, tiles_x, t0, tb, v, n_threads):
             _input_tile(x, pad, m, tiles_y, tiles_x, t0 + tl, d, v, tl * a * a * c)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _output_transform(mm, bias, act, m, tiles_y, tiles_x, t0, tb, out, n_threads):
     """Output tiles t0..t0+tb-1 from mm (tiles, a, a, cout)."""
     cout = out.shape[3]
@@ -390,7 +391,7 @@ def _output_transform(mm, bias, act, m, tiles_y, tiles_x, t0, tb, out, n_threads
             _output_tile(mm, tl * a * a * cout, bias, act, m, tiles_y, tiles_x, t0 + tl, out)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _winograd_fused(x, pad, m, tiles_y, tiles_x, block, u, nv, n_panels, zero_bias, bias, act,
                     out, n_threads):
     """The whole convolution, each thread on its own contiguous range of tiles, block by

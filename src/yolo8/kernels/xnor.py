@@ -44,6 +44,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from ..jit import CACHE
 from .activations import CODES, LEAKY, LINEAR, RELU, activate_numpy
 from .common import aligned_empty
 from . import tile_ir
@@ -216,7 +217,7 @@ def _positive_bits32(typingctx, array, offset, count):
     return types.uint32(array, offset, count), codegen
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def _pack_row(flat, src, dst, dst_start, w, c, words):
     """dst[dst_start + (col * words + word)] = sign bits of the C channels of pixel `col` of
     the image row starting at flat[src], for col < w (flat float32, dst uint32)."""
@@ -487,7 +488,7 @@ _tiles_8x2 = _make_tiles_intrinsic(*TILE_SHAPES[32])
 # --------------------------------------------------------------------------------------
 # The tile loop.
 # --------------------------------------------------------------------------------------
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def _valid_range(start, taps, size):
     """(lo, hi): the taps lo..hi-1 of start, start + 1, ..., start + taps - 1 that lie in
     [0, size); lo == hi when none does."""
@@ -495,7 +496,7 @@ def _valid_range(start, taps, size):
     return lo, max(lo, min(taps, size - start))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _border_base(row, tap_sums, iy0, ix0, h, w, cin, halved):
     """The base of a position for each lane: valid_bits + 2 * (popcounts of the lane's taps
     in the zero padding), or -base / 2 if `halved` (the accumulators' start then).
@@ -515,7 +516,7 @@ def _border_base(row, tap_sums, iy0, ix0, h, w, cin, halved):
         row[lane] = -(base // 2) if halved else base
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def _edge_class(o, lo, hi):
     """Class of output row (or column) o: all of lo..hi (no padded tap) share class lo;
     every other one has its own (o < lo: o; o > hi: lo + o - hi)."""
@@ -524,13 +525,13 @@ def _edge_class(o, lo, hi):
     return min(o, lo)
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def _class_representative(cls, lo, hi):
     """An output row (or column) of class cls (for an unused class, a harmless one)."""
     return cls if cls <= lo else hi + cls - lo
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _fill_bases(bases, tap_sums, ny, nx, oy_lo, oy_hi, ox_lo, ox_hi, stride, pad, h, w, cin,
                 halved):
     """bases[cy * nx + cx] = the base row (see _border_base) of the positions of class
@@ -542,7 +543,7 @@ def _fill_bases(bases, tap_sums, ny, nx, oy_lo, oy_hi, ox_lo, ox_hi, stride, pad
             _border_base(bases[cy * nx + cx], tap_sums, iy0, ix0, h, w, cin, halved)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _pack_rows(flat, buffer, g0, g1, h, w, c, pad, words):
     """Pack the padded input rows g0..g1-1 (global index image * Hp + padded row) into
     buffer (zeroed, (g1 - g0) rows of Wp * words): the rows one chunk of positions reads."""
@@ -555,7 +556,7 @@ def _pack_rows(flat, buffer, g0, g1, h, w, c, pad, words):
                       words)
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=CACHE)
 def _split(m, ho, wo):
     """Output position m -> (image, row, column)."""
     img = m // (ho * wo)
@@ -563,7 +564,7 @@ def _split(m, ho, wo):
     return img, oy, m - (img * ho + oy) * wo
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _window_offsets(kh, kw, words, wp):
     """Offset of window word k = (ky, kx, word) from the window's first word: each kernel
     row is kw * words contiguous words (adjacent pixels), rows are Wp * words apart."""
@@ -575,7 +576,7 @@ def _window_offsets(kh, kw, words, wp):
     return offsets
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _epilogue_mode(activation, halved):
     mode = _HALVED if halved else 0
     if activation == LEAKY:
@@ -585,7 +586,7 @@ def _epilogue_mode(activation, halved):
     return mode | _EPILOGUE_LINEAR  # LINEAR, or numba applies the activation afterwards
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _can_halve(cin, alpha):
     """Whether the halved epilogue is exact: every base is even (valid taps * cin + an even
     correction) and -2 * alpha does not overflow."""
@@ -613,7 +614,7 @@ def _fetch_add(typingctx, array, index, value):
     return types.int64(array, index, value), codegen
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _work_items(m_total, positions, n_threads):
     """Start positions of the work items (and m_total at the end), in whole tiles.
 
@@ -642,7 +643,7 @@ def _work_items(m_total, positions, n_threads):
     return bounds[:count + 1]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _list_positions(pos, base_rows, m0, rows, img, oy, ox, geometry, stride, pad, g0, words):
     """Fill pos / base_rows for positions m0..m0+rows-1 one by one (at (img, oy, ox) now;
     border classes, row and image changes); the tile's unused slots repeat the last
@@ -661,7 +662,7 @@ def _list_positions(pos, base_rows, m0, rows, img, oy, ox, geometry, stride, pad
     return img, oy, ox
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _walk_block(xbits, g0, block, m_lo, m_hi, wbits, alpha, bias, out_flat, activation, mode,
                 stride, pad, geometry, word_offsets, pos, base_rows, bases):
     """One channel block over output positions m_lo..m_hi-1, in tiles of pos.size
@@ -709,7 +710,7 @@ def _walk_block(xbits, g0, block, m_lo, m_hi, wbits, alpha, bias, out_flat, acti
         m0 += rows
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _run_item(flat, wbits, tap_sums, alpha, bias, stride, pad, activation, out_flat, m_lo, m_hi,
               geometry, word_offsets, halved, pos, base_rows, bases):
     """Output positions m_lo..m_hi-1, every channel block: pack the padded input rows they
@@ -733,7 +734,7 @@ def _run_item(flat, wbits, tap_sums, alpha, bias, stride, pad, activation, out_f
                     stride, pad, geometry, word_offsets, pos, base_rows, bases)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=CACHE, nogil=True)
 def _xnor_conv(x, wbits, tap_sums, alpha, bias, stride, pad, activation, out, n_threads):
     """out = activation(float32(dot) * alpha + bias): packing, popcount tiles, epilogue.
 

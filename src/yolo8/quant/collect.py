@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 from numba import njit, uint64
 
+from ..jit import CACHE
 from ..errors import CalibrationError
 from .kl import kl_threshold
 
@@ -37,7 +38,7 @@ _NONFINITE_BITS = 0x7F800000
 
 
 # -- max |x| ---------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _max_abs_bits(bits):
     """Largest (bits & 0x7fffffff) of float32 bit patterns, i.e. the bits of max |x|.
 
@@ -73,7 +74,7 @@ def max_abs_numpy(x: np.ndarray) -> float:
 
 
 # -- histogram of |x| --------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _abs_histogram(flat, edges, inv_width, counts):
     """Add the histogram of |flat| over `edges` (len(counts) + 1 of them) into counts.
 

@@ -1,0 +1,48 @@
+"""Output files that are whole or absent: written to a temporary name, then renamed.
+
+An interrupted run (Ctrl-C, a crash, a full disk) never leaves a half-written file under the
+name a user or a later step reads: the old file (if any) stays until the new one is complete.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import Yolo8Error, writing
+
+
+def make_parent(path: Path) -> None:
+    """Create the folder of `path` (one clear error naming it when that is impossible)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Yolo8Error(f"cannot create the output folder: {exc.strerror}",
+                         path=path.parent) from None
+
+
+@contextmanager
+def temporary_twin(path: Path) -> Iterator[Path]:
+    """A temporary file next to `path` with the same suffix (writers that pick a format by the
+    name, as OpenCV's, still work); renamed over `path` when the block ends normally, removed
+    when it raises."""
+    make_parent(path)
+    with writing(path):
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}",
+                                    dir=path.parent)
+        os.close(fd)
+    temp = Path(name)
+    try:
+        yield temp
+        with writing(path):
+            os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary twin."""
+    with temporary_twin(path) as temp, writing(path):
+        temp.write_bytes(data)
