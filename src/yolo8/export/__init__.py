@@ -37,7 +37,8 @@ class ExportOptions:
     dynamic_batch: bool = False
     decode: bool = False  # also output `boxes` and `scores` (see decode.py)
     # Test build: also output each INT8 conv's float input (`int8_input_<layer>`), its
-    # quantized values (`quantized_input_<layer>`, int8) and its output (`int8_output_<layer>`).
+    # quantized values (`quantized_input_<layer>`, int8), its output before the activation
+    # (`int8_preactivation_<layer>`) and its output (`int8_output_<layer>`).
     int8_outputs: bool = False
 
 
@@ -153,10 +154,11 @@ def build_onnx(model: Model, opts: ExportOptions | None = None) -> Any:
         boxes, scores = emit_decoded(g, model.graph, tensors)
         g.output(boxes, "boxes", f32, [batch, "boxes", 4])
         g.output(scores, "scores", f32, [batch, "boxes", model.heads[0].classes])
-    for layer, x, q, out in ctx.int8_tensors:
+    for layer, x, q, biased, out in ctx.int8_tensors:
         g.output(x, f"int8_input_{layer.index}", f32, [batch, *layer.in_shape])
         g.output(q, f"quantized_input_{layer.index}", onnx.TensorProto.INT8,
                  [batch, *layer.in_shape])
+        g.output(biased, f"int8_preactivation_{layer.index}", f32, [batch, *layer.out_shape])
         g.output(out, f"int8_output_{layer.index}", f32, [batch, *layer.out_shape])
     image = onnx.helper.make_tensor_value_info(INPUT_NAME, f32, [batch, *model.graph.input_shape])
     graph = onnx.helper.make_graph(g.nodes, f"yolo8 {Path(model.graph.path).stem} {model.backend}",

@@ -31,8 +31,9 @@ class EmitContext:
     g: OnnxGraph
     graph: Graph
     int8: dict[int, Int8Conv] = field(default_factory=dict)
-    # Test build: each INT8 conv's float input, quantized input and output, exposed as outputs.
-    int8_tensors: list[tuple[Convolutional, str, str, str]] = field(default_factory=list)
+    # Test build: each INT8 conv's float input, quantized input, output before its activation
+    # and output, exposed as outputs.
+    int8_tensors: list[tuple[Convolutional, str, str, str, str]] = field(default_factory=list)
     expose_int8: bool = False
 
 
@@ -243,7 +244,7 @@ def _int8_conv(layer: Convolutional, x: str, params: Int8Conv, ctx: EmitContext)
                   f"l{i}_biased")
     out = _activate(layer, biased, ctx)
     if ctx.expose_int8:
-        ctx.int8_tensors.append((layer, x, q, out))
+        ctx.int8_tensors.append((layer, x, q, biased, out))
     return out
 
 
