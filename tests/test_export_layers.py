@@ -472,3 +472,41 @@ def test_zoo_detector_with_decode(name, tmp_path):
 def test_zoo_detector_int8(name, tmp_path):
     cfg, weights = _zoo(name, tmp_path)
     _check_int8(_int8_model(cfg, weights), name)
+
+
+# -- metadata and the oldest opset ----------------------------------------------------------------------
+
+def test_metadata_describes_the_new_heads_and_a_classifiers_output(tmp_path):
+    import json
+
+    cfg, weights = _write(tmp_path, HEAD_CFG.format(head=GAUSSIAN_HEAD.format(point="left_top")))
+    meta = {p.key: p.value for p in build_onnx(yolo8.load(cfg, weights)).metadata_props}
+    head = json.loads(meta["yolo8.heads"])[0]
+    assert (head["kind"], head["point_shift"], head["scale_x_y"]) == ("gaussian_yolo", 0.5, 1.1)
+    assert "gaussian_yolo heads: anchors * (9 + classes)" in meta["yolo8.outputs"]
+    cfg, weights = _write(tmp_path, HEAD_CFG.format(head=NEW_COORDS_HEAD.format(scale=2.0)),
+                          "new.cfg")
+    meta = {p.key: p.value for p in build_onnx(yolo8.load(cfg, weights)).metadata_props}
+    assert json.loads(meta["yolo8.heads"])[0]["new_coords"] is True
+    cfg, weights = _write(tmp_path, AVGPOOL_CFG, "classifier.cfg")
+    meta = {p.key: p.value for p in build_onnx(yolo8.load(cfg, weights)).metadata_props}
+    assert json.loads(meta["yolo8.heads"]) == []
+    assert meta["yolo8.outputs"] == "head0: the network's last layer, (N, C, H, W)"
+
+
+@pytest.mark.parametrize("name", ["classifier", "attention", "yolov4-sam-mish-csp-reorg-bfm.cfg",
+                                  "Gaussian_yolov3_BDD.cfg"])
+def test_oldest_opset_gives_the_same_outputs(name, tmp_path):
+    """Opset 13 (Softmax over one axis, Pad's pads as an input, SpaceToDepth, ...) computes
+    what the default opset does, value for value, INT8 included."""
+    texts = {"classifier": CLASSIFIER_CFG.format(noadjust="", groups=2, temperature=0.5),
+             "attention": ATTENTION_CFG.format(size=3, stride=2, padding="padding=4\n")}
+    cfg, weights = (_write(tmp_path, texts[name]) if name in texts else _zoo(name, tmp_path))
+    for model in (yolo8.load(cfg, weights), _int8_model(cfg, weights)):
+        blob = _blob(model)
+        newest = _session_outputs(build_onnx(model, ExportOptions(decode=bool(model.heads),
+                                                                  batch=2)), blob)
+        oldest = _session_outputs(build_onnx(model, ExportOptions(opset=13, batch=2,
+                                                                  decode=bool(model.heads))), blob)
+        assert newest.keys() == oldest.keys()
+        assert all(np.array_equal(newest[k], oldest[k]) for k in newest)
