@@ -11,7 +11,9 @@ Bounds:
   pre-activations they round), below 2e-6 elsewhere (printed with -s).
 - INT8, per conv layer: bit for bit. yolo8's INT8 convolution (linear) on ONNX Runtime's input
   of each INT8 layer equals ONNX Runtime's output before the activation, every value; the
-  activation is then held to the FP32 bound.
+  activation on those values within 1e-5 relative (+ 5e-6 absolute: ONNX Runtime's Sigmoid
+  is a float32 approximation, 1.5e-6 off in swish's tail) of yolo8's, value by value
+  (which tells darknet's truncated selu constants from ONNX's exact ones).
 - INT8, end to end: the FP32 layers' last-bit differences flip a few roundings of the next
   INT8 layer's input, which spread downstream; outputs within INT8_RTOL = 3 % of their largest
   magnitude (measured: 1.0 % on enet-coco's 85 INT8 convs, 0.26 % on yolov4-sam's 124, below
@@ -140,9 +142,11 @@ def _check_int8(model, label: str) -> None:
         linear = int8.int8_conv(layer, threshold, layer.bias, activations.LINEAR)
         pre = outs[f"int8_preactivation_{index}"]
         assert np.array_equal(linear(x).transpose(0, 3, 1, 2), pre), f"layer {index}"
-        want = activations.apply(pre, layer.activation)
-        assert np.abs(want - outs[f"int8_output_{index}"]).max() <= \
-            FP32_RTOL * max(1.0, float(np.abs(want).max())), f"layer {index}'s activation"
+        # The activation alone, value by value: float32 formulas against yolo8's float64 ones
+        # rounded (a few ulps; absolute near the zeros where they cancel, e.g. loggy, elu).
+        np.testing.assert_allclose(outs[f"int8_output_{index}"],
+                                   activations.apply(pre, layer.activation), rtol=1e-5,
+                                   atol=5e-6, err_msg=f"layer {index}'s activation")
     worst = max(_max_rel(mine, outs[f"head{k}"]) for k, mine in enumerate(model.forward(blob)))
     print(f"\nMEASURED int8 {label}: {len(thresholds)} INT8 convs bit for bit; outputs max "
           f"|diff| / max |out| = {worst:.2g}")
