@@ -110,36 +110,3 @@ def test_calibrate_and_int8_on_zoo_cfgs(name, bound, tmp_path):
         assert np.abs(ours - ref).max() <= bound * scale
         assert np.abs(ours - ref).max() > 0  # INT8 really ran
 
-
-@pytest.mark.parametrize("name, fragment", [
-    ("yolov7-tiny.cfg", "new_coords=1 is not exported yet"),
-    ("yolov3-tiny-prn.cfg", "only the plain sum of two equal shapes"),
-    ("Gaussian_yolov3_BDD.cfg", "no emitter for this layer kind")])
-def test_onnx_export_refuses_what_it_does_not_write(name, fragment, tmp_path):
-    """The ONNX exporter names the layer (file, line) it cannot write faithfully, rather than
-    writing a graph that computes something else."""
-    pytest.importorskip("onnx")
-    from yolo8.errors import ConfigError
-    from yolo8.export import build_onnx
-
-    cfg, weights = prepared(name, tmp_path)
-    with pytest.raises(ConfigError, match=fragment) as info:
-        build_onnx(yolo8.load(cfg, weights))
-    assert f"{name}:" in str(info.value)
-
-
-def test_onnx_export_refuses_dilation(tmp_path):
-    pytest.importorskip("onnx")
-    from yolo8.errors import ConfigError
-    from yolo8.export import build_onnx
-
-    cfg = tmp_path / "dilated.cfg"
-    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n[convolutional]\nfilters=8\nsize=3\n"
-                   "pad=1\nactivation=leaky\n[convolutional]\nfilters=8\nsize=3\npad=1\n"
-                   "dilation=2\nactivation=leaky\n[convolutional]\nfilters=6\nsize=1\n"
-                   "activation=linear\n[yolo]\nclasses=1\nnum=1\nmask=0\nanchors=4,4\n")
-    weights = tmp_path / "dilated.weights"
-    random_weights(load_graph(cfg), weights)
-    with pytest.raises(ConfigError, match="dilation is not exported yet") as info:
-        build_onnx(yolo8.load(cfg, weights))
-    assert "dilated.cfg:10:" in str(info.value)

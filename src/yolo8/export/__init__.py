@@ -37,7 +37,8 @@ class ExportOptions:
     dynamic_batch: bool = False
     decode: bool = False  # also output `boxes` and `scores` (see decode.py)
     # Test build: also output each INT8 conv's float input (`int8_input_<layer>`), its
-    # quantized values (`quantized_input_<layer>`, int8) and its output (`int8_output_<layer>`).
+    # quantized values (`quantized_input_<layer>`, int8), its output before the activation
+    # (`int8_preactivation_<layer>`) and its output (`int8_output_<layer>`).
     int8_outputs: bool = False
 
 
@@ -100,8 +101,10 @@ def _metadata(model: Model, opts: ExportOptions) -> dict[str, str]:
     resize = f"{geometry}; {sampling}"
     heads = [{"kind": head.kind, "layer": head.index, "classes": head.classes,
               "anchors": head.anchors.tolist(),
-              "anchor_units": "input pixels" if head.kind == "yolo" else "grid cells",
-              **({"scale_x_y": head.scale_x_y} if head.kind == "yolo" else {})}
+              "anchor_units": "grid cells" if head.kind == "region" else "input pixels",
+              **({"scale_x_y": head.scale_x_y} if head.kind != "region" else {}),
+              **({"new_coords": True} if getattr(head, "new_coords", False) else {}),
+              **({"point_shift": head.point_shift} if head.kind == "gaussian_yolo" else {})}
              for head in model.heads]
     return {
         "yolo8.model_id": model.model_id,
@@ -115,11 +118,16 @@ def _metadata(model: Model, opts: ExportOptions) -> dict[str, str]:
         "yolo8.resize": resize,
         "yolo8.resize_mode": model.resize,
         "yolo8.heads": json.dumps(heads),
-        "yolo8.outputs": "head<k>, one per head: (N, anchors * (5 + classes), H, W), darknet's "
-                         "layout: x, y, objectness and classes after their activation, w and h "
-                         "raw" + ("; boxes (N, D, 4): centre x, y, w, h relative to the input "
+        "yolo8.outputs": ("head<k>, one per head: (N, anchors * (5 + classes), H, W), darknet's "
+                          "layout: x, y, objectness and classes after their activation, w and h "
+                          "raw (new_coords heads: no activation of their own; gaussian_yolo heads: "
+                          "anchors * (9 + classes), x, its uncertainty, y, its uncertainty, w, "
+                          "..., objectness, classes)" if model.heads else
+                          "head0: the network's last layer, (N, C, H, W)")
+                         + ("; boxes (N, D, 4): centre x, y, w, h relative to the input "
                                   "(before any letterbox correction); scores (N, D, classes): "
-                                  "objectness x class probability, no NMS" if opts.decode else ""),
+                                  "objectness x class probability (gaussian_yolo: times 1 - the "
+                                  "mean uncertainty), no NMS" if opts.decode else ""),
     }
 
 
@@ -128,6 +136,9 @@ def build_onnx(model: Model, opts: ExportOptions | None = None) -> Any:
     onnx = require_onnx()
     opts = opts or ExportOptions()
     _check_options(opts)
+    if opts.decode and not model.heads:
+        raise Yolo8Error("--decode needs a detection head ([yolo], [region] or [Gaussian_yolo]); "
+                         "this model is a classifier or feature extractor", path=model.graph.path)
     from .onnx_graph import OnnxGraph
 
     g = OnnxGraph()
@@ -135,7 +146,7 @@ def build_onnx(model: Model, opts: ExportOptions | None = None) -> Any:
     tensors = _emit_layers(model, ctx)
     batch: int | str = "batch" if opts.dynamic_batch else opts.batch
     f32 = onnx.TensorProto.FLOAT
-    for k, index in enumerate(model.graph.heads):
+    for k, index in enumerate(model.graph.outputs):  # the heads, else the last layer
         g.output(tensors[index], f"head{k}", f32, [batch, *model.graph.layers[index].out_shape])
     if opts.decode:
         from .decode import emit_decoded
@@ -143,10 +154,11 @@ def build_onnx(model: Model, opts: ExportOptions | None = None) -> Any:
         boxes, scores = emit_decoded(g, model.graph, tensors)
         g.output(boxes, "boxes", f32, [batch, "boxes", 4])
         g.output(scores, "scores", f32, [batch, "boxes", model.heads[0].classes])
-    for layer, x, q, out in ctx.int8_tensors:
+    for layer, x, q, biased, out in ctx.int8_tensors:
         g.output(x, f"int8_input_{layer.index}", f32, [batch, *layer.in_shape])
         g.output(q, f"quantized_input_{layer.index}", onnx.TensorProto.INT8,
                  [batch, *layer.in_shape])
+        g.output(biased, f"int8_preactivation_{layer.index}", f32, [batch, *layer.out_shape])
         g.output(out, f"int8_output_{layer.index}", f32, [batch, *layer.out_shape])
     image = onnx.helper.make_tensor_value_info(INPUT_NAME, f32, [batch, *model.graph.input_shape])
     graph = onnx.helper.make_graph(g.nodes, f"yolo8 {Path(model.graph.path).stem} {model.backend}",

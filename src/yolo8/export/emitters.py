@@ -11,8 +11,10 @@ import numpy as np
 from ..errors import ConfigError
 from ..graph import Graph
 from ..kernels.conv_int8 import QMAX, quantize_weights
-from ..layers import (AvgPool, Convolutional, Dropout, Layer, MaxPool, Region, Reorg, Route,
-                      Shortcut, Upsample, Yolo)
+from ..backends.ops import shortcut_weights
+from ..layers import (AvgPool, Connected, Convolutional, Cost, Crop, Dropout, GaussianYolo, Layer,
+                      LocalAvgPool, MaxPool, NETWORK_INPUT, Region, Reorg, Reorg3d, Route, Sam,
+                      ScaleChannels, Shape, Shortcut, Softmax, Upsample, Yolo)
 from .onnx_graph import OnnxGraph
 
 
@@ -29,15 +31,23 @@ class EmitContext:
     g: OnnxGraph
     graph: Graph
     int8: dict[int, Int8Conv] = field(default_factory=dict)
-    # Test build: each INT8 conv's float input, quantized input and output, exposed as outputs.
-    int8_tensors: list[tuple[Convolutional, str, str, str]] = field(default_factory=list)
+    # Test build: each INT8 conv's float input, quantized input, output before its activation
+    # and output, exposed as outputs.
+    int8_tensors: list[tuple[Convolutional, str, str, str, str]] = field(default_factory=list)
     expose_int8: bool = False
 
 
 Emitter = Callable[[Layer, list[str], EmitContext], str]
 
 
-# -- activations (darknet's activate()) ----------------------------------------------------------
+# -- activations (darknet's activate(), the formulas of yolo8.activations) ------------------------
+
+Activation = Callable[[OnnxGraph, str, str], str]
+
+
+def _const(g: OnnxGraph, hint: str, value: float) -> str:
+    return g.constant(hint, np.float32(value))
+
 
 def _mish(g: OnnxGraph, x: str, hint: str) -> str:
     # darknet's softplus switches to its asymptotes beyond |x| > 20, where log1p(exp(x))
@@ -46,13 +56,129 @@ def _mish(g: OnnxGraph, x: str, hint: str) -> str:
                                 f"{hint}_tanh")], hint)
 
 
-ACTIVATIONS: dict[str, Callable[[OnnxGraph, str, str], str]] = {
+def _clip(low: float, high: float) -> Activation:
+    def clip(g: OnnxGraph, x: str, hint: str) -> str:
+        return g.op("Clip", [x, _const(g, f"{hint}_low", low), _const(g, f"{hint}_high", high)],
+                    hint)
+    return clip
+
+
+def _affine(g: OnnxGraph, x: str, hint: str, scale: float, shift: float) -> str:
+    """scale * x + shift in float32."""
+    scaled = g.op("Mul", [x, _const(g, f"{hint}_scale", scale)], f"{hint}_scaled")
+    return g.op("Add", [scaled, _const(g, f"{hint}_shift", shift)], f"{hint}_shifted")
+
+
+def _where(g: OnnxGraph, condition: str, a: str, b: str, hint: str) -> str:
+    return g.op("Where", [condition, a, b], hint)
+
+
+def _less(g: OnnxGraph, x: str, bound: float, hint: str) -> str:
+    return g.op("Less", [x, _const(g, f"{hint}_bound", bound)], hint)
+
+
+def _greater(g: OnnxGraph, x: str, bound: float, hint: str) -> str:
+    return g.op("Greater", [x, _const(g, f"{hint}_bound", bound)], hint)
+
+
+def _ramp(g: OnnxGraph, x: str, hint: str) -> str:
+    """x * (x > 0) + 0.1 * x"""
+    return g.op("Add", [g.op("Relu", [x], f"{hint}_relu"),
+                        g.op("Mul", [x, _const(g, f"{hint}_k", 0.1)], f"{hint}_tenth")], hint)
+
+
+def _plse(g: OnnxGraph, x: str, hint: str) -> str:
+    """0.01 (x + 4) below -4, 0.01 (x - 4) + 1 above 4, x / 8 + 0.5 between."""
+    low = g.op("Mul", [g.op("Add", [x, _const(g, f"{hint}_4", 4.0)], f"{hint}_plus4"),
+                       _const(g, f"{hint}_k", 0.01)], f"{hint}_low")
+    high = g.op("Add", [g.op("Mul", [g.op("Sub", [x, _const(g, f"{hint}_4", 4.0)],
+                                          f"{hint}_minus4"),
+                                     _const(g, f"{hint}_k", 0.01)], f"{hint}_high_slope"),
+                        _const(g, f"{hint}_1", 1.0)], f"{hint}_high")
+    middle = _affine(g, x, f"{hint}_middle", 0.125, 0.5)
+    return _where(g, _less(g, x, -4.0, f"{hint}_below"), low,
+                  _where(g, _greater(g, x, 4.0, f"{hint}_above"), high, middle, f"{hint}_upper"),
+                  hint)
+
+
+def _lhtan(g: OnnxGraph, x: str, hint: str) -> str:
+    """0.001 x below 0, 0.001 (x - 1) + 1 above 1, x between."""
+    low = g.op("Mul", [x, _const(g, f"{hint}_k", 0.001)], f"{hint}_low")
+    high = g.op("Add", [g.op("Mul", [g.op("Sub", [x, _const(g, f"{hint}_1", 1.0)], f"{hint}_m1"),
+                                     _const(g, f"{hint}_k", 0.001)], f"{hint}_slope"),
+                        _const(g, f"{hint}_1", 1.0)], f"{hint}_high")
+    return _where(g, _less(g, x, 0.0, f"{hint}_below"), low,
+                  _where(g, _greater(g, x, 1.0, f"{hint}_above"), high, x, f"{hint}_upper"), hint)
+
+
+def _gelu(g: OnnxGraph, x: str, hint: str) -> str:
+    # darknet's tanh approximation with its truncated constants (0.797885, 0.035677), not
+    # ONNX's exact Gelu: 0.5 x (1 + tanh(0.797885 x + 0.035677 x^3)).
+    cube = g.op("Mul", [g.op("Mul", [x, x], f"{hint}_square"), x], f"{hint}_cube")
+    inner = g.op("Add", [g.op("Mul", [x, _const(g, f"{hint}_a", 0.797885)], f"{hint}_ax"),
+                         g.op("Mul", [cube, _const(g, f"{hint}_b", 0.035677)], f"{hint}_bx3")],
+                 f"{hint}_inner")
+    one_plus = g.op("Add", [g.op("Tanh", [inner], f"{hint}_tanh"), _const(g, f"{hint}_1", 1.0)],
+                    f"{hint}_one_plus")
+    return g.op("Mul", [g.op("Mul", [x, _const(g, f"{hint}_half", 0.5)], f"{hint}_half_x"),
+                        one_plus], hint)
+
+
+def _loggy(g: OnnxGraph, x: str, hint: str) -> str:
+    """2 / (1 + exp(-x)) - 1 = 2 sigmoid(x) - 1"""
+    return _affine(g, g.op("Sigmoid", [x], f"{hint}_sigmoid"), hint, 2.0, -1.0)
+
+
+def _stair(g: OnnxGraph, x: str, hint: str) -> str:
+    """n = floor(x); floor(x / 2) when n is even, else (x - n) + floor(x / 2)."""
+    n = g.op("Floor", [x], f"{hint}_n")
+    half = g.op("Floor", [g.op("Mul", [x, _const(g, f"{hint}_half", 0.5)], f"{hint}_x_half")],
+                f"{hint}_floor_half")
+    n_half = g.op("Floor", [g.op("Mul", [n, _const(g, f"{hint}_half", 0.5)], f"{hint}_n_half")],
+                  f"{hint}_floor_n_half")
+    even = g.op("Equal", [g.op("Mul", [n_half, _const(g, f"{hint}_2", 2.0)], f"{hint}_twice"), n],
+                f"{hint}_even")
+    odd = g.op("Add", [g.op("Sub", [x, n], f"{hint}_fraction"), half], f"{hint}_odd")
+    return _where(g, even, half, odd, hint)
+
+
+def _hard_mish(g: OnnxGraph, x: str, hint: str) -> str:
+    """x above 0, x^2 / 2 + x above -2, else 0."""
+    square = g.op("Mul", [g.op("Mul", [x, x], f"{hint}_square"), _const(g, f"{hint}_half", 0.5)],
+                  f"{hint}_half_square")
+    middle = g.op("Add", [square, x], f"{hint}_middle")
+    inner = _where(g, _greater(g, x, -2.0, f"{hint}_above_m2"), middle,
+                   _const(g, f"{hint}_0", 0.0), f"{hint}_inner")
+    return _where(g, _greater(g, x, 0.0, f"{hint}_positive"), x, inner, hint)
+
+
+def _op(op_type: str, **attributes: float) -> Activation:
+    return lambda g, x, hint: g.op(op_type, [x], hint, **attributes)
+
+
+ACTIVATIONS: dict[str, Activation] = {
     "linear": lambda g, x, hint: x,
-    "leaky": lambda g, x, hint: g.op("LeakyRelu", [x], hint, alpha=0.1),
-    "relu": lambda g, x, hint: g.op("Relu", [x], hint),
-    "logistic": lambda g, x, hint: g.op("Sigmoid", [x], hint),
+    "leaky": _op("LeakyRelu", alpha=0.1),
+    "revleaky": _op("LeakyRelu", alpha=0.1),  # darknet's activate() treats it as leaky
+    "relu": _op("Relu"),
+    "logistic": _op("Sigmoid"),
     "mish": _mish,
     "swish": lambda g, x, hint: g.op("Mul", [x, g.op("Sigmoid", [x], f"{hint}_sigmoid")], hint),
+    # darknet's CPU activate() gives 0 for relu6; yolo8 clamps as its GPU code does (README).
+    "relu6": _clip(0.0, 6.0),
+    "relie": _op("LeakyRelu", alpha=0.01),
+    "ramp": _ramp,
+    "tanh": _op("Tanh"),
+    "plse": _plse,
+    "elu": _op("Elu", alpha=1.0),
+    # darknet's truncated constants, not ONNX's default (more precise) ones
+    "selu": _op("Selu", alpha=1.6732, gamma=1.0507),
+    "gelu": _gelu,
+    "loggy": _loggy,
+    "stair": _stair,
+    "hardtan": _clip(-1.0, 1.0),
+    "lhtan": _lhtan,
+    "hard_mish": _hard_mish,
 }
 
 
@@ -71,10 +197,13 @@ def _activate(layer: Layer, x: str, ctx: EmitContext) -> str:
 # -- layers ----------------------------------------------------------------------------------------
 
 def _conv_node(layer: Convolutional, inputs: list[str], hint: str, ctx: EmitContext) -> str:
-    """A Conv with the layer's geometry on inputs [x, weights(, bias)]."""
-    p = layer.pad
+    """A Conv with the layer's geometry on inputs [x, weights(, bias)]. darknet pads a dilated
+    conv by pad * dilation (im2col_cpu_ext), which with the parser's 2 * pad = size - 1 keeps
+    the undilated output size, as ONNX's dilated Conv with those pads does."""
+    p, d = layer.pad * layer.dilation, layer.dilation
     return ctx.g.op("Conv", inputs, f"l{layer.index}_{hint}", kernel_shape=[layer.size, layer.size],
-                    strides=[layer.stride, layer.stride], pads=[p, p, p, p], group=layer.groups)
+                    strides=[layer.stride, layer.stride], pads=[p, p, p, p], group=layer.groups,
+                    dilations=[d, d])
 
 
 def _nchw_weights(w: np.ndarray) -> np.ndarray:
@@ -115,7 +244,7 @@ def _int8_conv(layer: Convolutional, x: str, params: Int8Conv, ctx: EmitContext)
                   f"l{i}_biased")
     out = _activate(layer, biased, ctx)
     if ctx.expose_int8:
-        ctx.int8_tensors.append((layer, x, q, out))
+        ctx.int8_tensors.append((layer, x, q, biased, out))
     return out
 
 
@@ -123,8 +252,6 @@ def convolutional(layer: Convolutional, inputs: list[str], ctx: EmitContext) -> 
     if layer.xnor:
         raise refuse(layer, ctx.graph, "xnor=1 (binary input and weights with popcount) has no "
                      "faithful ONNX operator")
-    if layer.dilation > 1:
-        raise refuse(layer, ctx.graph, "dilation is not exported yet")
     params = ctx.int8.get(layer.index)
     if params is not None:
         return _int8_conv(layer, inputs[0], params, ctx)
@@ -168,13 +295,73 @@ def route(layer: Route, inputs: list[str], ctx: EmitContext) -> str:
     return g.op("Concat", inputs, f"l{layer.index}_route", axis=1)
 
 
+def _shape_of(graph: Graph, index: int) -> Shape:
+    return graph.input_shape if index == NETWORK_INPUT else graph.layers[index].out_shape
+
+
+def _channel_vector(g: OnnxGraph, hint: str, values: np.ndarray) -> str:
+    """Per-channel (or one) float32 factors broadcasting over NCHW."""
+    values = np.asarray(values, np.float32)
+    return g.constant(hint, values.reshape(1, -1, 1, 1) if values.size > 1 else values.reshape(()))
+
+
+def _channels(g: OnnxGraph, x: str, start: int, end: int, hint: str) -> str:
+    return g.op("Slice", [x, g.constant(f"{hint}_start", np.int64([start])),
+                          g.constant(f"{hint}_end", np.int64([end])),
+                          g.constant(f"{hint}_axis", np.int64([1]))], hint)
+
+
 def shortcut(layer: Shortcut, inputs: list[str], ctx: EmitContext) -> str:
-    shapes = {ctx.graph.layers[i].out_shape if i >= 0 else ctx.graph.input_shape
-              for i in layer.inputs}
-    if layer.weights_type is not None or len(layer.inputs) != 2 or len(shapes) != 1:
-        raise refuse(layer, ctx.graph, "only the plain sum of two equal shapes is exported yet "
-                     "(not weights, several 'from' layers or different channel counts)")
-    return _activate(layer, ctx.g.op("Add", inputs, f"l{layer.index}_shortcut"), ctx)
+    """shortcut_multilayer_cpu: the previous output (times its weight) plus each `from` layer
+    (times its weight) over the channels both have, in turn, in float32. A `from` layer with
+    fewer channels is zero-padded (adding 0 changes nothing), one with more is sliced."""
+    g, i = ctx.g, layer.index
+    weights = shortcut_weights(layer)  # normalised here as yolo8 does, once
+    c = layer.out_shape.c
+    out = inputs[0]
+    if weights is not None:
+        out = g.op("Mul", [out, _channel_vector(g, f"l{i}_weight0", weights[0])], f"l{i}_weighted")
+    for k, (source, x) in enumerate(zip(layer.inputs[1:], inputs[1:]), start=1):
+        channels = _shape_of(ctx.graph, source).c
+        shared = min(c, channels)
+        if shared < channels:
+            x = _channels(g, x, 0, shared, f"l{i}_shared{k}")
+        if weights is not None:
+            x = g.op("Mul", [x, _channel_vector(g, f"l{i}_weight{k}", weights[k, :shared])],
+                     f"l{i}_term{k}")
+        if shared < c:
+            pads = np.int64([0, 0, 0, 0, 0, c - shared, 0, 0])
+            x = g.op("Pad", [x, g.constant(f"l{i}_pads{k}", pads)], f"l{i}_padded{k}")
+        out = g.op("Add", [out, x], f"l{i}_sum{k}")
+    return _activate(layer, out, ctx)
+
+
+def scale_channels(layer: ScaleChannels, inputs: list[str], ctx: EmitContext) -> str:
+    """The `from` output times the previous one, (N, C, 1, 1) or with scale_wh (N, 1, H, W):
+    both broadcast in NCHW."""
+    scales, x = inputs
+    return _activate(layer, ctx.g.op("Mul", [x, scales], f"l{layer.index}_scaled"), ctx)
+
+
+def sam(layer: Sam, inputs: list[str], ctx: EmitContext) -> str:
+    return _activate(layer, ctx.g.op("Mul", inputs, f"l{layer.index}_sam"), ctx)
+
+
+def reorg3d(layer: Reorg3d, inputs: list[str], ctx: EmitContext) -> str:
+    """reorg_layer.c: output channel (dy * s + dx) * C + c holds input channel c at offset
+    (dy, dx) of each s x s block, which is ONNX's SpaceToDepth."""
+    return ctx.g.op("SpaceToDepth", inputs, f"l{layer.index}_reorg3d", blocksize=layer.stride)
+
+
+def local_avgpool(layer: LocalAvgPool, inputs: list[str], ctx: EmitContext) -> str:
+    """forward_local_avgpool_layer: windows start at -padding // 2 and average only the pixels
+    inside the image, i.e. AveragePool without counting the padding; the rest of the padding
+    after (the parser keeps every window's padding below its size, as ONNX needs)."""
+    before = layer.padding // 2
+    after = layer.padding - before
+    return ctx.g.op("AveragePool", inputs, f"l{layer.index}_local_avgpool",
+                    kernel_shape=[layer.size, layer.size], strides=[layer.stride, layer.stride],
+                    pads=[before, before, after, after], count_include_pad=0)
 
 
 def upsample(layer: Upsample, inputs: list[str], ctx: EmitContext) -> str:
@@ -207,25 +394,44 @@ def reorg(layer: Reorg, inputs: list[str], ctx: EmitContext) -> str:
                 f"l{layer.index}_reorg")
 
 
+def _logistic_except(g: OnnxGraph, i: int, x: str, per_anchor: int, anchors: int,
+                     raw: tuple[int, ...]) -> str:
+    """The logistic on every entry of each anchor but those in `raw`."""
+    entry = np.arange(anchors * per_anchor) % per_anchor
+    mask = ~np.isin(entry, raw)
+    return g.op("Where", [g.constant(f"l{i}_logistic_mask", mask.reshape(1, -1, 1, 1)),
+                          g.op("Sigmoid", [x], f"l{i}_sigmoid"), x], f"l{i}_head")
+
+
+def _scale_about_centre(g: OnnxGraph, i: int, x: str, per_anchor: int, anchors: int,
+                        entries: tuple[int, ...], scale_x_y: float) -> str:
+    """x * scale_x_y - 0.5 (scale_x_y - 1) on the given entries (x and y): a float32 multiply,
+    then an add, as the FP32 op (the other entries times 1 plus 0, unchanged)."""
+    if scale_x_y == 1:
+        return x
+    is_xy = np.isin(np.arange(anchors * per_anchor) % per_anchor, entries).reshape(1, -1, 1, 1)
+    scale = np.where(is_xy, np.float32(scale_x_y), np.float32(1)).astype(np.float32)
+    shift = np.where(is_xy, np.float32(-0.5 * (scale_x_y - 1)), np.float32(0)).astype(np.float32)
+    out = g.op("Mul", [x, g.constant(f"l{i}_scale_x_y", scale)], f"l{i}_scaled")
+    return g.op("Add", [out, g.constant(f"l{i}_shift_x_y", shift)], f"l{i}_shifted")
+
+
 def yolo(layer: Yolo, inputs: list[str], ctx: EmitContext) -> str:
     """Logistic on every channel but each anchor's w and h; then x, y scaled by scale_x_y about
-    the cell centre (a float32 multiply, then an add, as the FP32 op)."""
-    if layer.new_coords:
-        raise refuse(layer, ctx.graph, "new_coords=1 is not exported yet")
-    g, i, x = ctx.g, layer.index, inputs[0]
-    per_anchor = 5 + layer.classes
-    channel = np.arange(layer.num_anchors * per_anchor) % per_anchor
-    logistic = ~np.isin(channel, (2, 3))
-    out = g.op("Where", [g.constant(f"l{i}_logistic_mask", logistic.reshape(1, -1, 1, 1)),
-                         g.op("Sigmoid", [x], f"l{i}_sigmoid"), x], f"l{i}_yolo")
-    if layer.scale_x_y != 1:
-        is_xy = np.isin(channel, (0, 1)).reshape(1, -1, 1, 1)
-        scale = np.where(is_xy, np.float32(layer.scale_x_y), np.float32(1)).astype(np.float32)
-        shift = np.where(is_xy, np.float32(-0.5 * (layer.scale_x_y - 1)), np.float32(0))
-        out = g.op("Mul", [out, g.constant(f"l{i}_scale_x_y", scale)], f"l{i}_scaled")
-        out = g.op("Add", [out, g.constant(f"l{i}_shift_x_y", shift.astype(np.float32))],
-                   f"l{i}_shifted")
-    return out
+    the cell centre. new_coords=1: no logistic (the conv before applies it), only the scaling."""
+    g, i, per = ctx.g, layer.index, 5 + layer.classes
+    out = inputs[0]
+    if not layer.new_coords:
+        out = _logistic_except(g, i, out, per, layer.num_anchors, (2, 3))
+    return _scale_about_centre(g, i, out, per, layer.num_anchors, (0, 1), layer.scale_x_y)
+
+
+def gaussian_yolo(layer: GaussianYolo, inputs: list[str], ctx: EmitContext) -> str:
+    """forward_gaussian_yolo_layer: logistic on every entry but w and h (4 and 6), then x and
+    y (entries 0 and 2) scaled by scale_x_y."""
+    g, i, per = ctx.g, layer.index, GaussianYolo.ENTRIES + layer.classes
+    out = _logistic_except(g, i, inputs[0], per, layer.num_anchors, (4, 6))
+    return _scale_about_centre(g, i, out, per, layer.num_anchors, (0, 2), layer.scale_x_y)
 
 
 def region(layer: Region, inputs: list[str], ctx: EmitContext) -> str:
@@ -252,8 +458,58 @@ def region(layer: Region, inputs: list[str], ctx: EmitContext) -> str:
                 f"l{i}_region")
 
 
+def _darknet_flat(g: OnnxGraph, x: str, hint: str) -> str:
+    """NCHW -> (N, C*H*W): darknet's (C, H, W) order."""
+    return g.op("Flatten", [x], hint, axis=1)
+
+
+def connected(layer: Connected, inputs: list[str], ctx: EmitContext) -> str:
+    """forward_connected_layer: x . W^T + b (batch norm folded), activation, as (N, out, 1, 1)."""
+    g, i = ctx.g, layer.index
+    flat = _darknet_flat(g, inputs[0], f"l{i}_flat")
+    y = g.op("Gemm", [flat, g.constant(f"l{i}_weights", layer.weights),
+                      g.constant(f"l{i}_bias", layer.bias)], f"l{i}_gemm", transB=1)
+    y = _activate(layer, y, ctx)
+    return g.op("Reshape", [y, g.constant(f"l{i}_shape", np.int64([-1, layer.outputs, 1, 1]))],
+                f"l{i}_connected")
+
+
+def softmax(layer: Softmax, inputs: list[str], ctx: EmitContext) -> str:
+    """softmax_cpu over `groups` consecutive runs of the (C, H, W)-ordered input, of x / t."""
+    g, i = ctx.g, layer.index
+    groups = g.op("Reshape", [inputs[0], g.constant(f"l{i}_groups",
+                                                     np.int64([-1, layer.groups,
+                                                               layer.out_shape.size // layer.groups]))],
+                  f"l{i}_groups")
+    if layer.temperature != 1:
+        groups = g.op("Div", [groups, g.constant(f"l{i}_temperature",
+                                                 np.float32(layer.temperature))], f"l{i}_tempered")
+    soft = g.op("Softmax", [groups], f"l{i}_softmax", axis=2)
+    return g.op("Reshape", [soft, g.constant(f"l{i}_shape", np.int64([-1, *layer.out_shape]))],
+                f"l{i}_softmax_out")
+
+
+def cost(layer: Cost, inputs: list[str], ctx: EmitContext) -> str:
+    return inputs[0]  # darknet's network output skips cost layers at inference
+
+
+def crop(layer: Crop, inputs: list[str], ctx: EmitContext) -> str:
+    """forward_crop_layer at test time: the centre crop, then x * scale + shift (2x - 1 unless
+    noadjust=1, darknet's classifiers being trained on [-1, 1])."""
+    g, i = ctx.g, layer.index
+    h, w = layer.out_shape.h, layer.out_shape.w
+    out = g.op("Slice", [inputs[0], g.constant(f"l{i}_start", np.int64([layer.top, layer.left])),
+                         g.constant(f"l{i}_end", np.int64([layer.top + h, layer.left + w])),
+                         g.constant(f"l{i}_axes", np.int64([2, 3]))], f"l{i}_crop")
+    if (layer.scale, layer.shift) == (1.0, 0.0):
+        return out
+    return _affine(g, out, f"l{i}_adjust", layer.scale, layer.shift)
+
+
 EMITTERS: dict[type, Emitter] = {
     Convolutional: convolutional, MaxPool: maxpool, AvgPool: avgpool, Dropout: dropout,
     Route: route, Shortcut: shortcut, Upsample: upsample, Reorg: reorg, Yolo: yolo,
-    Region: region,
+    Region: region, GaussianYolo: gaussian_yolo, ScaleChannels: scale_channels, Sam: sam,
+    Reorg3d: reorg3d, LocalAvgPool: local_avgpool, Connected: connected, Softmax: softmax,
+    Cost: cost, Crop: crop,
 }
