@@ -5,6 +5,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -39,6 +40,7 @@ class MapOptions:
     progress: bool | None = None  # None: when stderr is a terminal
     batch: int = 4
     skipped: list[str] = field(default_factory=list)  # filled by run_map: images left out
+    cluster: dict | None = None  # filled by a run on a Ray cluster: who did the work
 
 
 def _as_arrays(dets: list[Detection]) -> ImageDetections:
@@ -103,7 +105,9 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
     return out
 
 
-def run_map(opts: MapOptions) -> MapResult:
+def run_map(opts: MapOptions, collect: Callable[..., _Collected] | None = None) -> MapResult:
+    """The metrics of opts.data; `collect` gathers detections and ground truth instead of
+    `_run` (same signature; e.g. on a Ray cluster)."""
     config = read_data_file(opts.data)
     images = image_paths(read_image_list(config.valid))
     difficult = (image_paths(read_image_list(config.difficult)) if config.difficult is not None
@@ -115,7 +119,7 @@ def run_map(opts: MapOptions) -> MapResult:
     if model.heads[0].classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")
-    got = _run(model, images, difficult, config.classes, opts)
+    got = (collect or _run)(model, images, difficult, config.classes, opts)
     opts.skipped[:] = got.skipped
     if not got.truths:
         raise InputError(f"none of the {len(images)} images listed could be read (with their "
@@ -128,6 +132,8 @@ def run_map(opts: MapOptions) -> MapResult:
     if opts.json_path is not None:
         payload = result.to_json()
         payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped))
+        if opts.cluster is not None:
+            payload["cluster"] = opts.cluster
         _write_json(opts.json_path, payload)
     if opts.save_detections is not None:
         _write_json(opts.save_detections, got.results)

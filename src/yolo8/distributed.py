@@ -1,0 +1,459 @@
+"""`yolo8 detect --ray` and `yolo8 map --ray`: the same runs on a Ray cluster (Ray Data).
+
+The driver (the `yolo8` process) expands the inputs as on one machine and makes a dataset of
+`(idx, path, ...)` rows: paths, not pixels. `map_batches` runs them through a pool of actors
+(`--ray-actors N`, each asking Ray for `num_cpus=T` and running yolo8's kernels on T threads),
+each loading the model once from paths every node can read. An actor decodes and prepares
+each image with yolo8's own reader and preprocessing and runs the same `detect_prepared`, so
+a row's detections are exactly the single-machine ones (a detection does not depend on the
+batch it ran in). The actors send back compact rows (detections as packed numpy records,
+~44 bytes each; for `map` also the image's ground truth and size); the driver takes them
+with `iter_batches` as they stream in, puts them back in input order (`_in_input_order`) and
+hands them to the single-machine code: the printed lines, JSON and label files of `detect`,
+the very `metrics.evaluate` call of `map` (same rows in the same order: same tie-breaks,
+same figures).
+
+Failures: an image (or label file) that cannot be read is an error row, reported like on one
+machine; a worker process or node that dies is Ray's business (actor restarts and task
+retries stay on, Ray Data's defaults), and a row that would still come twice is dropped by
+the driver, so nothing is counted twice.
+
+Ray is an optional dependency (`pip install 'yolo8[ray]'`), imported here only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from .errors import Yolo8Error
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'yolo8[ray]'"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+# One detection on the wire: exact float64 scores and boxes (the metrics must equal the
+# single machine's to the last bit), the class as int32.
+DETECTION_RECORD = np.dtype([("class_id", "<i4"), ("score", "<f8"), ("box", "<f8", (4,))])
+TRUTH_RECORD = np.dtype([("class_id", "<i8"), ("difficult", "?"), ("box", "<f8", (4,))])
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run: `address` is "local" (a cluster of this machine, started
+    for the run), "auto" (the cluster this node belongs to) or HOST:PORT of a head node."""
+
+    address: str
+    actors: int | None = None  # None: as many as the cluster's CPUs allow (CPUs // threads)
+    threads: int = 1           # numba threads (and Ray CPUs) per actor
+    batch: int = 4             # images per forward in an actor
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What every actor loads (absolute paths: a worker's working folder is not the driver's)."""
+
+    cfg: str | None
+    weights: str | None
+    backend: str
+    calibration: str | None
+    names: str | None
+
+    @classmethod
+    def of(cls, cfg, weights, backend: str, calibration, names) -> "ModelSpec":
+        def absolute(path):
+            return None if path is None else _absolute(path)
+        return cls(absolute(cfg), absolute(weights), backend, absolute(calibration),
+                   absolute(names))
+
+    def load(self):
+        from .api import load
+
+        return load(self.cfg, self.weights, self.backend, self.calibration, self.names)
+
+
+def _absolute(path) -> str:
+    """The path from the root, symlinks kept: label files are found by the image's path as
+    named (an `images` folder that is a link must still map to its `labels`)."""
+    return os.path.abspath(path)
+
+
+# ------------------------------------------------------------------------------ Ray itself
+
+
+def import_ray() -> Any:
+    """The `ray` module with Ray Data, or a Yolo8Error saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the pipeline's engine)
+    except ImportError as exc:
+        raise Yolo8Error(f"--ray needs Ray (with Ray Data), which is not installed here "
+                         f"({exc}): {INSTALL_HINT}") from None
+    return ray
+
+
+def _quiet_ray(ray) -> None:
+    """Ray Data's own progress bars and INFO lines would drown yolo8's output."""
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def connect(address: str) -> Any:
+    """Join (or, for "local", start) a Ray cluster; returns the ray module."""
+    ray = import_ray()
+    # Ray's notes (its C++ core's too) would drown yolo8's output; its errors still show.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        if address == "local":
+            # Every socket on the loopback interface: a machine-local cluster is no network
+            # service (Ray would otherwise bind the machine's routable address).
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                     **kwargs)
+        else:
+            host = address.rsplit(":", 1)[0]
+            if host in LOOPBACK_HOSTS:  # this machine's cluster: reach it on the loopback
+                kwargs["_node_ip_address"] = "127.0.0.1"
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise Yolo8Error(f"cannot join the Ray cluster at {address!r}: {exc}") from None
+    _quiet_ray(ray)
+    return ray
+
+
+def _cluster_cpus(ray) -> int:
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+# ------------------------------------------------------------------------------ the actors
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    """Environment of an actor's process: numba's pool sized to the actor's CPUs (numba ignores
+    OMP_NUM_THREADS, which Ray sets), and the `yolo8` command's thread-pool settings."""
+    from .cli import THREAD_POOL_DEFAULTS
+
+    env = {name: os.environ.get(name, value) for name, value in THREAD_POOL_DEFAULTS.items()}
+    env["NUMBA_NUM_THREADS"] = str(threads)
+    return env
+
+
+def pack_detections(dets) -> bytes:
+    records = np.zeros(len(dets), DETECTION_RECORD)
+    for record, det in zip(records, dets):
+        record["class_id"], record["score"], record["box"] = det.class_id, det.score, det.box
+    return records.tobytes()
+
+
+def unpack_detections(data: bytes, names: list[str]) -> list:
+    """The Detections packed by `pack_detections` (the same Python floats, bit for bit)."""
+    from .postprocess import Detection
+
+    records = np.frombuffer(data, DETECTION_RECORD)
+    return [Detection(int(r["class_id"]), _name(names, int(r["class_id"])), float(r["score"]),
+                      tuple(float(v) for v in r["box"])) for r in records]
+
+
+def _name(names: list[str], class_id: int) -> str:
+    return names[class_id] if class_id < len(names) else str(class_id)  # as to_detections
+
+
+class _ModelActor:
+    """Loads the model once per actor; runs batches of image paths through it."""
+
+    def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool | None,
+                 thresh: float, nms: float) -> None:
+        import ray
+
+        from . import threads as kernel_threads
+
+        self.model = spec.load()
+        # The budget is per process and re-applied by every forward, whatever thread Ray
+        # Data calls the actor from (numba's own setting is per thread).
+        kernel_threads.set_num_threads(threads)
+        self.threads = kernel_threads.get_num_threads()
+        self.batch, self.thresh, self.nms = batch, thresh, nms
+        self.letterbox = self.model.letterbox if letterbox is None else letterbox
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def _detect(self, paths: Iterable[str]) -> Iterator[tuple[Any, list | None, str]]:
+        """(Item, detections or None, error message or "") per path, in order."""
+        from .pipeline import batched, load_images
+
+        prepare = lambda image: self.model.prepare(image, self.letterbox)  # noqa: E731
+        for group in batched(load_images([Path(p) for p in paths], prepare, workers=1),
+                             self.batch):
+            if group[0].error is not None:
+                yield group[0], None, str(group[0].error)
+                continue
+            blob = np.stack([item.prepared for item in group])
+            sizes = [(item.image.shape[1], item.image.shape[0]) for item in group]
+            found = self.model.detect_prepared(blob, sizes, self.thresh, self.nms, self.letterbox)
+            for item, dets in zip(group, found):
+                yield item, dets, ""
+
+    def _rows(self, batch: dict[str, np.ndarray], columns: dict[str, list]) -> dict[str, Any]:
+        count = len(batch["idx"])
+        return {"idx": batch["idx"], "node": np.array([self.node] * count, dtype=object),
+                "threads": np.full(count, self.threads, dtype=np.int64),
+                **{name: np.array(values, dtype=object) for name, values in columns.items()}}
+
+
+class DetectActor(_ModelActor):
+    """Detections per image; writes the annotated copy and label file the driver named."""
+
+    def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool | None,
+                 thresh: float, nms: float, save_dir: str | None, save_images: bool,
+                 labels: bool, label_scores: bool) -> None:
+        super().__init__(spec, threads, batch, letterbox, thresh, nms)
+        self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.save_images, self.labels, self.label_scores = save_images, labels, label_scores
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        errors, packed = [], []
+        for (item, dets, error), target in zip(self._detect(batch["path"]), batch["target"]):
+            if not error and target:
+                error = self._save(Path(target), item.image, dets)
+            errors.append(error)
+            packed.append(pack_detections(dets) if dets is not None else b"")
+        return self._rows(batch, {"error": errors, "detections": packed})
+
+    def _save(self, relative: Path, image: np.ndarray, dets: list) -> str:
+        """Write the outputs of one image; "" or what went wrong (an error row)."""
+        from .data import label_path
+        from .detect import write_image, write_labels
+        from .draw import draw_detections
+
+        target = self.save_dir / relative
+        try:
+            if self.save_images:
+                write_image(target, draw_detections(image, dets))
+            if self.labels:
+                write_labels(label_path(target), dets, image.shape[1], image.shape[0],
+                             self.label_scores)
+        except (Yolo8Error, OSError) as exc:
+            return f"{target}: cannot write the outputs ({exc})"
+        return ""
+
+
+class MapActor(_ModelActor):
+    """Detections and ground truth per image (what `metrics.evaluate` takes), compact."""
+
+    def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool | None,
+                 thresh: float, nms: float, classes: int) -> None:
+        super().__init__(spec, threads, batch, letterbox, thresh, nms)
+        self.classes = classes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from .data import read_ground_truth
+
+        columns: dict[str, list] = {"error": [], "detections": [], "truth": [], "width": [],
+                                    "height": []}
+        for (item, dets, error), hard in zip(self._detect(batch["path"]), batch["difficult"]):
+            truth, width, height = None, 0, 0
+            if not error:
+                height, width = item.image.shape[:2]
+                try:
+                    truth = read_ground_truth(item.path, self.classes, width, height, hard or None)
+                except Yolo8Error as exc:
+                    error = str(exc)
+            columns["error"].append(error)
+            columns["detections"].append(pack_detections(dets) if truth is not None else b"")
+            columns["truth"].append(_pack_truth(truth) if truth is not None else b"")
+            columns["width"].append(width)
+            columns["height"].append(height)
+        return self._rows(batch, columns)
+
+
+def _pack_truth(truth) -> bytes:
+    records = np.zeros(len(truth.classes), TRUTH_RECORD)
+    records["class_id"], records["difficult"] = truth.classes, truth.difficult
+    records["box"] = truth.boxes.reshape(-1, 4)
+    return records.tobytes()
+
+
+def _unpack_truth(data: bytes):
+    from .data import GroundTruth
+
+    records = np.frombuffer(data, TRUTH_RECORD)
+    return GroundTruth(records["box"].astype(np.float64).reshape(-1, 4),
+                       records["class_id"].astype(np.int64), records["difficult"].astype(bool))
+
+
+# ------------------------------------------------------------------------------ the driver
+
+
+@dataclass
+class Progress:
+    """Images done, the rate and the nodes that did them, on the driver's bar."""
+
+    bar: Any
+    actors: int
+    threads: int
+    start: float = field(default_factory=time.perf_counter)
+    per_node: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+
+    def done(self, node: str) -> None:
+        self.per_node[node] = self.per_node.get(node, 0) + 1
+        self.bar.update(1)
+        if hasattr(self.bar, "set_postfix_str"):
+            self.bar.set_postfix_str(f"{len(self.per_node)} nodes", refresh=False)
+
+    def summary(self, what: str) -> str:
+        images = sum(self.per_node.values())
+        elapsed = time.perf_counter() - self.start
+        rate = images / elapsed if elapsed > 0 else 0.0
+        return (f"yolo8: {what}: {images} images in {elapsed:.1f} s ({rate:.1f} images/s) on "
+                f"{_count(len(self.per_node), 'node')}, {_count(self.actors, 'actor')} x "
+                f"{_count(self.threads, 'thread')}")
+
+    def to_json(self) -> dict:
+        return {"nodes": dict(self.per_node), "actors": self.actors, "threads": self.threads,
+                "duplicates_dropped": self.duplicates}
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _in_input_order(batches: Iterable[dict[str, np.ndarray]], progress: Progress
+                    ) -> Iterator[dict[str, Any]]:
+    """The result rows one by one, in `idx` order (0, 1, 2, ...), as soon as each is next.
+    Rows come back in any order (the actors run side by side); a row delivered again (work
+    redone after a failure) is dropped, so every image counts exactly once."""
+    waiting: dict[int, dict[str, Any]] = {}
+    seen: set[int] = set()
+    next_idx = 0
+    for batch in batches:
+        for position, idx in enumerate(batch["idx"].tolist()):
+            if idx in seen:
+                progress.duplicates += 1
+                continue
+            seen.add(idx)
+            waiting[idx] = {name: column[position] for name, column in batch.items()}
+            progress.done(str(waiting[idx]["node"]))
+        while next_idx in waiting:
+            yield waiting.pop(next_idx)
+            next_idx += 1
+
+
+def _run_pipeline(ray_opts: RayOptions, rows: list[dict], actor: type, actor_kwargs: dict,
+                  bar: Any) -> tuple[Iterator[dict[str, Any]], Progress]:
+    """Start the actor pool over `rows`; the results in input order, and the run's Progress."""
+    ray = connect(ray_opts.address)
+    actors = ray_opts.actors or max(1, _cluster_cpus(ray) // ray_opts.threads)
+    block = ray_opts.batch  # small blocks: images spread over the actors, results stream back
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // block)))
+    results = dataset.map_batches(
+        actor, fn_constructor_kwargs=dict(threads=ray_opts.threads, batch=ray_opts.batch,
+                                          **actor_kwargs),
+        batch_size=block, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ray_opts.threads,
+        runtime_env={"env_vars": _worker_env(ray_opts.threads)})
+    progress = Progress(bar, actors, ray_opts.threads)
+    return _in_input_order(results.iter_batches(batch_size=None, batch_format="numpy"),
+                           progress), progress
+
+
+@contextmanager
+def _cluster_run() -> Iterator[None]:
+    """Leave the cluster at the end; a failure Ray reports (e.g. an actor that cannot load
+    the model on some node) becomes one line instead of a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        ray = sys.modules.get("ray")
+        if ray is not None and isinstance(exc, ray.exceptions.RayError):
+            first = next((line for line in str(exc).splitlines() if line.strip()), repr(exc))
+            raise Yolo8Error(f"the run on the Ray cluster failed: {first}") from None
+        raise
+    finally:
+        _shutdown()
+
+
+def _shutdown() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+def detect_images(ray_opts: RayOptions, run, sources: list) -> None:
+    """`yolo8 detect --ray`: what `DetectRun.run` does on one machine, for images."""
+    streams = [s.display for s in sources if s.is_stream]
+    if streams:
+        raise Yolo8Error(f"--ray runs on image files; {streams[0]} is a video or camera "
+                         f"(run those without --ray)")
+    opts = run.opts
+    rows = []
+    for idx, source in enumerate(sources):
+        target = run.names.claim(source.relative, source.display) if run.names else None
+        rows.append({"idx": idx, "path": _absolute(source.path),
+                     "target": str(target) if target is not None else ""})
+    actor_kwargs = dict(
+        spec=ModelSpec.of(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names),
+        letterbox=opts.letterbox, thresh=opts.thresh, nms=opts.nms,
+        save_dir=_absolute(opts.save_dir) if run.names else None,
+        save_images=opts.save_images, labels=opts.labels, label_scores=opts.label_scores)
+    try:
+        with _cluster_run():
+            ordered, progress = _run_pipeline(ray_opts, rows, DetectActor, actor_kwargs, run.bar)
+            for row in ordered:
+                source = sources[row["idx"]]
+                if row["error"]:
+                    run.skip(source.display, Yolo8Error(row["error"]))
+                    continue
+                run._found(source.display, unpack_detections(row["detections"], run.model.names))
+                run.count += 1
+    finally:
+        run.bar.close()
+        if run.json_out is not None:
+            run.json_out.close()
+    print(progress.summary("detect"), file=sys.stderr)
+
+
+def map_collector(ray_opts: RayOptions) -> Callable:
+    """A drop-in for evaluate._run: the same _Collected, gathered on the cluster."""
+    def collect(model, images: list[Path], difficult: list[Path] | None, classes: int, opts):
+        from .detect import coco_result
+        from .evaluate import _Collected, _as_arrays, _skip
+        from .progress import progress_bar
+
+        rows = [{"idx": idx, "path": _absolute(path),
+                 "difficult": _absolute(difficult[idx]) if difficult else ""}
+                for idx, path in enumerate(images)]
+        actor_kwargs = dict(
+            spec=ModelSpec.of(opts.cfg, opts.weights, opts.backend, opts.calibration, None),
+            letterbox=opts.letterbox, thresh=opts.thresh, nms=opts.nms, classes=classes)
+        out = _Collected([], [], [], [], [])
+        bar = progress_bar(len(images), "map", opts.progress)
+        try:
+            with _cluster_run():
+                ordered, progress = _run_pipeline(ray_opts, rows, MapActor, actor_kwargs, bar)
+                for row in ordered:
+                    if row["error"]:
+                        _skip(out, Yolo8Error(row["error"]))
+                        continue
+                    dets = unpack_detections(row["detections"], model.names)
+                    out.truths.append(_unpack_truth(row["truth"]))
+                    out.detections.append(_as_arrays(dets))
+                    out.sizes.append((int(row["width"]), int(row["height"])))
+                    out.results.extend(coco_result(d, str(images[row["idx"]])) for d in dets)
+        finally:
+            bar.close()
+        print(progress.summary("map"), file=sys.stderr)
+        opts.cluster = progress.to_json()  # into the metrics JSON: who did the work
+        return out
+    return collect
+
