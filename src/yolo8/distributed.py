@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'yolo8[ray]'"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+ACTOR_START_TIMEOUT = 600  # s for the actor pool to start (a node may compile kernels, ~15 s)
+MAX_BLOCK_ROWS = 64
 
 # One detection on the wire: exact float64 scores and boxes (the metrics must equal the
 # single machine's to the last bit), the class as int32.
@@ -132,8 +134,22 @@ def connect(address: str) -> Any:
     return ray
 
 
-def _cluster_cpus(ray) -> int:
-    return int(ray.cluster_resources().get("CPU", 1))
+def _pool_size(ray, ray_opts: RayOptions) -> int:
+    """--ray-actors, else as many actors of --threads CPUs as the cluster holds; refused when
+    the cluster cannot hold them (Ray would wait for the missing CPUs forever)."""
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    actors = ray_opts.actors or max(1, cpus // ray_opts.threads)
+    if actors * ray_opts.threads > cpus:
+        raise Yolo8Error(f"the Ray cluster has {cpus} CPUs: {_count(actors, 'actor')} x "
+                         f"{_count(ray_opts.threads, 'thread')} need {actors * ray_opts.threads} "
+                         f"(fewer --ray-actors or --threads)")
+    return actors
+
+
+def _rows_per_block(rows: int, actors: int) -> int:
+    """Images per Ray block (and per actor call): about 4 blocks per actor so the work
+    spreads evenly and results stream back early, at most MAX_BLOCK_ROWS."""
+    return max(1, min(MAX_BLOCK_ROWS, -(-rows // (4 * actors))))
 
 
 # ------------------------------------------------------------------------------ the actors
@@ -303,10 +319,12 @@ class Progress:
     threads: int
     start: float = field(default_factory=time.perf_counter)
     per_node: dict[str, int] = field(default_factory=dict)
+    kernel_threads: set[int] = field(default_factory=set)  # as the actors report them
     duplicates: int = 0
 
-    def done(self, node: str) -> None:
+    def done(self, node: str, kernel_threads: int) -> None:
         self.per_node[node] = self.per_node.get(node, 0) + 1
+        self.kernel_threads.add(kernel_threads)
         self.bar.update(1)
         if hasattr(self.bar, "set_postfix_str"):
             self.bar.set_postfix_str(f"{len(self.per_node)} nodes", refresh=False)
@@ -321,6 +339,7 @@ class Progress:
 
     def to_json(self) -> dict:
         return {"nodes": dict(self.per_node), "actors": self.actors, "threads": self.threads,
+                "kernel_threads": sorted(self.kernel_threads),
                 "duplicates_dropped": self.duplicates}
 
 
@@ -343,7 +362,7 @@ def _in_input_order(batches: Iterable[dict[str, np.ndarray]], progress: Progress
                 continue
             seen.add(idx)
             waiting[idx] = {name: column[position] for name, column in batch.items()}
-            progress.done(str(waiting[idx]["node"]))
+            progress.done(str(waiting[idx]["node"]), int(waiting[idx]["threads"]))
         while next_idx in waiting:
             yield waiting.pop(next_idx)
             next_idx += 1
@@ -353,9 +372,12 @@ def _run_pipeline(ray_opts: RayOptions, rows: list[dict], actor: type, actor_kwa
                   bar: Any) -> tuple[Iterator[dict[str, Any]], Progress]:
     """Start the actor pool over `rows`; the results in input order, and the run's Progress."""
     ray = connect(ray_opts.address)
-    actors = ray_opts.actors or max(1, _cluster_cpus(ray) // ray_opts.threads)
-    block = ray_opts.batch  # small blocks: images spread over the actors, results stream back
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // block)))
+    actors = _pool_size(ray, ray_opts)
+    # Start dispatching once the whole pool is up: otherwise the first actor ready takes the
+    # first blocks while the others still load the model.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT
+    block = _rows_per_block(len(rows), actors)
+    dataset = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // block))
     results = dataset.map_batches(
         actor, fn_constructor_kwargs=dict(threads=ray_opts.threads, batch=ray_opts.batch,
                                           **actor_kwargs),
