@@ -111,9 +111,27 @@ def _quiet_ray(ray) -> None:
     context.print_on_execution_start = False
 
 
+def _cluster_messages_to_stderr() -> None:
+    """Ray prints the cluster's error messages (e.g. "Raylet is terminated" when a node dies)
+    on the driver's stdout, where yolo8 prints detections and metrics: send them to stderr.
+    (ray._private.worker.print_to_stdstream, looked up at each message, in the pinned 2.60.)"""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "yolo8_stderr", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.yolo8_stderr = True
+    worker.print_to_stdstream = to_stderr
+
+
 def connect(address: str) -> Any:
     """Join (or, for "local", start) a Ray cluster; returns the ray module."""
     ray = import_ray()
+    _cluster_messages_to_stderr()
     # Ray's notes (its C++ core's too) would drown yolo8's output; its errors still show.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR)
