@@ -339,6 +339,13 @@ class Progress:
     per_node: dict[str, int] = field(default_factory=dict)
     kernel_threads: set[int] = field(default_factory=set)  # as the actors report them
     duplicates: int = 0
+    first: float | None = None  # when the first results came (the actors were up) ...
+    first_rows: int = 0         # ... and how many they were
+
+    def arrived(self, rows: int) -> None:
+        """A batch of results came back."""
+        if self.first is None:
+            self.first, self.first_rows = time.perf_counter(), rows
 
     def done(self, node: str, kernel_threads: int) -> None:
         self.per_node[node] = self.per_node.get(node, 0) + 1
@@ -349,11 +356,16 @@ class Progress:
 
     def summary(self, what: str) -> str:
         images = sum(self.per_node.values())
-        elapsed = time.perf_counter() - self.start
+        now = time.perf_counter()
+        elapsed = now - self.start
         rate = images / elapsed if elapsed > 0 else 0.0
-        return (f"yolo8: {what}: {images} images in {elapsed:.1f} s ({rate:.1f} images/s) on "
-                f"{_count(len(self.per_node), 'node')}, {_count(self.actors, 'actor')} x "
-                f"{_count(self.threads, 'thread')}")
+        steady = ""
+        if self.first is not None and images > self.first_rows and now > self.first:
+            later = images - self.first_rows
+            steady = f", {later / (now - self.first):.1f} after the first results"
+        return (f"yolo8: {what}: {images} images in {elapsed:.1f} s ({rate:.1f} images/s"
+                f"{steady}) on {_count(len(self.per_node), 'node')}, "
+                f"{_count(self.actors, 'actor')} x {_count(self.threads, 'thread')}")
 
     def to_json(self) -> dict:
         return {"nodes": dict(self.per_node), "actors": self.actors, "threads": self.threads,
@@ -374,6 +386,7 @@ def _in_input_order(batches: Iterable[dict[str, np.ndarray]], progress: Progress
     seen: set[int] = set()
     next_idx = 0
     for batch in batches:
+        progress.arrived(len(batch["idx"]))
         for position, idx in enumerate(batch["idx"].tolist()):
             if idx in seen:
                 progress.duplicates += 1
