@@ -6,12 +6,15 @@ The driver (the `yolo8` process) expands the inputs as on one machine and makes 
 each loading the model once from paths every node can read. An actor decodes and prepares
 each image with yolo8's own reader and preprocessing and runs the same `detect_prepared`, so
 a row's detections are exactly the single-machine ones (a detection does not depend on the
-batch it ran in). The actors send back compact rows (detections as packed numpy records,
-~44 bytes each; for `map` also the image's ground truth and size); the driver takes them
-with `iter_batches` as they stream in, puts them back in input order (`_in_input_order`) and
-hands them to the single-machine code: the printed lines, JSON and label files of `detect`,
-the very `metrics.evaluate` call of `map` (same rows in the same order: same tie-breaks,
-same figures).
+batch it ran in). The actors send back compact rows: for `detect` the detections as packed
+records (44 bytes each; the actor writes the annotated copy and label file itself), for `map`
+the image's share of the metrics, matched on the actor against its labels
+(`metrics.match_image`: VOC outcomes, ground-truth classes, pycocotools' per-image
+evaluation; ~46 bytes a detection, no boxes unless --save-detections). The driver takes the
+rows with `iter_batches` as they stream in, puts them back in input order
+(`_in_input_order`) and hands them to the single-machine code: the printed lines, JSON and
+label files of `detect`; for `map`, `metrics.evaluate_matches`, the data-set half of
+`metrics.evaluate` (same rows in the same order: same tie-breaks, same figures).
 
 Failures: an image (or label file) that cannot be read is an error row, reported like on one
 machine; a worker process or node that dies is Ray's business (actor restarts and task
@@ -45,7 +48,6 @@ MAX_BLOCK_ROWS = 64
 # One detection on the wire: exact float64 scores and boxes (the metrics must equal the
 # single machine's to the last bit), the class as int32.
 DETECTION_RECORD = np.dtype([("class_id", "<i4"), ("score", "<f8"), ("box", "<f8", (4,))])
-TRUTH_RECORD = np.dtype([("class_id", "<i8"), ("difficult", "?"), ("box", "<f8", (4,))])
 
 
 @dataclass(frozen=True)
@@ -282,47 +284,41 @@ class DetectActor(_ModelActor):
 
 
 class MapActor(_ModelActor):
-    """Detections and ground truth per image (what `metrics.evaluate` takes), compact."""
+    """Matches each image's detections against its labels on the actor and returns the
+    image's share of the metrics (`metrics.ImageMatch`, ~46 bytes a detection, no boxes),
+    plus the detections themselves only for --save-detections."""
 
     def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool | None,
-                 thresh: float, nms: float, classes: int) -> None:
+                 thresh: float, nms: float, classes: int, iou_thresh: float,
+                 keep_detections: bool) -> None:
         super().__init__(spec, threads, batch, letterbox, thresh, nms)
-        self.classes = classes
+        self.classes, self.iou_thresh = classes, iou_thresh
+        self.keep_detections = keep_detections
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from .data import read_ground_truth
-
-        columns: dict[str, list] = {"error": [], "detections": [], "truth": [], "width": [],
-                                    "height": []}
+        columns: dict[str, list] = {"error": [], "match": [], "detections": []}
         for (item, dets, error), hard in zip(self._detect(batch["path"]), batch["difficult"]):
-            truth, width, height = None, 0, 0
+            match = b""
             if not error:
-                height, width = item.image.shape[:2]
                 try:
-                    truth = read_ground_truth(item.path, self.classes, width, height, hard or None)
-                except Yolo8Error as exc:
+                    match = self._match(item, dets, hard or None)
+                except Yolo8Error as exc:  # its label file
                     error = str(exc)
             columns["error"].append(error)
-            columns["detections"].append(pack_detections(dets) if truth is not None else b"")
-            columns["truth"].append(_pack_truth(truth) if truth is not None else b"")
-            columns["width"].append(width)
-            columns["height"].append(height)
+            columns["match"].append(match)
+            columns["detections"].append(pack_detections(dets) if match and
+                                         self.keep_detections else b"")
         return self._rows(batch, columns)
 
+    def _match(self, item, dets: list, hard: str | None) -> bytes:
+        from .data import read_ground_truth
+        from .evaluate import _as_arrays
+        from .metrics import match_image
 
-def _pack_truth(truth) -> bytes:
-    records = np.zeros(len(truth.classes), TRUTH_RECORD)
-    records["class_id"], records["difficult"] = truth.classes, truth.difficult
-    records["box"] = truth.boxes.reshape(-1, 4)
-    return records.tobytes()
-
-
-def _unpack_truth(data: bytes):
-    from .data import GroundTruth
-
-    records = np.frombuffer(data, TRUTH_RECORD)
-    return GroundTruth(records["box"].astype(np.float64).reshape(-1, 4),
-                       records["class_id"].astype(np.int64), records["difficult"].astype(bool))
+        height, width = item.image.shape[:2]
+        truth = read_ground_truth(item.path, self.classes, width, height, hard)
+        return match_image(truth, _as_arrays(dets), (width, height), self.classes,
+                           self.iou_thresh).to_bytes()
 
 
 # ------------------------------------------------------------------------------ the driver
@@ -480,7 +476,8 @@ def map_collector(ray_opts: RayOptions) -> Callable:
     """A drop-in for evaluate._run: the same _Collected, gathered on the cluster."""
     def collect(model, images: list[Path], difficult: list[Path] | None, classes: int, opts):
         from .detect import coco_result
-        from .evaluate import _Collected, _as_arrays, _skip
+        from .evaluate import _Collected, _skip
+        from .metrics import ImageMatch
         from .progress import progress_bar
 
         rows = [{"idx": idx, "path": _absolute(path),
@@ -488,8 +485,9 @@ def map_collector(ray_opts: RayOptions) -> Callable:
                 for idx, path in enumerate(images)]
         actor_kwargs = dict(
             spec=ModelSpec.of(opts.cfg, opts.weights, opts.backend, opts.calibration, None),
-            letterbox=opts.letterbox, thresh=opts.thresh, nms=opts.nms, classes=classes)
-        out = _Collected([], [], [], [], [])
+            letterbox=opts.letterbox, thresh=opts.thresh, nms=opts.nms, classes=classes,
+            iou_thresh=opts.iou_thresh, keep_detections=opts.save_detections is not None)
+        out = _Collected([], [], [], [], [], matches=[])
         bar = progress_bar(len(images), "map", opts.progress)
         try:
             with _cluster_run():
@@ -498,10 +496,8 @@ def map_collector(ray_opts: RayOptions) -> Callable:
                     if row["error"]:
                         _skip(out, Yolo8Error(row["error"]))
                         continue
+                    out.matches.append(ImageMatch.from_bytes(row["match"]))
                     dets = unpack_detections(row["detections"], model.names)
-                    out.truths.append(_unpack_truth(row["truth"]))
-                    out.detections.append(_as_arrays(dets))
-                    out.sizes.append((int(row["width"]), int(row["height"])))
                     out.results.extend(coco_result(d, str(images[row["idx"]])) for d in dets)
         finally:
             bar.close()

@@ -15,7 +15,7 @@ from .data import (GroundTruth, ImageDetections, image_paths, read_data_file, re
 from .detect import coco_result
 from .errors import InputError, Yolo8Error
 from .files import atomic_write_bytes
-from .metrics import MapResult, evaluate
+from .metrics import ImageMatch, MapResult, evaluate, evaluate_matches
 from .pipeline import Item, batched, load_images
 from .postprocess import Detection
 from .progress import progress_bar
@@ -58,6 +58,8 @@ class _Collected:
     sizes: list[tuple[int, int]]
     results: list[dict]
     skipped: list[str]
+    matches: list[ImageMatch] | None = None  # instead of truths, detections, sizes: each
+                                             # image's share of the metrics, matched elsewhere
 
 
 def _skip(out: _Collected, error: Yolo8Error) -> None:
@@ -121,14 +123,18 @@ def run_map(opts: MapOptions, collect: Callable[..., _Collected] | None = None) 
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")
     got = (collect or _run)(model, images, difficult, config.classes, opts)
     opts.skipped[:] = got.skipped
-    if not got.truths:
+    if not (got.matches or got.truths):
         raise InputError(f"none of the {len(images)} images listed could be read (with their "
                          f"labels); first: {got.skipped[0]}", path=config.valid)
     if got.skipped:
         log.warning("%d of %d images could not be read (named above) and are left out of the "
                     "metrics", len(got.skipped), len(images))
-    result = evaluate(got.truths, got.detections, got.sizes, config.classes, opts.iou_thresh,
-                      opts.thresh_report, model.names[:config.classes])
+    if got.matches is not None:
+        result = evaluate_matches(got.matches, config.classes, opts.iou_thresh,
+                                  opts.thresh_report, model.names[:config.classes])
+    else:
+        result = evaluate(got.truths, got.detections, got.sizes, config.classes,
+                          opts.iou_thresh, opts.thresh_report, model.names[:config.classes])
     if opts.json_path is not None:
         payload = result.to_json()
         payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped))
