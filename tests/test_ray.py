@@ -58,6 +58,36 @@ def test_detections_cross_the_wire_bit_for_bit():
     assert unpack_detections(pack_detections([]), names) == []
 
 
+def test_image_matches_sent_as_bytes_give_the_reference_metrics(tmp_path):
+    """What a map actor sends (metrics.ImageMatch.to_bytes per image), merged on the driver,
+    gives the independent evaluators' figures: a VOC-devkit style one and a plain pycocotools
+    run (tests/test_metrics.py), with difficult boxes and scores tied across images."""
+    from yolo8.data import ImageDetections
+    from yolo8.metrics import ImageMatch, evaluate_matches, match_image
+
+    from .test_metrics import (direct_pycocotools, jittered_detections, mark_difficult,
+                               reference_map, synthetic_truths)
+
+    rng = np.random.default_rng(11)
+    truths, sizes = synthetic_truths(rng, images=40)
+    truths = mark_difficult(rng, truths)
+    detections = [ImageDetections(d.boxes, d.classes, np.round(d.scores, 1))  # many ties
+                  for d in jittered_detections(rng, truths, sizes, num_classes=6)]
+    sent = [match_image(t, d, size, 6, 0.5, coco_by_size=True).to_bytes()
+            for t, d, size in zip(truths, detections, sizes)]
+    result = evaluate_matches([ImageMatch.from_bytes(b) for b in sent], 6, 0.5,
+                              coco_by_size=True)
+    assert result.voc07 == pytest.approx(reference_map(truths, detections, 6, 0.5, True),
+                                         abs=1e-9)
+    assert result.voc == pytest.approx(reference_map(truths, detections, 6, 0.5, False),
+                                       abs=1e-9)
+    stats, _ = direct_pycocotools(truths, detections, sizes, 6, tmp_path)
+    assert len(result.coco_stats) == 12
+    for ours, theirs in zip(result.coco_stats.values(), stats):
+        assert (np.isnan(ours) and theirs == -1) or ours == pytest.approx(theirs, abs=1e-12)
+    assert 0.05 < result.voc < 0.95 and result.images == 40
+
+
 def _python_without_ray(*args: str) -> subprocess.CompletedProcess:
     code = ("import sys; sys.modules['ray'] = None; from yolo8.cli import main; "
             f"sys.argv = ['yolo8', *{list(args)!r}]; main()")
