@@ -111,6 +111,20 @@ def test_ray_options_need_ray():
     assert "--ray-actors and --threads go with --ray" in result.stderr
 
 
+def test_videos_are_refused_before_any_cluster(tmp_path):
+    import cv2
+
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    result = run_yolo8("detect", PHOTOS[0], clip, "--ray", "local", "--no-save")
+    assert result.returncode == 2, result.stderr
+    assert f"--ray runs on image files; {clip} is a video or camera" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 # ------------------------------------------------------------------------- the cluster
 
 
@@ -187,10 +201,11 @@ def test_map_on_cluster_equals_single_machine(ray_cluster, dataset, request, tmp
     else:
         images = list(PHOTOS)
     data = _data_file(tmp_path, images)
-    single = _map(data, tmp_path / "single.json")
-    on_ray = _map(data, tmp_path / "ray.json", "--ray", ray_cluster.address, "--ray-actors", "2",
-                  "--threads", "1")
+    single = _map(data, tmp_path / "single.json", "--save-detections", tmp_path / "single.dets")
+    on_ray = _map(data, tmp_path / "ray.json", "--save-detections", tmp_path / "ray.dets",
+                  "--ray", ray_cluster.address, "--ray-actors", "2", "--threads", "1")
     cluster = _same_metrics(single, on_ray, len(images))
+    assert (tmp_path / "ray.dets").read_bytes() == (tmp_path / "single.dets").read_bytes()
     assert len(cluster["nodes"]) == 2, cluster  # two actors of 1 CPU: two nodes did work
     assert cluster["kernel_threads"] == [1]  # what the actors' forwards used
     assert re.search(rf"map: {len(images)} images in .* on 2 nodes, 2 actors x 1 thread",

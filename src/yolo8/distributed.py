@@ -438,24 +438,31 @@ def _shutdown() -> None:
         ray.shutdown()
 
 
-def detect_images(ray_opts: RayOptions, run, sources: list) -> None:
-    """`yolo8 detect --ray`: what `DetectRun.run` does on one machine, for images."""
+def _detect_rows(run, sources: list) -> list[dict]:
+    """One row per image, with the name of its outputs under --save-dir, claimed here in
+    input order (unique names, never an input) as one machine claims them."""
     streams = [s.display for s in sources if s.is_stream]
     if streams:
         raise Yolo8Error(f"--ray runs on image files; {streams[0]} is a video or camera "
                          f"(run those without --ray)")
-    opts = run.opts
     rows = []
     for idx, source in enumerate(sources):
         target = run.names.claim(source.relative, source.display) if run.names else None
         rows.append({"idx": idx, "path": _absolute(source.path),
                      "target": str(target) if target is not None else ""})
+    return rows
+
+
+def detect_images(ray_opts: RayOptions, run, sources: list) -> None:
+    """`yolo8 detect --ray`: what `DetectRun.run` does on one machine, for images."""
+    opts = run.opts
     actor_kwargs = dict(
         spec=ModelSpec.of(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names),
         letterbox=opts.letterbox, thresh=opts.thresh, nms=opts.nms,
         save_dir=_absolute(opts.save_dir) if run.names else None,
         save_images=opts.save_images, labels=opts.labels, label_scores=opts.label_scores)
     try:
+        rows = _detect_rows(run, sources)
         with _cluster_run():
             ordered, progress = _run_pipeline(ray_opts, rows, DetectActor, actor_kwargs, run.bar)
             for row in ordered:
