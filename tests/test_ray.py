@@ -207,7 +207,7 @@ def test_map_on_cluster_equals_single_machine(ray_cluster, dataset, request, tmp
     cluster = _same_metrics(single, on_ray, len(images))
     assert (tmp_path / "ray.dets").read_bytes() == (tmp_path / "single.dets").read_bytes()
     assert len(cluster["nodes"]) == 2, cluster  # two actors of 1 CPU: two nodes did work
-    assert cluster["kernel_threads"] == [1]  # what the actors' forwards used
+    assert cluster["numba_threads"] == [1]  # numba's pool in each actor (2 cores here)
     assert re.search(rf"map: {len(images)} images in .* on 2 nodes, 2 actors x 1 thread",
                      on_ray[0].stderr)
 

@@ -146,7 +146,7 @@ def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, lette
 
         from .distributed import detect_images, import_ray
 
-        import_ray()  # says how to install it before any work
+        import_ray(on_ray.address)  # says how to install it before any work
         execute = partial(detect_images, on_ray)
     failed = run_detect(DetectOptions(
         inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
@@ -228,7 +228,7 @@ def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thr
     if on_ray is not None:
         from .distributed import import_ray, map_collector
 
-        import_ray()  # says how to install it before any work
+        import_ray(on_ray.address)  # says how to install it before any work
         collect = map_collector(on_ray)
     opts = MapOptions(
         data=data, cfg=cfg, weights=weights, backend=backend, calibration=calibration,

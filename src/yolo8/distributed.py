@@ -93,14 +93,30 @@ def _absolute(path) -> str:
 # ------------------------------------------------------------------------------ Ray itself
 
 
-def import_ray() -> Any:
-    """The `ray` module with Ray Data, or a Yolo8Error saying how to install it."""
+def on_loopback(address: str) -> bool:
+    """Whether --ray names this machine's own cluster: "local", or a loopback HOST:PORT."""
+    return address == "local" or address.rsplit(":", 1)[0] in LOOPBACK_HOSTS
+
+
+def import_ray(address: str) -> Any:
+    """The `ray` module with Ray Data, or a Yolo8Error saying how to install it.
+
+    For this machine's cluster every socket must stay on 127.0.0.1, but Ray replaces a
+    loopback address by the machine's routable one (services.resolve_ip_for_localhost)
+    unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read when Ray is imported: set it before (for
+    this process and those it starts: a local cluster, its workers) and after (if Ray was
+    imported already)."""
+    if on_loopback(address):
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
         import ray.data  # noqa: F401  (the pipeline's engine)
+        from ray._private import ray_constants
     except ImportError as exc:
         raise Yolo8Error(f"--ray needs Ray (with Ray Data), which is not installed here "
                          f"({exc}): {INSTALL_HINT}") from None
+    if on_loopback(address):
+        ray_constants.ENABLE_RAY_CLUSTER = False
     return ray
 
 
@@ -132,7 +148,7 @@ def _cluster_messages_to_stderr() -> None:
 
 def connect(address: str) -> Any:
     """Join (or, for "local", start) a Ray cluster; returns the ray module."""
-    ray = import_ray()
+    ray = import_ray(address)
     _cluster_messages_to_stderr()
     # Ray's notes (its C++ core's too) would drown yolo8's output; its errors still show.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -144,8 +160,7 @@ def connect(address: str) -> Any:
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                      **kwargs)
         else:
-            host = address.rsplit(":", 1)[0]
-            if host in LOOPBACK_HOSTS:  # this machine's cluster: reach it on the loopback
+            if on_loopback(address):  # this machine's cluster: reach it on the loopback
                 kwargs["_node_ip_address"] = "127.0.0.1"
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -210,15 +225,18 @@ class _ModelActor:
 
     def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool | None,
                  thresh: float, nms: float) -> None:
+        import numba
         import ray
 
         from . import threads as kernel_threads
 
         self.model = spec.load()
         # The budget is per process and re-applied by every forward, whatever thread Ray
-        # Data calls the actor from (numba's own setting is per thread).
-        kernel_threads.set_num_threads(threads)
-        self.threads = kernel_threads.get_num_threads()
+        # Data calls the actor from (numba's own setting is per thread); numba's pool itself
+        # has `threads` threads (NUMBA_NUM_THREADS in the actor's runtime_env), reported
+        # with every row.
+        self.threads = numba.config.NUMBA_NUM_THREADS
+        kernel_threads.set_num_threads(min(threads, self.threads))
         self.batch, self.thresh, self.nms = batch, thresh, nms
         self.letterbox = self.model.letterbox if letterbox is None else letterbox
         self.node = ray.get_runtime_context().get_node_id()
@@ -333,7 +351,7 @@ class Progress:
     threads: int
     start: float = field(default_factory=time.perf_counter)
     per_node: dict[str, int] = field(default_factory=dict)
-    kernel_threads: set[int] = field(default_factory=set)  # as the actors report them
+    numba_threads: set[int] = field(default_factory=set)  # the actors' numba pool sizes
     duplicates: int = 0
     first: float | None = None  # when the first results came (the actors were up) ...
     first_rows: int = 0         # ... and how many they were
@@ -343,9 +361,9 @@ class Progress:
         if self.first is None:
             self.first, self.first_rows = time.perf_counter(), rows
 
-    def done(self, node: str, kernel_threads: int) -> None:
+    def done(self, node: str, numba_threads: int) -> None:
         self.per_node[node] = self.per_node.get(node, 0) + 1
-        self.kernel_threads.add(kernel_threads)
+        self.numba_threads.add(numba_threads)
         self.bar.update(1)
         if hasattr(self.bar, "set_postfix_str"):
             self.bar.set_postfix_str(f"{len(self.per_node)} nodes", refresh=False)
@@ -365,7 +383,7 @@ class Progress:
 
     def to_json(self) -> dict:
         return {"nodes": dict(self.per_node), "actors": self.actors, "threads": self.threads,
-                "kernel_threads": sorted(self.kernel_threads),
+                "numba_threads": sorted(self.numba_threads),
                 "duplicates_dropped": self.duplicates}
 
 
