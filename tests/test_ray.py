@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from yolo8.distributed import Progress, _in_input_order, pack_detections, unpack_detections
+from yolo8.errors import Yolo8Error
 from yolo8.postprocess import Detection
 from yolo8.progress import NoBar
 
@@ -44,10 +45,16 @@ def test_rows_come_back_in_input_order_once_each():
 
     batches = [batch([2, 3], "b"), batch([0], "a"), batch([3, 1], "a")]
     progress = Progress(NoBar(4), actors=2, threads=1)
-    rows = list(_in_input_order(batches, progress))
+    rows = list(_in_input_order(batches, progress, total=4))
     assert [int(r["idx"]) for r in rows] == [0, 1, 2, 3]
     assert progress.duplicates == 1
     assert progress.per_node == {"a": 2, "b": 2}  # idx 3 counted where it came first
+
+    lost = _in_input_order([batch([0, 2], "a")], Progress(NoBar(3), 1, 1), total=3)
+    assert int(next(lost)["idx"]) == 0
+    with pytest.raises(Yolo8Error, match=r"without the results of 1 of 3 images \(the first: "
+                                         r"number 2 in the input\)"):
+        next(lost)
 
 
 def test_detections_cross_the_wire_bit_for_bit():

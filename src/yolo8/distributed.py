@@ -38,8 +38,6 @@ import numpy as np
 
 from .errors import Yolo8Error
 
-log = logging.getLogger(__name__)
-
 INSTALL_HINT = "pip install 'yolo8[ray]'"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 ACTOR_START_TIMEOUT = 600  # s for the actor pool to start (a node may compile kernels, ~15 s)
@@ -391,11 +389,12 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _in_input_order(batches: Iterable[dict[str, np.ndarray]], progress: Progress
+def _in_input_order(batches: Iterable[dict[str, np.ndarray]], progress: Progress, total: int
                     ) -> Iterator[dict[str, Any]]:
-    """The result rows one by one, in `idx` order (0, 1, 2, ...), as soon as each is next.
-    Rows come back in any order (the actors run side by side); a row delivered again (work
-    redone after a failure) is dropped, so every image counts exactly once."""
+    """The result rows one by one, in `idx` order (0, 1, ..., total - 1), as soon as each is
+    next. Rows come back in any order (the actors run side by side); a row delivered again
+    (work redone after a failure) is dropped, so every image counts exactly once, and a row
+    that never comes is an error, never a silent loss."""
     waiting: dict[int, dict[str, Any]] = {}
     seen: set[int] = set()
     next_idx = 0
@@ -411,6 +410,10 @@ def _in_input_order(batches: Iterable[dict[str, np.ndarray]], progress: Progress
         while next_idx in waiting:
             yield waiting.pop(next_idx)
             next_idx += 1
+    if next_idx < total:
+        missing = total - next_idx - len(waiting)
+        raise Yolo8Error(f"the Ray run ended without the results of {missing} of {total} "
+                         f"images (the first: number {next_idx + 1} in the input)")
 
 
 def _run_pipeline(ray_opts: RayOptions, rows: list[dict], actor: type, actor_kwargs: dict,
@@ -431,7 +434,7 @@ def _run_pipeline(ray_opts: RayOptions, rows: list[dict], actor: type, actor_kwa
         runtime_env={"env_vars": _worker_env(ray_opts.threads)})
     progress = Progress(bar, actors, ray_opts.threads)
     return _in_input_order(results.iter_batches(batch_size=None, batch_format="numpy"),
-                           progress), progress
+                           progress, len(rows)), progress
 
 
 @contextmanager
