@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """yolo8 benchmarks: medians and ratios, engines side by side.
 
-Forward latency: yolo8 fp32, yolo8 int8 and OpenCV dnn (FP32) each run in their own process
+Forward latency: yolo8 fp32, yolo8 int8 and OpenCV dnn (FP32), and where installed ONNX Runtime
+and OpenVINO on the models `yolo8 export` writes (FP32 and INT8), each run in their own process
 (thread pools of different runtimes disturb each other inside one process), in rotation
 (A B C A B C ...); each process times `--iters` forwards of the same blob after a warm-up
 and reports its median; the table gives the median over rounds and the median of the
@@ -13,7 +14,8 @@ kernel rows (xnor vs fp32 vs int8 conv on one layer shape, same process).
 
     python scripts/bench.py                 # everything, table on stdout
     python scripts/bench.py --json out.json # and the figures as JSON
-    python scripts/bench.py --only forward  # one section (forward, throughput, detect, kernels)
+    python scripts/bench.py --only forward  # one section (forward, throughput, detect, kernels,
+                                            # preprocess)
 """
 from __future__ import annotations
 
@@ -40,31 +42,68 @@ def _blob(width: int = 416, height: int = 416):
     return to_blob([read_image(PHOTO)], width, height)
 
 
-def worker_forward(engine: str, iters: int) -> dict:
-    """Time `iters` forwards of one engine in this process; returns its median (ms)."""
+def _opencv_forward(x, onnx_dir: str):
+    import cv2
     import numpy as np
 
-    x = _blob()
-    if engine == "opencv":
-        import cv2
+    from yolo8 import models
 
-        from yolo8 import models
+    net = cv2.dnn.readNetFromDarknet(str(models.default_cfg()), str(models.default_weights()))
+    blob = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    names = net.getUnconnectedOutLayersNames()
 
-        net = cv2.dnn.readNetFromDarknet(str(models.default_cfg()), str(models.default_weights()))
-        blob = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        names = net.getUnconnectedOutLayersNames()
+    def run():
+        net.setInput(blob)
+        net.forward(names)
+    return run
 
-        def run():
-            net.setInput(blob)
-            net.forward(names)
-    else:
+
+def _yolo8_forward(backend: str):
+    def setup(x, onnx_dir: str):
         import yolo8
 
-        model = yolo8.load(backend=engine)
+        model = yolo8.load(backend=backend)
+        return lambda: model.forward_nhwc(x)
+    return setup
 
-        def run():
-            model.forward_nhwc(x)
-    times = _times(run, iters)
+
+def _onnxruntime_forward(backend: str):
+    def setup(x, onnx_dir: str):
+        import numpy as np
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(Path(onnx_dir) / f"{backend}.onnx"),
+                                       providers=["CPUExecutionProvider"])
+        feed = {"images": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+        return lambda: session.run(None, feed)
+    return setup
+
+
+def _openvino_forward(backend: str):
+    def setup(x, onnx_dir: str):
+        import numpy as np
+        import openvino as ov
+
+        # f32: on CPUs with bf16 OpenVINO would otherwise run the float layers in bf16.
+        compiled = ov.Core().compile_model(str(Path(onnx_dir) / f"{backend}.onnx"), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        feed = {"images": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+        return lambda: request.infer(feed)
+    return setup
+
+
+# engine -> setup(blob NHWC, folder of the exported models) -> one forward
+FORWARD_ENGINES = {
+    "fp32": _yolo8_forward("fp32"), "int8": _yolo8_forward("int8"), "opencv": _opencv_forward,
+    "onnxruntime-fp32": _onnxruntime_forward("fp32"), "onnxruntime-int8": _onnxruntime_forward("int8"),
+    "openvino-fp32": _openvino_forward("fp32"), "openvino-int8": _openvino_forward("int8"),
+}
+
+
+def worker_forward(engine: str, iters: int, onnx_dir: str) -> dict:
+    """Time `iters` forwards of one engine in this process; returns its median (ms)."""
+    times = _times(FORWARD_ENGINES[engine](_blob(), onnx_dir), iters)
     return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times)}
 
 
@@ -86,6 +125,19 @@ def worker_throughput(engine: str, folder: str, batch: int) -> dict:
         count += len(group)
     elapsed = time.perf_counter() - start
     return {"images": count, "seconds": elapsed, "images_per_s": count / elapsed}
+
+
+def worker_preprocess(iters: int) -> dict:
+    """One photo (640x480) to a 416x416 network input, darknet's resize and cv2.resize, in
+    turn in this process (decode excluded): median ms each."""
+    from yolo8.preprocess import read_image, to_blob
+
+    image = read_image(PHOTO)
+    result: dict[str, list[float]] = {"darknet": [], "opencv": []}
+    for _ in range(5):
+        for mode in result:
+            result[mode] += _times(lambda: to_blob([image], 416, 416, resize=mode), iters)
+    return {mode: 1e3 * statistics.median(times) for mode, times in result.items()}
 
 
 def worker_kernels(iters: int) -> dict:
@@ -149,15 +201,37 @@ def _opencv_available() -> bool:
         return False
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _export_default_models(folder: str) -> None:
+    """The default model as ONNX, FP32 and INT8 (shipped calibration), with `yolo8 export`."""
+    for backend in ("fp32", "int8"):
+        subprocess.run([sys.executable, "-m", "yolo8", "export", "--out",
+                        str(Path(folder) / f"{backend}.onnx"), "--backend", backend],
+                       check=True, capture_output=True, timeout=600)
+
+
 def bench_forward(rounds: int, iters: int) -> dict:
     engines = ["fp32", "int8"] + (["opencv"] if _opencv_available() else [])
+    if _installed("onnx"):  # the exported models, in the runtimes that are installed
+        for runtime in ("onnxruntime", "openvino"):
+            if _installed(runtime):
+                engines += [f"{runtime}-fp32", f"{runtime}-int8"]
     per_round: dict[str, list[float]] = {e: [] for e in engines}
-    for _ in range(rounds):
-        for engine in engines:
-            per_round[engine].append(_run_worker(["forward", engine, str(iters)])["median_ms"])
+    with tempfile.TemporaryDirectory() as onnx_dir:
+        if len(engines) > 3:
+            _export_default_models(onnx_dir)
+        for _ in range(rounds):
+            for engine in engines:
+                per_round[engine].append(
+                    _run_worker(["forward", engine, str(iters), onnx_dir])["median_ms"])
     result = {e: {"median_ms": statistics.median(v), "rounds_ms": v} for e, v in per_round.items()}
     if "opencv" in per_round:
-        for e in ("fp32", "int8"):
+        for e in engines:
             ratios = [a / b for a, b in zip(per_round[e], per_round["opencv"])]
             result[e]["ratio_vs_opencv"] = statistics.median(ratios)
     return result
@@ -210,11 +284,11 @@ def _table(results: dict) -> str:
              f"python {platform.python_version()}"]
     if "forward" in results:
         lines += ["", "forward, yolov3-tiny 416x416, batch 1 (median of per-process medians)",
-                  f"{'engine':10s} {'ms':>8s} {'x opencv':>9s}"]
+                  f"{'engine':17s} {'ms':>8s} {'x opencv':>9s}"]
         for e, r in results["forward"].items():
             ratio = r.get("ratio_vs_opencv", 1.0 if e == "opencv" else None)
             cell = "" if ratio is None else f"{ratio:9.2f}"
-            lines.append(f"{e:10s} {r['median_ms']:8.1f} {cell}")
+            lines.append(f"{e:17s} {r['median_ms']:8.1f} {cell}")
     if "throughput" in results:
         lines += ["", "map-style throughput (decode-ahead, batch 4, thresh 0.005)"]
         for e, r in results["throughput"].items():
@@ -229,6 +303,10 @@ def _table(results: dict) -> str:
             cells = "  ".join(f"{k} {v:7.2f}" for k, v in r.items())
             ratios = "  ".join(f"fp32/{k} {r['fp32'] / v:5.1f}x" for k, v in r.items() if k != "fp32")
             lines.append(f"{shape:22s} {cells}   {ratios}")
+    if "preprocess" in results:
+        r = results["preprocess"]
+        lines += ["", "one 640x480 photo to a 416x416 input (ms, median; same process)",
+                  f"darknet's resize_image {r['darknet']:6.2f}   cv2.resize {r['opencv']:6.2f}"]
     return "\n".join(lines)
 
 
@@ -239,19 +317,22 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "coco128-train" / "images",
                         help="folder for the throughput run (default: ../shared coco128, else tests/data)")
-    parser.add_argument("--only", choices=["forward", "throughput", "detect", "kernels"], action="append")
+    parser.add_argument("--only", choices=["forward", "throughput", "detect", "kernels", "preprocess"],
+                        action="append")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
         if kind == "forward":
-            print(json.dumps(worker_forward(rest[0], int(rest[1]))))
+            print(json.dumps(worker_forward(rest[0], int(rest[1]), rest[2])))
         elif kind == "throughput":
             print(json.dumps(worker_throughput(rest[0], rest[1], int(rest[2]))))
         elif kind == "kernels":
             print(json.dumps(worker_kernels(int(rest[0]))))
+        elif kind == "preprocess":
+            print(json.dumps(worker_preprocess(int(rest[0]))))
         return
-    sections = args.only or ["forward", "throughput", "detect", "kernels"]
+    sections = args.only or ["forward", "throughput", "detect", "kernels", "preprocess"]
     folder = args.images if args.images.is_dir() else ROOT / "tests" / "data" / "images"
     results = {}
     if "forward" in sections:
@@ -262,6 +343,8 @@ def main() -> None:
         results["detect"] = bench_detect(args.rounds)
     if "kernels" in sections:
         results["kernels"] = _run_worker(["kernels", str(args.iters)])
+    if "preprocess" in sections:
+        results["preprocess"] = _run_worker(["preprocess", str(args.iters)])
     print(_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -70,7 +70,8 @@ def main() -> None:
         out = Path(tmp) / "dets.json"
         subprocess.run([sys.executable, "-m", "yolo8", "detect", str(args.images), "--no-save",
                         "--quiet", "--thresh", str(args.thresh), "--nms", str(args.nms),
-                        "--json", str(out)], check=True)
+                        "--json", str(out), "--resize", "opencv"],  # OpenCV's input, as below
+                       check=True)
         ours_json = json.loads(out.read_text())
         # OpenCV zeroes class probabilities below the cfg's [yolo] `thresh` (default 0.2)
         cfg = Path(tmp) / "model.cfg"

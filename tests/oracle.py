@@ -7,12 +7,15 @@ relative to the input, objectness, and objectness x class probability.
 from __future__ import annotations
 
 import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from yolo8.layers import Region, Yolo
+from yolo8.postprocess import Candidates, nms, nms_rule, to_detections
 
 
 def cfg_for_opencv(text: str, width: int | None = None, height: int | None = None) -> str:
@@ -53,18 +56,151 @@ def opencv_rows_to_darknet(rows: np.ndarray, head: Yolo | Region, h: int, w: int
     return out.transpose(2, 3, 0, 1).reshape(a * per, h, w)
 
 
+# Detections compared with OpenCV's (scripts/zoo_coverage.py and the zoo tests): same class,
+# IoU >= 0.95, score within 0.02, both ways. Random weights make most boxes score alike, so the
+# threshold is the score of OpenCV's TOP-th best candidate (at least 0.001), and a detection
+# within BORDER of it may go unmatched (the other engine may have it just below; the engines'
+# scores agree to ~1e-5). Both engines' candidates go through darknet's NMS (the cfg's
+# nms_kind): the networks and their box decoding are compared, not two NMS implementations.
+# OpenCV's [region] layer applies NMS 0.4 itself, so region cfgs are compared at 0.4.
+# Random weights also give many overlapping boxes whose scores differ by less than the engines'
+# float32 rounding (~1e-6): NMS may then keep either. An unmatched detection is a near-tie
+# swap, not a disagreement, when the other engine kept an overlapping (IoU > TIE_IOU) box of
+# the same class whose score is within TIE of it; swaps are counted and reported.
+MIN_THRESH, TOP, NMS, REGION_NMS, IOU, SCORE, BORDER = 0.001, 300, 0.45, 0.4, 0.95, 0.02, 1e-4
+TIE, TIE_IOU = 1e-5, 0.3
+
+
+@dataclass
+class Agreement:
+    ours: int      # detections found by yolo8
+    theirs: int    # by OpenCV
+    extra: int     # of ours without a partner in OpenCV's (away from the threshold)
+    missing: int   # of OpenCV's without a partner in ours
+    thresh: float
+    ties: int = 0  # unmatched detections explained by a near-tie in NMS (both ways)
+
+    @property
+    def equal(self) -> bool:
+        return self.extra == 0 and self.missing == 0
+
+
+def comparison_input(photo: Path, width: int, height: int) -> np.ndarray:
+    """The photo as a network input (NHWC), with seeded noise added: on uniform areas of a
+    photo random weights give several cells exactly the same score, and NMS then keeps
+    whichever comes first (darknet's qsort leaves that order unspecified), so two correct
+    engines could differ there."""
+    from yolo8.preprocess import read_image, to_blob
+
+    blob = to_blob([read_image(photo)], width, height)
+    noise = np.random.default_rng(0).uniform(0, 0.2, blob.shape).astype(np.float32)
+    return np.clip(blob * 0.8 + noise, 0, 1)
+
+
+def compare_with_opencv(model, cfg: Path, weights: Path, blob_nhwc: np.ndarray) -> Agreement:
+    """yolo8's and OpenCV's detections on one prepared image (boxes in network pixels)."""
+    rows = opencv_rows(cfg, weights, blob_nhwc)
+    thresh = threshold_for(rows)
+    nms_thresh = REGION_NMS if any(isinstance(h, Region) for h in model.heads) else NMS
+    ours = yolo8_detections(model, blob_nhwc, thresh, nms_thresh)
+    theirs = opencv_detections(rows, model.heads, blob_nhwc.shape[2], blob_nhwc.shape[1], thresh,
+                               nms_thresh)
+    extra, extra_ties = unmatched(ours, theirs, thresh)
+    missing, missing_ties = unmatched(theirs, ours, thresh)
+    return Agreement(len(ours), len(theirs), extra, missing, thresh, extra_ties + missing_ties)
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of a with every box of b (left, top, right, bottom)."""
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def unmatched(ours: list, theirs: list, thresh: float) -> tuple[int, int]:
+    """(detections of `ours` with no partner in `theirs` (same class, IoU, score), those near
+    the threshold and near-tie swaps aside; the near-tie swaps)."""
+    count = ties = 0
+    ours = [d for d in ours if d.score > thresh + BORDER]
+    for k in {d.class_id for d in ours}:
+        mine = [d for d in ours if d.class_id == k]
+        other = [d for d in theirs if d.class_id == k]
+        if not other:
+            count += len(mine)
+            continue
+        iou = _iou_matrix(np.array([d.box for d in mine]), np.array([d.box for d in other]))
+        gap = np.abs(np.array([d.score for d in mine])[:, None]
+                     - np.array([d.score for d in other])[None, :])
+        lone = ~((iou >= IOU) & (gap <= SCORE)).any(axis=1)
+        tie = ((iou > TIE_IOU) & (gap <= TIE)).any(axis=1)
+        count += int((lone & ~tie).sum())
+        ties += int((lone & tie).sum())
+    return count, ties
+
+
+def yolo8_detections(model, blob_nhwc: np.ndarray, thresh: float, nms_thresh: float) -> list:
+    """yolo8's detections on the blob, boxes in network pixels (no letterbox correction)."""
+    w, h = model.input_size
+    return model.detect_prepared(blob_nhwc, [(w, h)], thresh, nms_thresh, letterbox=False)[0]
+
+
+def opencv_rows(cfg: Path, weights: Path, blob_nhwc: np.ndarray) -> np.ndarray:
+    """OpenCV's decoded rows: x, y, w, h relative, objectness, objectness x class prob."""
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    net.setInput(blob_nhwc.transpose(0, 3, 1, 2))
+    return np.concatenate([o.reshape(-1, o.shape[-1]) for o in
+                           net.forward(net.getUnconnectedOutLayersNames())]).astype(np.float64)
+
+
+def threshold_for(rows: np.ndarray) -> float:
+    scores = np.sort(rows[:, 5:].ravel())[::-1]
+    return max(MIN_THRESH, float(scores[min(TOP, len(scores) - 1)]))
+
+
+def opencv_detections(rows: np.ndarray, heads: list, width: int, height: int, thresh: float,
+                      nms_thresh: float) -> list:
+    """OpenCV's rows through darknet's NMS."""
+    probs = rows[:, 5:].copy()
+    probs[probs <= thresh] = 0.0
+    alive = (probs > 0).any(axis=1)
+    boxes, probs = rows[alive, :4], probs[alive]
+    probs = nms(boxes, probs, nms_thresh, nms_rule(heads))
+    return to_detections(Candidates(boxes, probs), width, height, thresh, [])
+
+
 # darknet .weights header of format 0.2 (major, minor, revision, 8-byte `seen`): 20 bytes
 WEIGHTS_HEADER = np.array([0, 2, 0], dtype="<i4").tobytes() + np.zeros(1, dtype="<i8").tobytes()
 
 
+def _connected_floats(layer, rng) -> np.ndarray:
+    """darknet's order: biases, weights (outputs x inputs), then scales, mean, variance."""
+    n, k = layer.outputs, layer.in_shape.size
+    chunks = [rng.normal(0, 0.1, n), rng.normal(0, 1.0, n * k) / np.sqrt(k)]
+    if layer.batch_normalize:
+        chunks += [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)]
+    return np.concatenate(chunks)
+
+
 def random_weights(graph, path: Path, seed: int = 0) -> None:
-    """A darknet .weights file for `graph` with values that keep activations in a sane range:
-    unit-gain convolutions, and small ones into each residual sum so deep nets do not explode."""
-    from yolo8.layers import Shortcut
+    """A darknet .weights file for `graph`, its layers' floats in darknet's order (conv and
+    connected layers, weighted shortcuts: load_weights_upto), with values that keep activations
+    in a sane range: unit-gain convolutions, and small ones into each residual sum so deep nets
+    do not explode."""
+    from yolo8.layers import Connected, Shortcut
 
     rng = np.random.default_rng(seed)
     parts = [WEIGHTS_HEADER]
-    for layer in graph.convolutions():
+    for layer in graph.weighted_layers():  # share_index layers read nothing
+        if isinstance(layer, Connected):
+            parts.append(_connected_floats(layer, rng).astype("<f4").tobytes())
+            continue
+        if isinstance(layer, Shortcut):
+            parts.append(rng.uniform(0.2, 1.2, layer.weight_floats()).astype("<f4").tobytes())
+            continue
         n = layer.filters
         fan_in = layer.size * layer.size * layer.in_shape.c // layer.groups
         following = graph.layers[layer.index + 1] if layer.index + 1 < len(graph.layers) else None
@@ -75,3 +211,30 @@ def random_weights(graph, path: Path, seed: int = 0) -> None:
         chunks.append(rng.normal(0, 1.0, n * fan_in) * np.sqrt(gain / fan_in))
         parts.append(np.concatenate(chunks).astype("<f4").tobytes())
     path.write_bytes(b"".join(parts))
+
+
+def opencv_last_output(cfg: Path, weights: Path, blob_nchw: np.ndarray, graph) -> np.ndarray:
+    """OpenCV's output of a classifier (its last layer), (N, values). OpenCV 4.x does not run
+    darknet's [crop] as darknet does at test time, so for a cfg with one the network is read
+    without it and given the centre crop mapped to x * scale + shift (darknet's
+    forward_crop_layer with train = 0) instead."""
+    from yolo8.layers import Crop
+
+    crops = [layer for layer in graph.layers if isinstance(layer, Crop)]
+    with tempfile.TemporaryDirectory() as scratch:
+        if crops:
+            crop = crops[0]
+            text = re.sub(r"(?ms)^\[crop\]\s*$.*?(?=^\[)", "", cfg.read_text(), count=1)
+            cfg = Path(scratch) / f"{cfg.stem}-uncropped.cfg"
+            cfg.write_text(text)
+            h, w = crop.out_shape.h, crop.out_shape.w
+            inside = blob_nchw[:, :, crop.top:crop.top + h, crop.left:crop.left + w]
+            blob_nchw = np.ascontiguousarray(inside * np.float32(crop.scale) + np.float32(crop.shift))
+        net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    # One image at a time: OpenCV 4.14's [scale_channels] fails on batches of 2 or more
+    # (efficientnet_b0: a shape assertion in shape_utils.hpp).
+    outputs = []
+    for image in blob_nchw:
+        net.setInput(image[None])
+        outputs.append(net.forward().reshape(-1))
+    return np.stack(outputs)

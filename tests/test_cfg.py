@@ -74,14 +74,14 @@ def _error(text: str) -> ConfigError:
     ("[bogus]\nx=1\n", 5, "unknown or unsupported section [bogus]"),
     ("[route]\nlayers=-3\n", 6, "refers to layer -3"),
     ("[convolutional]\nfilters=4\n[shortcut]\nfrom=5\n", 8, "refers to layer 5"),
-    ("[convolutional]\nfilters=4\ndilation=2\n", 7, "not supported"),
+    ("[convolutional]\nfilters=4\nantialiasing=1\n", 7, "not supported"),
     ("[convolutional]\nfilters=17\nsize=1\n[yolo]\nmask=0\nanchors=10,14\nclasses=1\nnum=1\n", 8,
      "has 17 filters, expected 6 (1 anchors x (5 + 1 classes))"),
     ("[convolutional]\nfilters=12\nsize=1\n[yolo]\nmask=0,3\nanchors=10,14,1,1\nclasses=1\nnum=2\n",
      9, "must be <= 1"),
     ("[convolutional]\nfilters=6\nsize=1\n[yolo]\nmask=0\nanchors=10\nclasses=1\nnum=1\n", 10,
      "expected 2 values"),
-    ("[convolutional]\nfilters=4\n", None, "no [yolo] or [region]"),
+    ("[convolutional]\nfilters=4\n[softmax]\ngroups=3\n", 8, "groups=3 does not divide"),
     ("width\n", 5, "expected 'key=value'"),
     ("[convolutional\n", 5, "malformed section header"),
     ("[convolutional]\nfilters=6\nsize=1\n[yolo]\nmask=0\nanchors=10,14\nnum=1\nclasses=1\n"
@@ -94,6 +94,11 @@ def test_errors_name_line_and_problem(body, line, fragment):
     if line is not None:
         assert err.line == line, str(err)
         assert f"test.cfg:{line}:" in str(err)
+
+
+def test_a_cfg_without_head_is_a_classifier_whose_output_is_its_last_layer():
+    g = graph_of(NET + "[convolutional]\nfilters=4\n")
+    assert g.heads == [] and g.outputs == [0] and not g.is_detector
 
 
 def test_first_section_must_be_net():

@@ -112,7 +112,9 @@ def test_default_model_detections_match_opencv(default_model, opencv_cfg, defaul
     for image_path in test_images:
         image = read_image(image_path)
         h, w = image.shape[:2]
-        ours = [(d.class_id, d.score, d.box) for d in default_model.detect(image, thresh=0.1)]
+        # Both fed cv2.resize (OpenCV's blobFromImage): the engines are compared, not resizes.
+        ours = [(d.class_id, d.score, d.box)
+                for d in default_model.detect(image, thresh=0.1, resize="opencv")]
         theirs = [(k, s, _clip(b, w, h))
                   for k, s, b in _opencv_detections(opencv_cfg, default_weights, image, 0.1, 0.45)]
 

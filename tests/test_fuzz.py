@@ -20,11 +20,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from yolo8.darknet.cfg import read_cfg
-from yolo8.darknet.weights import load_weights
+from yolo8.graph import load_weights
 from yolo8.errors import ConfigError, WeightsError
 from yolo8.graph import Graph, build_graph
 from yolo8.layers import (AvgPool, Convolutional, Dropout, MaxPool, Region, Reorg, Route, Shape,
                           Shortcut, Upsample, Yolo)
+from yolo8.layers import Connected, Cost, Crop, Softmax
 from yolo8.layers.base import MAX_ELEMENTS, MAX_WEIGHTS
 
 from .conftest import graph_of
@@ -213,8 +214,9 @@ def check_invariants(graph: Graph) -> None:
     def shape_of(i: int) -> Shape:
         return graph.input_shape if i == -1 else graph.layers[i].out_shape
 
-    assert graph.heads, "a graph without heads was accepted"
-    assert len({graph.layers[h].classes for h in graph.heads}) == 1
+    # Without a head the graph is a classifier (or feature extractor): its last layer is the output.
+    assert graph.outputs == (graph.heads or [graph.layers[-1].index])
+    assert len({graph.layers[h].classes for h in graph.heads}) <= 1
     weights = 0
     for layer in graph.layers:
         assert all(-1 <= i < layer.index for i in layer.inputs), layer.describe()
@@ -249,8 +251,13 @@ def check_invariants(graph: Graph) -> None:
             assert first.c == layer.num_anchors * (5 + layer.classes) and out == first
         elif isinstance(layer, Region):
             assert first.c == layer.num_anchors * (layer.coords + 1 + layer.classes)
+        elif isinstance(layer, Connected):
+            assert out == (layer.outputs, 1, 1) and layer.in_shape == first
+            weights += layer.weight_floats()
+        elif isinstance(layer, Crop):
+            assert out.c == first.c and out.h <= first.h and out.w <= first.w
         else:
-            assert isinstance(layer, Dropout) and out == first
+            assert isinstance(layer, (Dropout, Softmax, Cost)) and out == first
     assert weights <= MAX_WEIGHTS
 
 

@@ -14,7 +14,7 @@ from yolo8.graph import load_graph
 from yolo8.preprocess import read_image, to_blob
 from yolo8.quant import Calibration
 
-from .conftest import run_yolo8
+from .conftest import PHOTOS, run_yolo8
 from .oracle import random_weights
 
 # Bounds measured on the 5 test photos with the shipped calibration (yolov3-tiny): max |d prob|
@@ -136,10 +136,10 @@ def test_net_without_int8_layers_needs_no_calibration(tmp_path):
     np.testing.assert_array_equal(model.forward(x)[0], yolo8.load(cfg, weights).forward(x)[0])
 
 
-def _calibrate(cfg, weights, tmp_path, images, *extra):
+def _calibrate(cfg, weights, tmp_path, images, *extra, name="cal.json"):
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(str(p) for p in images) + "\n")
-    out = tmp_path / "cal.json"
+    out = tmp_path / name
     result = run_yolo8("calibrate", "--images", listing, "--cfg", cfg, "--weights", weights,
                        "--out", out, *extra)
     assert result.returncode == 0, result.stderr
@@ -155,6 +155,11 @@ def test_calibration_file_round_trip_and_cfg_out(tiny, tmp_path, test_images):
     cal = Calibration.load(out)
     assert sorted(cal.thresholds) == [0, 2, 3] and cal.num_images == 3
     assert cal.bias_corrections == {}
+    assert (cal.letterbox, cal.resize) == (False, "darknet")  # the preprocessing it was made with
+    lettered = Calibration.load(_calibrate(cfg, weights, tmp_path, test_images[:1], "--letterbox",
+                                           "--resize", "opencv", "--no-bias-correction",
+                                           name="lettered.json"))
+    assert (lettered.letterbox, lettered.resize) == (True, "opencv")
     with_file = yolo8.load(cfg, weights, backend="int8", calibration=out)
     assert with_file.calibration_source == str(out)
     # the cfg copy carries yolo2_light's line, one multiplier 127/threshold per conv layer
@@ -243,3 +248,17 @@ def test_bias_correction_of_wrong_length_is_refused(tiny, tmp_path):
                 bias_corrections={2: [0.0] * 5}).save(cal)
     with pytest.raises(CalibrationError, match="bias correction for layer 2 does not fit"):
         yolo8.load(cfg, weights, backend="int8", calibration=cal)
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--resize", "opencv"], "made with resize=darknet but this run uses resize=opencv"),
+    (["--letterbox"], "made with letterbox=off but this run uses letterbox=on"),
+])
+def test_cli_refuses_the_shipped_calibration_with_another_preprocessing(option, message,
+                                                                        default_weights):
+    """The shipped calibration was made with darknet's resize and no letterbox (issue 15)."""
+    result = run_yolo8("detect", PHOTOS[0], "--backend", "int8", "--no-save", *option,
+                       timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "yolov3-tiny.calibration.json" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""

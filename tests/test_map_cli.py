@@ -80,9 +80,11 @@ def test_map_on_test_photos_equals_independent_evaluators(tmp_path, default_weig
 @pytest.mark.parametrize("backend", ["fp32"])
 def test_map_on_coco128_reproduces_the_seed(tmp_path, default_weights, coco128, backend):
     """All 128 photos: the figures equal the independent evaluators, and FP32 VOC 11-point over
-    all 80 classes is within 1.5 points of yolo2_light's 37.40 % on the same photos."""
+    all 80 classes (darknet's preprocessing and rounding) is within 0.4 points of yolo2_light's
+    37.40 % on the same photos (37.10 measured; the rest is probably the JPEG decoder:
+    yolo2_light decodes with stb_image)."""
     images = sorted((coco128 / "images").glob("*.jpg"))
     data = _data_file(tmp_path, images, coco128 / "coco.names")
     metrics, saved, _ = _run_map(data, tmp_path, "--backend", backend)
     _check_against_independent(images, metrics, saved, tmp_path)
-    assert abs(100 * metrics["voc07_all_classes"] - 37.40) <= 1.5
+    assert abs(100 * metrics["voc07_all_classes"] - 37.40) <= 0.4

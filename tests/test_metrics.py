@@ -107,9 +107,10 @@ def test_11_point_and_all_point_on_a_worked_example():
     # all-point: recall rises by .1 at ranks 1, 3, 4, 7:
     #   .1 * (1 + 3/4 + 3/4 + 4/7) = 43/140
     #   (darknet before #6040 dropped the first slab, .1 * 1, and gave 29/140.)
-    # 11-point: t = 0 and .1 -> 1; .2 -> 3/4; .3 -> 3/4 (rank 4 reaches exactly .3); .4 -> 4/7;
-    #   .5 ... 1 -> 0: (1 + 1 + 3/4 + 3/4 + 4/7) / 11 = 57/154.
-    #   (np.arange(0., 1.1, 0.1)'s 0.30000000000000004 would miss rank 4 and give 115/308.)
+    # 11-point, darknet's points (point * 0.1 in double): t = 0 and .1 -> 1; .2 -> 3/4;
+    #   3 * 0.1 = 0.30000000000000004 -> rank 4's recall of exactly .3 does not reach it: 4/7;
+    #   .4 -> 4/7; .5 ... 1 -> 0: (1 + 1 + 3/4 + 4/7 + 4/7) / 11 = 109/308.
+    #   (exact tenths, AlexeyAB's rule since 2019, would count rank 4 and give 57/154.)
     boxes = [[20 * i, 0, 20 * i + 10, 10] for i in range(10)]
     misses = [[0, 50, 10, 60], [30, 50, 40, 60], [60, 50, 70, 60]]
     det_boxes = [boxes[0], misses[0], boxes[1], boxes[2], misses[1], misses[2], boxes[3]]
@@ -117,7 +118,7 @@ def test_11_point_and_all_point_on_a_worked_example():
     result = evaluate([truth(boxes, [0] * 10)], [dets(det_boxes, [0] * 7, scores)],
                       [(200, 100)], num_classes=1)
     assert result.voc == pytest.approx(43 / 140, abs=1e-15)
-    assert result.voc07 == pytest.approx(57 / 154, abs=1e-15)
+    assert result.voc07 == pytest.approx(109 / 308, abs=1e-15)
 
 
 def test_ap_of_a_single_correct_detection_is_one():
@@ -204,10 +205,10 @@ def test_evaluate_rejects_misuse():
 
 
 def reference_voc_ap(rec, prec, use_07_metric=False):
-    """py-faster-rcnn's voc_ap, with exact tenths for the 11 points (see metrics.voc07_ap)."""
+    """py-faster-rcnn's voc_ap (its np.arange(0., 1.1, 0.1) points are darknet's point * 0.1)."""
     if use_07_metric:
         ap = 0.0
-        for t in np.arange(11) / 10:
+        for t in np.arange(0.0, 1.1, 0.1):
             p = 0.0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
             ap = ap + p / 11.0
         return ap

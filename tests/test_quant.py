@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from yolo8.darknet.cfg_rewrite import cfg_with_input_calibration
 from yolo8.errors import CalibrationError, ConfigError
 from yolo8.quant import (
     ALL_ZERO_FALLBACK_THRESHOLD,
@@ -19,7 +20,6 @@ from yolo8.quant import (
     HistogramCollector,
     RangeCollector,
     abs_histogram,
-    cfg_with_input_calibration,
     compute_thresholds,
     kl_divergences,
     kl_threshold,
@@ -436,7 +436,10 @@ def _set_threshold(key, value):
 @pytest.mark.parametrize("change, message", [
     (_set("format", "something-else"), "not a yolo8 calibration"),
     (lambda d: d.pop("format"), "not a yolo8 calibration"),
-    (_set("version", 2), "newer"),
+    (_set("version", 3), "newer"),
+    (_set("preprocessing", {"letterbox": False}), "preprocessing"),
+    (_set("preprocessing", {"letterbox": 1, "resize": "darknet"}), "letterbox.*true or false"),
+    (_set("preprocessing", {"letterbox": True, "resize": "cubic"}), "resize.*darknet, opencv"),
     (_set("version", "1"), "integer"),
     (lambda d: d.pop("thresholds"), "missing field.*thresholds"),
     (lambda d: d.pop("model_id"), "missing field.*model_id"),
@@ -644,3 +647,28 @@ def test_input_calibration_errors(value, message):
     with pytest.raises(ConfigError, match=message) as caught:
         _read_input_calibration(value)
     assert caught.value.key == "input_calibration" and caught.value.line == 5
+
+
+def test_calibration_records_its_preprocessing_and_refuses_another(tmp_path):
+    made = make_calibration(letterbox=False, resize="darknet")
+    path = tmp_path / "c.json"
+    made.save(path)
+    loaded = Calibration.load(path)
+    assert (loaded.letterbox, loaded.resize) == (False, "darknet")
+    loaded.check_preprocessing(False, "darknet", path)
+    with pytest.raises(CalibrationError, match="resize=darknet but this run uses resize=opencv"):
+        loaded.check_preprocessing(False, "opencv", path)
+    with pytest.raises(CalibrationError, match="letterbox=off but this run uses letterbox=on"):
+        loaded.check_preprocessing(True, "darknet", path)
+
+
+def test_version_1_files_were_made_with_opencv_resize(tmp_path):
+    document = json.loads(make_calibration().to_json())
+    document["version"] = 1
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    loaded = Calibration.load(path)
+    assert (loaded.letterbox, loaded.resize) == (None, "opencv")
+    loaded.check_preprocessing(True, "opencv")  # letterbox was not recorded: not checked
+    with pytest.raises(CalibrationError, match="resize=opencv"):
+        loaded.check_preprocessing(False, "darknet")

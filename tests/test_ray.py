@@ -233,9 +233,13 @@ def _outputs(folder: Path) -> dict[str, bytes]:
 def test_detect_on_cluster_equals_single_machine(ray_cluster, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{p}\n" for p in PHOTOS))
-    single = _detect(listing, tmp_path / "single")
-    on_ray = _detect(listing, tmp_path / "ray", "--ray", ray_cluster.address, "--ray-actors", "2")
-    assert single.returncode == on_ray.returncode == 0, on_ray.stderr
+    # --resize opencv (not the default): the actors must load the model as the driver says
+    single = _detect(listing, tmp_path / "single", "--resize", "opencv")
+    on_ray = _detect(listing, tmp_path / "ray", "--resize", "opencv", "--ray", ray_cluster.address,
+                     "--ray-actors", "2")
+    default = _detect(listing, tmp_path / "default")
+    assert single.returncode == on_ray.returncode == default.returncode == 0, on_ray.stderr
+    assert default.stdout != single.stdout  # so the option shows in the outputs
     assert on_ray.stdout == single.stdout and single.stdout  # same lines, same order
     single_out, ray_out = _outputs(tmp_path / "single"), _outputs(tmp_path / "ray")
     assert ray_out == single_out  # JSON, label files and annotated copies, byte for byte

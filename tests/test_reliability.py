@@ -294,7 +294,7 @@ CASES = [
              "[shortcut]\nfrom=5\n\n[convolutional]\nfilters=18", ["refers to layer 5"], "from",
              needle="from=5"),
     cfg_case("shortcut-shapes-differ", "[convolutional]\nfilters=18",
-             "[shortcut]\nfrom=0\n\n[convolutional]\nfilters=18", ["shortcut needs equal shapes"],
+             "[shortcut]\nfrom=0\n\n[convolutional]\nfilters=18", ["darknet adds layers of equal width and height only"],
              "from", needle="from=0"),
     cfg_case("mask-outside-anchors", "mask=0,1,2", "mask=0,1,7", ["must be <= 2, got 7"], "mask",
              via="cli"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from yolo8.darknet.weights import expected_size, load_weights
+from yolo8.darknet.weights import expected_size
+from yolo8.graph import load_weights
 from yolo8.errors import WeightsError
 
 from .conftest import graph_of
@@ -28,7 +29,7 @@ def _header(major: int, minor: int) -> bytes:
 @pytest.mark.parametrize("major, minor, header", [(0, 2, 20), (0, 1, 16), (1, 0, 20)])
 def test_header_sizes(tmp_path, major, minor, header):
     g = _graph()
-    assert expected_size(g, major, minor) == header + 4 * FLOATS
+    assert expected_size(FLOATS, major, minor) == header + 4 * FLOATS
     path = tmp_path / "w.weights"
     path.write_bytes(_header(major, minor) + np.ones(FLOATS, "<f4").tobytes())
     load_weights(g, path)

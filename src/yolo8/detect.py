@@ -67,6 +67,7 @@ class DetectOptions:
     thresh: float = 0.25
     nms: float = 0.45
     letterbox: bool | None = None
+    resize: str = "darknet"         # darknet's resize_image, or "opencv" (cv2.resize)
     json_path: Path | None = None
     save_dir: Path | None = Path("predictions")  # None: write nothing there (no copies, no labels)
     save_images: bool = True        # annotated copies of images and videos
@@ -312,7 +313,7 @@ class DetectRun:
 
     def __init__(self, model: Model, opts: DetectOptions, sources: list[Source]) -> None:
         self.model, self.opts = model, opts
-        self.letterbox = model.letterbox if opts.letterbox is None else opts.letterbox
+        self.letterbox = model.preprocessing(opts.letterbox)[0]  # checked against calibration
         saving = opts.save_dir is not None and (opts.save_images or opts.labels)
         self.names = OutputNames(opts.save_dir, sources) if saving else None  # None: save nothing
         self.json_out = open_json_output(opts.json_path, any(s.kind == "camera" for s in sources))
@@ -511,6 +512,7 @@ def run_detect(opts: DetectOptions,
     if opts.batch < 1:
         raise ValueError(f"batch must be >= 1, got {opts.batch}")
     sources = _usable_sources(expand_inputs(opts.inputs, opts.cameras, opts.recursive), opts)
-    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names)
+    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names,
+                 resize=opts.resize)
     (execute or DetectRun.run)(DetectRun(model, opts, sources), sources)
     return opts.failures

@@ -68,18 +68,21 @@ class ModelSpec:
     backend: str
     calibration: str | None
     names: str | None
+    resize: str
 
     @classmethod
-    def of(cls, cfg, weights, backend: str, calibration, names) -> "ModelSpec":
+    def of(cls, opts, names) -> "ModelSpec":
+        """From DetectOptions or MapOptions (and the names file the actors need)."""
         def absolute(path):
             return None if path is None else _absolute(path)
-        return cls(absolute(cfg), absolute(weights), backend, absolute(calibration),
-                   absolute(names))
+        return cls(absolute(opts.cfg), absolute(opts.weights), opts.backend,
+                   absolute(opts.calibration), absolute(names), opts.resize)
 
     def load(self):
         from .api import load
 
-        return load(self.cfg, self.weights, self.backend, self.calibration, self.names)
+        return load(self.cfg, self.weights, self.backend, self.calibration, self.names,
+                    resize=self.resize)
 
 
 def _absolute(path) -> str:
@@ -478,7 +481,7 @@ def detect_images(ray_opts: RayOptions, run, sources: list) -> None:
     """`yolo8 detect --ray`: what `DetectRun.run` does on one machine, for images."""
     opts = run.opts
     actor_kwargs = dict(
-        spec=ModelSpec.of(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names),
+        spec=ModelSpec.of(opts, opts.names),
         letterbox=opts.letterbox, thresh=opts.thresh, nms=opts.nms,
         save_dir=_absolute(opts.save_dir) if run.names else None,
         save_images=opts.save_images, labels=opts.labels, label_scores=opts.label_scores)
@@ -512,7 +515,7 @@ def map_collector(ray_opts: RayOptions) -> Callable:
                  "difficult": _absolute(difficult[idx]) if difficult else ""}
                 for idx, path in enumerate(images)]
         actor_kwargs = dict(
-            spec=ModelSpec.of(opts.cfg, opts.weights, opts.backend, opts.calibration, None),
+            spec=ModelSpec.of(opts, None),
             letterbox=opts.letterbox, thresh=opts.thresh, nms=opts.nms, classes=classes,
             iou_thresh=opts.iou_thresh, keep_detections=opts.save_detections is not None)
         out = _Collected([], [], [], [], [], matches=[])

@@ -35,6 +35,7 @@ class MapOptions:
     thresh_report: float = 0.25
     nms: float = 0.45
     letterbox: bool | None = None
+    resize: str = "darknet"      # darknet's resize_image, or "opencv" (cv2.resize)
     json_path: Path | None = None
     save_detections: Path | None = None
     progress: bool | None = None  # None: when stderr is a terminal
@@ -107,9 +108,10 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
     return out
 
 
-def run_map(opts: MapOptions, collect: Callable[..., _Collected] | None = None) -> MapResult:
-    """The metrics of opts.data; `collect` gathers detections and ground truth instead of
-    `_run` (same signature; e.g. on a Ray cluster)."""
+def run_map(opts: MapOptions, model: Model | None = None,
+            collect: Callable[..., _Collected] | None = None) -> MapResult:
+    """The metrics of opts' model (or of `model`, already loaded) on opts.data; `collect`
+    gathers the images' results instead of `_run` (same signature; e.g. on a Ray cluster)."""
     config = read_data_file(opts.data)
     images = image_paths(read_image_list(config.valid))
     difficult = (image_paths(read_image_list(config.difficult)) if config.difficult is not None
@@ -117,7 +119,13 @@ def run_map(opts: MapOptions, collect: Callable[..., _Collected] | None = None) 
     if difficult is not None and len(difficult) != len(images):
         raise InputError(f"the difficult list has {len(difficult)} images but valid= has "
                          f"{len(images)}: they must be parallel, line by line", path=config.difficult)
-    model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names)
+    if model is None:
+        model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names,
+                     resize=opts.resize)
+    letterbox, resize = model.preprocessing(opts.letterbox)  # checked against calibration
+    if not model.graph.is_detector:
+        raise InputError("has no [yolo] or [region] layer: map measures detectors",
+                         path=model.graph.path)
     if model.heads[0].classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")
@@ -137,7 +145,8 @@ def run_map(opts: MapOptions, collect: Callable[..., _Collected] | None = None) 
                           opts.iou_thresh, opts.thresh_report, model.names[:config.classes])
     if opts.json_path is not None:
         payload = result.to_json()
-        payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped))
+        payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped),
+                       letterbox=letterbox, resize=resize)
         if opts.cluster is not None:
             payload["cluster"] = opts.cluster
         _write_json(opts.json_path, payload)

@@ -6,8 +6,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .darknet.cfg import Section, read_cfg
-from .errors import ConfigError
+from .darknet.weights import WeightsFile
+from .errors import ConfigError, WeightsError
 from .layers import BUILDERS, HEAD_KINDS, NETWORK_INPUT, BuildContext, Convolutional, Layer, Shape
 from .layers.base import MAX_LIVE_ELEMENTS, checked_shape, gib
 
@@ -42,7 +45,17 @@ class Graph:
     text: str
     net: NetParams
     layers: list[Layer]
-    heads: list[int] = field(default_factory=list)
+    heads: list[int] = field(default_factory=list)  # the [yolo]/[region] layers
+
+    @property
+    def outputs(self) -> list[int]:
+        """What a forward returns: the detection heads, else (classifiers, feature
+        extractors) the last layer, as darknet's network_predict."""
+        return self.heads or [self.layers[-1].index]
+
+    @property
+    def is_detector(self) -> bool:
+        return bool(self.heads)
 
     @property
     def input_shape(self) -> Shape:
@@ -50,6 +63,10 @@ class Graph:
 
     def convolutions(self) -> list[Convolutional]:
         return [layer for layer in self.layers if isinstance(layer, Convolutional)]
+
+    def weighted_layers(self) -> list[Layer]:
+        """The layers that take values from a .weights file, in file order."""
+        return [layer for layer in self.layers if layer.weight_floats()]
 
     def structure_digest(self) -> str:
         """sha256 of what the graph computes (not of the cfg's text, comments, or training keys)."""
@@ -95,8 +112,9 @@ def _warn_unused(sections: list[Section]) -> None:
 
 
 def freed_after(layers: list[Layer], heads: list[int]) -> dict[int, list[int]]:
-    """The outputs (NETWORK_INPUT included) whose last reader is layer i, by i; heads are kept
-    to the end (key len(layers)). Backends free an output after its last use."""
+    """The outputs (NETWORK_INPUT included) whose last reader is layer i, by i; `heads` (the
+    network's outputs) are kept to the end (key len(layers)). Backends free an output after
+    its last use."""
     last_use = {NETWORK_INPUT: -1}
     for layer in layers:
         for source in layer.inputs:
@@ -141,9 +159,8 @@ def build_graph(sections: list[Section], path: str, text: str) -> Graph:
         raise ConfigError("the cfg has no layers after [net]", path=path)
     _warn_unused(sections)
     heads = [l.index for l in ctx.layers if isinstance(l, HEAD_KINDS)]
-    if not heads:
-        raise ConfigError("the cfg has no [yolo] or [region] layer, so it detects nothing", path=path)
-    _check_live_values(ctx.input_shape, ctx.layers, heads, path)
+    # No head: a classifier (or a feature extractor), whose output is its last layer.
+    _check_live_values(ctx.input_shape, ctx.layers, heads or [ctx.layers[-1].index], path)
     classes = {ctx.layers[i].classes for i in heads}
     if len(classes) > 1:
         first = ctx.layers[heads[0]]
@@ -158,3 +175,38 @@ def load_graph(cfg_path: str | Path) -> Graph:
     """Parse a darknet cfg file into a graph with every shape inferred."""
     text, sections = read_cfg(cfg_path)
     return build_graph(sections, str(cfg_path), text)
+
+
+def _assign(layer: Layer, values: np.ndarray, path: Path) -> None:
+    where = f"layer {layer.index} ([{layer.kind}] at cfg line {layer.line})"
+    if not np.isfinite(values).all():
+        raise WeightsError(f"{where} has non-finite values (NaN or inf): damaged file?", path=path)
+    try:
+        with np.errstate(over="ignore"):  # checked just below, with the layer named
+            layer.assign_weights(values)
+    except ValueError as exc:
+        raise WeightsError(f"{where}: {exc}: damaged file?", path=path) from None
+    # Finite values can still fold to inf (a huge scale over a zero variance).
+    if not all(np.isfinite(v).all() for v in vars(layer).values() if isinstance(v, np.ndarray)):
+        raise WeightsError(f"{where}: batch norm folds to values beyond float32: damaged file?",
+                           path=path)
+
+
+def load_weights(graph: Graph, path: str | Path, expected_sha256: str | None = None) -> str:
+    """Give every weighted layer its values from a darknet .weights file (batch norm folded).
+
+    The file size must match the cfg exactly; with `expected_sha256`, so must its hash
+    (checked before any value is used). Returns the file's sha256 (hex).
+    """
+    path = Path(path)
+    layers = graph.weighted_layers()
+    with WeightsFile(path, [l.weight_floats() for l in layers], graph.path,
+                     expected_sha256) as weights:
+        for layer, values in zip(layers, weights.arrays()):
+            _assign(layer, values, path)
+    for layer in graph.convolutions():
+        if layer.shares_weights_of is not None:  # darknet's share_index: the same arrays
+            shared = graph.layers[layer.shares_weights_of]
+            layer.weights, layer.bias, layer.output_scale = (shared.weights, shared.bias,
+                                                             shared.output_scale)
+    return weights.sha256

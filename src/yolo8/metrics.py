@@ -33,7 +33,9 @@ from yolo8.data import GroundTruth, ImageDetections
 log = logging.getLogger(__name__)
 
 _FP, _TP, _IGNORED = 0, 1, -1
-_VOC07_RECALL_POINTS = np.arange(11) / 10  # exact tenths (see voc07_ap)
+# darknet's 11 recall points, `double cur_recall = point * 0.1` (see voc07_ap): 3 * 0.1 is
+# 0.30000000000000004, so a recall of exactly 0.3 (or 0.6, 0.7) does not reach its point.
+_VOC07_RECALL_POINTS = np.arange(11) * 0.1
 
 
 # ------------------------------------------------------------------------------ AP from a curve
@@ -59,10 +61,12 @@ def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     """PASCAL VOC2007 11-point interpolated AP of a precision/recall curve.
 
     The curve is given per detection in score order (recall non-decreasing). AP is the mean over
-    t = 0, 0.1, ..., 1 of the highest precision at any recall >= t (0 when recall never reaches
-    t). The points are exact tenths, as darknet computes them (point / 10): py-faster-rcnn's
-    np.arange(0., 1.1, 0.1) yields 0.30000000000000004, 0.6000000000000001 and
-    0.7000000000000001, which wrongly skip a recall of exactly 0.3, 0.6 or 0.7.
+    t = point * 0.1 (point = 0..10, in double) of the highest precision at any recall >= t (0 when
+    recall never reaches t). The points are darknet's own, `double cur_recall = point * 0.1` in
+    validate_detector_map (AlexeyAB's darknet from its first mAP code until March 2019, and
+    yolo2_light, whose figures we compare with): 3 * 0.1 = 0.30000000000000004, so a recall of exactly 0.3 (or 0.6,
+    0.7) does not count for that point. py-faster-rcnn's np.arange(0., 1.1, 0.1) gives the same
+    points. (AlexeyAB's darknet computes point / 10.0 since then: exact tenths.)
     """
     recall, precision = _check_curve(recall, precision)
     if recall.size == 0:
@@ -634,7 +638,7 @@ def evaluate(truths: Sequence[GroundTruth], detections: Sequence[ImageDetections
     threshold hit one box the highest-scored is the TP whose IoU enters the average (darknet
     takes the first in network output order). TP/FP/FN counts are otherwise darknet's.
 
-    COCO figures come from pycocotools (see _coco_evaluate); there difficult boxes are crowd.
+    COCO figures come from pycocotools (see _coco_image_evals); there difficult boxes are crowd.
     `coco_by_size` adds COCO's small/medium/large AP and AR to `coco_stats` (slower).
     """
     _check_inputs(truths, detections, image_sizes, num_classes, names)

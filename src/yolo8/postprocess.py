@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .jit import CACHE
-from .layers import Region, Yolo
+from .layers import GaussianYolo, Region, Yolo
 from .preprocess import letterbox_geometry
 
 
@@ -59,11 +59,39 @@ def decode_yolo(out: np.ndarray, layer: Yolo, net_w: int, net_h: int, thresh: fl
     cols, rows = _grid(h, w, a)
     anchors = np.broadcast_to(layer.anchors, (h, w, a, 2))
     sel = v[keep].astype(np.float64)
+    # get_yolo_box: exp(t) * anchor, or with new_coords t * t * 4 * anchor
+    size = sel[:, 2:4] * sel[:, 2:4] * 4 if layer.new_coords else np.exp(sel[:, 2:4])
     boxes = np.stack([(cols[keep] + sel[:, 0]) / w,
                       (rows[keep] + sel[:, 1]) / h,
-                      np.exp(sel[:, 2]) * anchors[keep][:, 0] / net_w,
-                      np.exp(sel[:, 3]) * anchors[keep][:, 1] / net_h], axis=1)
+                      size[:, 0] * anchors[keep][:, 0] / net_w,
+                      size[:, 1] * anchors[keep][:, 1] / net_h], axis=1)
     probs = (v[keep][:, 4:5] * v[keep][:, 5:]).astype(np.float64)  # float32 product, as darknet
+    probs[probs <= thresh] = 0.0
+    return Candidates(boxes, probs)
+
+
+def decode_gaussian_yolo(out: np.ndarray, layer: GaussianYolo, net_w: int, net_h: int,
+                         thresh: float) -> Candidates:
+    """get_gaussian_yolo_detections: x, y, w, h at entries 0, 2, 4, 6 (their uncertainties at
+    1, 3, 5, 7), objectness at 8; a class's score is objectness x class x (1 - the mean
+    uncertainty), the box's centre moved by half its size for yolo_point corners."""
+    h, w, _ = out.shape
+    a = layer.num_anchors
+    v = out.reshape(h, w, a, GaussianYolo.ENTRIES + layer.classes)
+    keep = v[..., 8] > thresh
+    if not keep.any():
+        return Candidates.empty(layer.classes)
+    cols, rows = _grid(h, w, a)
+    anchors = np.broadcast_to(layer.anchors, (h, w, a, 2))[keep]
+    sel = v[keep]
+    bw = np.exp(sel[:, 4].astype(np.float64)) * anchors[:, 0] / net_w
+    bh = np.exp(sel[:, 6].astype(np.float64)) * anchors[:, 1] / net_h
+    boxes = np.stack([(cols[keep] + sel[:, 0]) / w + layer.point_shift * bw,
+                      (rows[keep] + sel[:, 2]) / h + layer.point_shift * bh, bw, bh], axis=1)
+    # darknet: float uc_aver, (1.0 - uc_aver) in double, the product stored as float
+    uncertainty = (sel[:, 1] + sel[:, 3] + sel[:, 5] + sel[:, 7]) / np.float32(4.0)
+    confidence = (sel[:, 8:9] * sel[:, 9:]).astype(np.float64) * (1.0 - uncertainty[:, None])
+    probs = confidence.astype(np.float32).astype(np.float64)
     probs[probs <= thresh] = 0.0
     return Candidates(boxes, probs)
 
@@ -194,7 +222,7 @@ def nms(boxes: np.ndarray, probs: np.ndarray, thresh: float,
     return probs
 
 
-def nms_rule(heads: list[Yolo | Region]) -> float | None:
+def nms_rule(heads: list[Yolo | Region | GaussianYolo]) -> float | None:
     """The DIoU exponent of the image's NMS (None: classic IoU), from the last head as
     AlexeyAB's detector reads it."""
     return getattr(heads[-1], "diou_nms_beta", None) if heads else None
@@ -218,16 +246,17 @@ def to_detections(cands: Candidates, image_w: int, image_h: int, thresh: float,
     return dets
 
 
-def detections_from_heads(head_outputs: list[np.ndarray], heads: list[Yolo | Region], net_w: int,
+# How each head kind's output becomes candidate boxes: decode(out, layer, net_w, net_h, thresh).
+DECODERS = {Yolo: decode_yolo, GaussianYolo: decode_gaussian_yolo,
+            Region: lambda out, layer, net_w, net_h, thresh: decode_region(out, layer, thresh)}
+
+
+def detections_from_heads(head_outputs: list[np.ndarray], heads: list[Yolo | Region | GaussianYolo], net_w: int,
                           net_h: int, image_w: int, image_h: int, thresh: float, nms_thresh: float,
                           letterbox: bool, names: list[str]) -> list[Detection]:
     """One image: head outputs (H, W, channels each) -> final detections."""
-    parts = []
-    for out, layer in zip(head_outputs, heads):
-        if isinstance(layer, Yolo):
-            parts.append(decode_yolo(out, layer, net_w, net_h, thresh))
-        else:
-            parts.append(decode_region(out, layer, thresh))
+    parts = [DECODERS[type(layer)](out, layer, net_w, net_h, thresh)
+             for out, layer in zip(head_outputs, heads)]
     classes = max(layer.classes for layer in heads)
     boxes = np.concatenate([p.boxes for p in parts]) if parts else np.zeros((0, 4))
     probs = np.concatenate([p.probs for p in parts]) if parts else np.zeros((0, classes))

@@ -136,6 +136,13 @@ def _calibrate_kernels(graph: Graph, x: np.ndarray) -> dict[int, float]:
     return {c.index: 4.0 for c in graph.convolutions()}
 
 
+def _preprocess_kernels() -> None:
+    """darknet's resize_image (images are prepared with it by default)."""
+    from .preprocess import to_blob
+
+    to_blob([np.zeros((5, 7, 3), np.uint8)], 4, 3)
+
+
 def warmup(backends: tuple[str, ...] = ("fp32", "int8")) -> dict[str, float]:
     """Compile (or load from the cache) every kernel the backends use; seconds per backend."""
     from .backends import fp32, int8
@@ -150,6 +157,7 @@ def warmup(backends: tuple[str, ...] = ("fp32", "int8")) -> dict[str, float]:
         graph = warmup_graph()
         x = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32)
         thresholds = _calibrate_kernels(graph, x)
+        _preprocess_kernels()
         with kernel_threads():
             outputs = builders[backend](graph, thresholds).run(x)
         heads = [graph.layers[i] for i in graph.heads]

@@ -14,6 +14,15 @@ OpMaker = Callable[[Layer, Graph], Op]   # how a backend prepares one layer
 
 
 @dataclass
+class Quantization:
+    """An INT8 program's parameters: input threshold of each INT8 conv layer (by index) and
+    the per-channel bias corrections applied to them (subtracted from the bias)."""
+
+    thresholds: dict[int, float]
+    corrections: dict[int, np.ndarray]
+
+
+@dataclass
 class Step:
     layer: Layer
     op: Op
@@ -25,8 +34,11 @@ class Program:
 
     def __init__(self, graph: Graph, ops: Mapping[type, OpMaker]) -> None:
         self.graph = graph
+        self.calibration = None  # the INT8 calibration file's contents, when one is used
         self.steps: list[Step] = []
-        freed = freed_after(graph.layers, graph.heads)
+        # The INT8 backend records what it quantized with (the ONNX exporter reads it).
+        self.quantization: Quantization | None = None
+        freed = freed_after(graph.layers, graph.outputs)
         for layer in graph.layers:
             maker = ops.get(type(layer))
             if maker is None:
@@ -35,7 +47,8 @@ class Program:
 
     def run(self, x: np.ndarray, observer: Callable[[Layer, list[np.ndarray]], None] | None = None
             ) -> list[np.ndarray]:
-        """Forward an NHWC float32 batch; returns the head outputs (NHWC).
+        """Forward an NHWC float32 batch; returns the graph's outputs (NHWC): its detection
+        heads, else its last layer.
 
         `observer(layer, inputs)` sees each layer's inputs before it runs (calibration uses it).
         """
@@ -47,4 +60,4 @@ class Program:
             values[step.layer.index] = step.op(*inputs)
             for index in step.release:
                 values.pop(index, None)
-        return [values[h] for h in self.graph.heads]
+        return [values[h] for h in self.graph.outputs]

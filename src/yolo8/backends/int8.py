@@ -16,13 +16,34 @@ from ..errors import CalibrationError
 from ..graph import Graph
 from ..layers import Convolutional
 from ..quant import Calibration, multiplier_for_threshold, threshold_for_multiplier
-from .base import Op, Program
-from .ops import FP32_OPS, conv as fp32_conv
+from .base import Op, Program, Quantization
+from .ops import FP32_OPS, conv as fp32_conv, kernel_stride, unfused_activation, with_dilation
+
+
+def head_feeders(graph: Graph) -> set[int]:
+    """The conv layers whose output reaches a network output through layers without weights
+    only: for a detector, the conv right before each [yolo]/[region]; for a classifier, the
+    last conv(s) before its [avgpool]/[softmax]/[cost] (e.g. darknet19's 1x1 conv with one
+    filter per class). Their outputs are the scores themselves, so they stay FP32."""
+    feeders, seen = set(), set()
+    pending = list(graph.outputs)
+    while pending:
+        index = pending.pop()
+        if index < 0 or index in seen:
+            continue
+        seen.add(index)
+        layer = graph.layers[index]
+        if isinstance(layer, Convolutional):
+            feeders.add(index)
+        elif not layer.weight_floats():  # a [connected] layer ends the walk (it runs FP32)
+            pending.extend(layer.inputs)
+    return feeders
 
 
 def int8_layers(graph: Graph) -> list[int]:
-    """Indices of the conv layers that run INT8 in this graph."""
-    feeds_head = {graph.layers[h].inputs[0] for h in graph.heads}
+    """Indices of the conv layers that run INT8 in this graph: all but the first, the head
+    feeders and xnor layers ([connected] layers run FP32)."""
+    feeds_head = head_feeders(graph)
     return [c.index for c in graph.convolutions()[1:] if c.index not in feeds_head and not c.xnor]
 
 
@@ -45,21 +66,22 @@ Corrections = dict[int, "np.ndarray"]
 
 def resolve_calibration(graph: Graph, model_id: str, calibration: str | Path | None,
                         default_calibration: Path | None
-                        ) -> tuple[dict[int, float], Corrections, str | None]:
-    """Thresholds, bias corrections and where they came from: an explicit file, else the
-    cfg's input_calibration line (thresholds only), else the default model's shipped file."""
+                        ) -> tuple[dict[int, float], Corrections, str | None, Calibration | None]:
+    """Thresholds, bias corrections, where they came from and the file's contents: an
+    explicit file, else the cfg's input_calibration line (thresholds only), else the default
+    model's shipped file."""
     from_cfg = thresholds_from_cfg(graph) if calibration is None else None
     if from_cfg is not None:
-        return from_cfg, {}, f"{graph.path} (input_calibration)"
+        return from_cfg, {}, f"{graph.path} (input_calibration)", None
     path = calibration
     if path is None and default_calibration is not None and default_calibration.exists():
         path = default_calibration
     if path is None:
-        return {}, {}, None
+        return {}, {}, None, None
     cal = Calibration.load(path)
     cal.check_model(model_id, path)
     corrections = {k: np.asarray(v, dtype=np.float32) for k, v in cal.bias_corrections.items()}
-    return dict(cal.thresholds), corrections, str(path)
+    return dict(cal.thresholds), corrections, str(path), cal
 
 
 def check_corrections(graph: Graph, corrections: Corrections, path: str | Path | None = None) -> None:
@@ -78,8 +100,9 @@ def int8_conv(layer: Convolutional, threshold: float, bias: np.ndarray, activati
 
     packed = Int8ConvWeights.from_float(layer.weights, layer.groups)
     multiplier = multiplier_for_threshold(threshold)
-    return lambda x: conv2d_int8(x, packed, bias, multiplier, layer.stride, layer.pad, activation,
-                                 layer.groups)
+    stride = kernel_stride(layer)
+    return with_dilation(layer, lambda x: conv2d_int8(x, packed, bias, multiplier, stride,
+                                                      layer.pad, activation, layer.groups))
 
 
 def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections | None = None,
@@ -104,13 +127,19 @@ def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections |
             return fp32_conv(layer, g)
         correction = corrections.get(layer.index)
         bias = layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
-        return int8_conv(layer, thresholds[layer.index], bias, layer.activation_code)
+        return unfused_activation(layer, int8_conv(layer, thresholds[layer.index], bias,
+                                                   layer.activation_code))
 
-    return Program(graph, {**FP32_OPS, Convolutional: conv})
+    program = Program(graph, {**FP32_OPS, Convolutional: conv})
+    program.quantization = Quantization({i: thresholds[i] for i in wanted},
+                                        {i: corrections[i] for i in wanted if i in corrections})
+    return program
 
 
 def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
                     default_calibration: Path | None) -> tuple[Program, str | None]:
-    thresholds, corrections, source = resolve_calibration(graph, model_id, calibration,
-                                                          default_calibration)
-    return build(graph, thresholds, corrections, source), source
+    thresholds, corrections, source, file = resolve_calibration(graph, model_id, calibration,
+                                                                default_calibration)
+    program = build(graph, thresholds, corrections, source)
+    program.calibration = file  # the model checks its preprocessing against the file's
+    return program, source

@@ -3,20 +3,77 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import activations
 from ..graph import Graph
-from ..kernels.activations import LINEAR, activate_numpy
 from ..kernels.conv_fp32 import Fp32Conv
 from ..kernels.pooling import maxpool
 from ..layers import (AvgPool, Convolutional, Dropout, MaxPool, Region, Reorg, Route, Shortcut,
                       Upsample, Yolo)
+from ..layers import GaussianYolo, LocalAvgPool, Reorg3d, Sam, ScaleChannels
+from ..layers import Connected, Cost, Crop, Softmax
 from .base import Op
 
 
 def conv(layer: Convolutional, graph: Graph) -> Op:
     if layer.xnor:
-        return xnor_conv(layer)
-    return Fp32Conv(layer.weights, layer.bias, layer.stride, layer.pad, layer.groups,
-                    layer.activation_code, out_hw=(layer.out_shape.h, layer.out_shape.w))
+        return unfused_activation(layer, xnor_conv(layer))
+    d = layer.dilation
+    kernel = Fp32Conv(layer.weights, layer.bias, kernel_stride(layer), layer.pad, layer.groups,
+                      layer.activation_code,
+                      out_hw=(-(-layer.in_shape.h // d), -(-layer.in_shape.w // d)) if d > 1
+                      else (layer.out_shape.h, layer.out_shape.w))
+    return conv_op(layer, kernel)
+
+
+def conv_op(layer: Convolutional, kernel: Op) -> Op:
+    """The layer's op around a kernel that computes its undilated convolution (pad = layer.pad)
+    with the fused part of its activation: dilation, then any activation the kernels do not
+    fuse, added around it."""
+    return unfused_activation(layer, with_dilation(layer, kernel))
+
+
+def unfused_activation(layer: Convolutional, op: Op) -> Op:
+    """op followed by the layer's activation when the kernels do not fuse it."""
+    if activations.is_fused(layer.activation):
+        return op
+    return lambda x: activations.apply(op(x), layer.activation)
+
+
+def kernel_stride(layer: Convolutional) -> int:
+    """The stride the layer's kernel runs with: dilated layers run at stride 1 (see
+    with_dilation)."""
+    return 1 if layer.dilation > 1 else layer.stride
+
+
+def with_dilation(layer: Convolutional, kernel: Op) -> Op:
+    """The layer's convolution from a kernel of stride kernel_stride(layer): dilated layers
+    run at stride 1 and keep every stride-th output (darknet's strided output is exactly that
+    subsample, 4x the work for stride 2: resnet152_trident has one such layer)."""
+    if layer.dilation == 1:
+        return kernel
+    op = dilated(kernel, layer.dilation)
+    if layer.stride == 1:
+        return op
+    s = layer.stride
+    return lambda x: np.ascontiguousarray(op(x)[:, ::s, ::s])
+
+
+def dilated(kernel: Op, d: int) -> Op:
+    """A stride-1 convolution dilated by d, from the undilated one: output pixels (py + d i,
+    px + d j) see only input pixels (py + d m, px + d n), so each of the d x d phases of the
+    output is the undilated convolution of the same phase of the input (padding p pixels of
+    the phase standing for darknet's p * d of the image)."""
+    def run(x: np.ndarray) -> np.ndarray:
+        out = None
+        for py in range(d):
+            for px in range(d):
+                part = kernel(np.ascontiguousarray(x[:, py::d, px::d]))
+                if out is None:
+                    out = np.empty((x.shape[0], x.shape[1], x.shape[2], part.shape[3]),
+                                   np.float32)
+                out[:, py::d, px::d] = part
+        return out
+    return run
 
 
 def xnor_conv(layer: Convolutional) -> Op:
@@ -60,11 +117,97 @@ def route(layer: Route, graph: Graph) -> Op:
     return grouped
 
 
+def activated(name: str, op: Op) -> Op:
+    """op followed by darknet's activation `name` (none for linear)."""
+    if name == "linear":
+        return op
+    return lambda *xs: activations.apply(op(*xs), name)
+
+
 def shortcut(layer: Shortcut, graph: Graph) -> Op:
-    code = layer.activation_code
-    if code == LINEAR:
-        return lambda a, b: a + b
-    return lambda a, b: activate_numpy(a + b, code)
+    if layer.weights_type is None and len(layer.inputs) == 2 and \
+            graph_shape(graph, layer.inputs[1]) == layer.out_shape:
+        return activated(layer.activation, lambda a, b: a + b)
+    return activated(layer.activation, lambda *xs: shortcut_sum(xs, shortcut_weights(layer)))
+
+
+def graph_shape(graph: Graph, index: int):
+    return graph.input_shape if index < 0 else graph.layers[index].out_shape
+
+
+def shortcut_weights(layer: Shortcut) -> np.ndarray | None:
+    """Each input's weight (inputs, 1 or channels), normalised as shortcut_multilayer_cpu does
+    (float32; eps 0.0001 in the denominator), or None for a plain sum."""
+    if layer.weights_type is None:
+        return None
+    w = layer.weights.astype(np.float32)
+    eps = np.float32(0.0001)
+    if layer.weights_normalization == "relu":
+        w = np.maximum(w, 0)
+        return w / (eps + w.sum(axis=0, dtype=np.float32))
+    if layer.weights_normalization == "softmax":
+        e = np.exp(w - w.max(axis=0))
+        return e / (eps + e.sum(axis=0, dtype=np.float32))
+    return w
+
+
+def shortcut_sum(xs: tuple[np.ndarray, ...], weights: np.ndarray | None) -> np.ndarray:
+    """The first input (the previous layer) plus each other one over the channels they share,
+    each times its weight if weighted."""
+    first = xs[0] if weights is None else xs[0] * weights[0]
+    out = np.array(first, dtype=np.float32)
+    for i, x in enumerate(xs[1:], start=1):
+        c = min(out.shape[3], x.shape[3])
+        term = x[..., :c] if weights is None else x[..., :c] * weights[i, :c]
+        out[..., :c] += term
+    return out
+
+
+def scale_channels(layer: ScaleChannels, graph: Graph) -> Op:
+    """forward_scale_channels_layer: the `from` output times the previous layer's per-channel
+    (1x1xC) or, with scale_wh, per-pixel (WxHx1) scales; both broadcast in NHWC."""
+    return activated(layer.activation, lambda scales, x: x * scales)
+
+
+def sam(layer: Sam, graph: Graph) -> Op:
+    return activated(layer.activation, lambda a, b: a * b)
+
+
+def reorg3d(layer: Reorg3d, graph: Graph) -> Op:
+    """reorg_layer.c: out[y, x, o * C + c] = in[y * s + dy, x * s + dx, c], o = dy * s + dx."""
+    s = layer.stride
+
+    def reorganize(x: np.ndarray) -> np.ndarray:
+        n, h, w, c = x.shape
+        blocks = x.reshape(n, h // s, s, w // s, s, c).transpose(0, 1, 3, 2, 4, 5)
+        return np.ascontiguousarray(blocks).reshape(n, h // s, w // s, s * s * c)
+    return reorganize
+
+
+def local_avg_pool(layer: LocalAvgPool, graph: Graph) -> Op:
+    """forward_local_avgpool_layer: the mean of each window's pixels inside the image."""
+    size, stride, start = layer.size, layer.stride, layer.padding // 2
+    oh, ow = layer.out_shape.h, layer.out_shape.w
+    h, w = layer.in_shape.h, layer.in_shape.w
+    # Padded extents covering every window; zeros outside the image, counted out below.
+    ph, pw = max(h + start, (oh - 1) * stride + size), max(w + start, (ow - 1) * stride + size)
+    inside = np.zeros((ph, pw), np.float32)
+    inside[start:start + h, start:start + w] = 1
+    counts = _window_sums(inside[None, :, :, None], size, stride, oh, ow)
+
+    def pool(x: np.ndarray) -> np.ndarray:
+        padded = np.zeros((x.shape[0], ph, pw, x.shape[3]), np.float32)
+        padded[:, start:start + h, start:start + w] = x
+        return _window_sums(padded, size, stride, oh, ow) / counts
+    return pool
+
+
+def _window_sums(x: np.ndarray, size: int, stride: int, oh: int, ow: int) -> np.ndarray:
+    total = np.zeros((x.shape[0], oh, ow, x.shape[3]), np.float32)
+    for dy in range(size):
+        for dx in range(size):
+            total += x[:, dy:dy + stride * (oh - 1) + 1:stride, dx:dx + stride * (ow - 1) + 1:stride]
+    return total
 
 
 def upsample(layer: Upsample, graph: Graph) -> Op:
@@ -101,10 +244,21 @@ def _logistic(x: np.ndarray) -> np.ndarray:
 
 def yolo(layer: Yolo, graph: Graph) -> Op:
     """darknet's forward_yolo_layer at inference: logistic on everything but w and h, then
-    x, y scaled by scale_x_y about the cell centre (AlexeyAB)."""
+    x, y scaled by scale_x_y about the cell centre (AlexeyAB). With new_coords: no logistic
+    (the conv before applies it), only the scaling."""
     a = layer.num_anchors
     scale = np.float32(layer.scale_x_y)
     shift = np.float32(-0.5 * (layer.scale_x_y - 1))
+
+    def new_coords_head(x: np.ndarray) -> np.ndarray:
+        out = x.copy()
+        if layer.scale_x_y != 1:
+            v = out.reshape(*x.shape[:3], a, -1)
+            v[..., :2] = v[..., :2] * scale + shift
+        return out
+
+    if layer.new_coords:
+        return new_coords_head
 
     def head(x: np.ndarray) -> np.ndarray:
         # The logistic over the whole contiguous array in place, then w and h copied back raw:
@@ -143,7 +297,70 @@ def region(layer: Region, graph: Graph) -> Op:
     return head
 
 
+def gaussian_yolo(layer: GaussianYolo, graph: Graph) -> Op:
+    """forward_gaussian_yolo_layer: logistic on every entry but w and h (4 and 6), then x and
+    y (entries 0 and 2) scaled by scale_x_y about the cell centre."""
+    a = layer.num_anchors
+    scale = np.float32(layer.scale_x_y)
+    shift = np.float32(-0.5 * (layer.scale_x_y - 1))
+
+    def head(x: np.ndarray) -> np.ndarray:
+        v = x.reshape(*x.shape[:3], a, -1)
+        out = _logistic(v)
+        out[..., 4] = v[..., 4]
+        out[..., 6] = v[..., 6]
+        for entry in (0, 2):  # x and y
+            out[..., entry] = out[..., entry] * scale + shift
+        return out.reshape(x.shape)
+    return head
+
+
+def _darknet_order(x: np.ndarray) -> np.ndarray:
+    """NHWC batch -> (N, C*H*W) in darknet's (C, H, W) order."""
+    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+
+def connected(layer: Connected, graph: Graph) -> Op:
+    """darknet's forward_connected_layer: x . W^T + b (batch norm folded), then activation."""
+    weights_t = np.ascontiguousarray(layer.weights.T)
+
+    def fully_connected(x: np.ndarray) -> np.ndarray:
+        y = _darknet_order(x) @ weights_t + layer.bias
+        y = y if layer.activation == "linear" else activations.apply(y, layer.activation)
+        return y.reshape(x.shape[0], 1, 1, layer.outputs)
+    return fully_connected
+
+
+def softmax(layer: Softmax, graph: Graph) -> Op:
+    """darknet's softmax_cpu: over `groups` consecutive runs of the (C, H, W)-ordered input,
+    exp(x / t - max / t) normalised (t the temperature)."""
+    t = np.float32(layer.temperature)
+
+    def soft(x: np.ndarray) -> np.ndarray:
+        n, h, w, c = x.shape
+        v = _darknet_order(x).reshape(n, layer.groups, -1)
+        e = np.exp(v / t - v.max(axis=2, keepdims=True) / t)
+        out = (e / e.sum(axis=2, keepdims=True)).reshape(n, c, h, w)
+        return np.ascontiguousarray(out.transpose(0, 2, 3, 1), dtype=np.float32)
+    return soft
+
+
+def cost(layer: Cost, graph: Graph) -> Op:
+    return lambda x: x
+
+
+def crop(layer: Crop, graph: Graph) -> Op:
+    """The centre of the input, x * scale + shift (darknet's crop at test time)."""
+    rows = slice(layer.top, layer.top + layer.out_shape.h)
+    cols = slice(layer.left, layer.left + layer.out_shape.w)
+    scale, shift = np.float32(layer.scale), np.float32(layer.shift)
+    return lambda x: x[:, rows, cols] * scale + shift
+
+
 FP32_OPS = {
     Convolutional: conv, MaxPool: max_pool, AvgPool: avg_pool, Dropout: dropout, Route: route,
     Shortcut: shortcut, Upsample: upsample, Reorg: reorg, Yolo: yolo, Region: region,
+    GaussianYolo: gaussian_yolo, ScaleChannels: scale_channels, Sam: sam, Reorg3d: reorg3d,
+    LocalAvgPool: local_avg_pool,
+    Connected: connected, Softmax: softmax, Cost: cost, Crop: crop,
 }

@@ -1,7 +1,7 @@
 """Darknet's activation functions, as numba scalar functions and numpy references.
 
-Each activation has a small integer code so that compiled kernels can take it as an
-argument (numba cannot dispatch on strings cheaply). `activate(x, code)` inlines into
+Each fused activation has a small integer code (yolo8.activations) so that compiled kernels
+can take it as an argument (numba cannot dispatch on strings cheaply). `activate(x, code)` inlines into
 the caller's loop; `activate_numpy` is the plain reference the tests compare with.
 """
 from __future__ import annotations
@@ -13,19 +13,9 @@ from numba import njit
 
 from ..jit import CACHE
 
-LINEAR, LEAKY, RELU, LOGISTIC, MISH, SWISH = range(6)
-
-CODES: dict[str, int] = {
-    "linear": LINEAR,
-    "leaky": LEAKY,
-    "relu": RELU,
-    "logistic": LOGISTIC,
-    "mish": MISH,
-    "swish": SWISH,
-}
-
-# darknet's softplus inside mish switches to the asymptotes beyond this (MISH_THRESHOLD).
-_SOFTPLUS_THRESHOLD = 20.0
+# The codes and names live outside kernels/ (a cfg parse must not import numba).
+from ..activations import CODES, LEAKY, LINEAR, LOGISTIC, MISH, RELU, SWISH  # noqa: F401
+from ..activations import SOFTPLUS_THRESHOLD as _SOFTPLUS_THRESHOLD
 
 
 @njit(inline="always", cache=CACHE)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
+import numpy as np
+
 from ..darknet.cfg import Section
 from ..errors import ConfigError
 
@@ -44,6 +46,14 @@ class Layer:
     line: int
     inputs: tuple[int, ...]
     out_shape: Shape
+
+    def weight_floats(self) -> int:
+        """Floats this layer takes from a darknet .weights file (in file order of layers)."""
+        return 0
+
+    def assign_weights(self, values: np.ndarray) -> None:
+        """Take this layer's `weight_floats()` values from the .weights file (ValueError if
+        they cannot be used, e.g. a negative variance)."""
 
     def describe(self) -> str:
         """Canonical text of what the layer computes (used in the model fingerprint)."""

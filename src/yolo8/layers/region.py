@@ -38,6 +38,8 @@ def build(section: Section, ctx: BuildContext) -> Region:
     softmax = bool(section.get_int("softmax", 0, low=0, high=1))
     for key in ("background", "softmax_tree", "log", "sqrt"):
         section.require_default(key, 0)
+    if section.has("tree"):  # yolo9000's hierarchical softmax over a WordTree
+        raise section.error("hierarchical softmax (yolo9000's tree=) is not supported", "tree")
     anchors = read_anchors(section, num)
     section.ignore(*_TRAINING_KEYS)
     check_head_channels(section, in_shape.c, num, coords + 1 + classes,

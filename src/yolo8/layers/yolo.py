@@ -1,4 +1,8 @@
-"""[yolo]: YOLOv3/v4 detection head (logistic x, y, objectness and classes)."""
+"""[yolo]: YOLOv3/v4 detection head (logistic x, y, objectness and classes).
+
+With AlexeyAB's `new_coords=1` (YOLOv7, Scaled-YOLOv4) the head applies no logistic (the
+conv before it does) and get_yolo_box decodes w and h as 4 * t^2 * anchor instead of
+exp(t) * anchor; scale_x_y applies to x and y either way."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ class Yolo(Layer):
     # NMS (darknet's do_nms_sort). The last head's rule applies to the whole image, as in
     # AlexeyAB's detector (it reads net.layers[net.n - 1]).
     diou_nms_beta: float | None = None
+    new_coords: bool = False
 
     @property
     def num_anchors(self) -> int:
@@ -33,7 +38,8 @@ class Yolo(Layer):
 
     def describe(self) -> str:
         return (f"{super().describe()} classes={self.classes} scale_x_y={self.scale_x_y!r} "
-                f"anchors={self.anchors.ravel().tolist()}")
+                f"anchors={self.anchors.ravel().tolist()}"
+                + (" new_coords=1" if self.new_coords else ""))
 
 
 def read_anchors(section: Section, total: int) -> np.ndarray:
@@ -84,9 +90,10 @@ def build(section: Section, ctx: BuildContext) -> Yolo:
         raise section.error("mask repeats an anchor", "mask")
     anchors = read_anchors(section, total)[mask]
     scale_x_y = section.get_float("scale_x_y", 1.0, low=0.0)
-    section.require_default("new_coords", 0)
+    new_coords = bool(section.get_int("new_coords", 0, low=0, high=1))
     diou_nms_beta = read_nms_kind(section)
     section.ignore(*_TRAINING_KEYS)
     check_head_channels(section, in_shape.c, len(mask), 5 + classes, f"5 + {classes} classes")
     return Yolo(index=ctx.index, line=section.line, inputs=(prev,), out_shape=in_shape,
-                classes=classes, anchors=anchors, scale_x_y=scale_x_y, diou_nms_beta=diou_nms_beta)
+                classes=classes, anchors=anchors, scale_x_y=scale_x_y, diou_nms_beta=diou_nms_beta,
+                new_coords=new_coords)

@@ -1,8 +1,5 @@
 """INT8 calibration: activation collectors, the KL threshold search, the calibration file."""
-from .calibration_file import (
-    Calibration,
-    cfg_with_input_calibration,
-)
+from .calibration_file import Calibration
 from .collect import (
     ALL_ZERO_FALLBACK_THRESHOLD,
     HistogramCollector,
@@ -24,7 +21,6 @@ __all__ = [
     "HistogramCollector",
     "RangeCollector",
     "abs_histogram",
-    "cfg_with_input_calibration",
     "compute_thresholds",
     "kl_divergences",
     "kl_threshold",

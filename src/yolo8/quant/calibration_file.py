@@ -1,4 +1,4 @@
-"""The calibration file (JSON) and yolo2_light's `input_calibration` cfg line.
+"""The calibration file (JSON).
 
 A calibration is tied to one model by an opaque `model_id` the caller computes (e.g. a
 hash of the cfg and weights); loading it for another model is refused, since thresholds
@@ -7,6 +7,7 @@ measured on one network are meaningless for another.
 File layout (UTF-8 JSON):
     {"format": "yolo8-calibration", "version": 1, "model_id": "...", "method": "kl",
      "num_images": 500, "bins": 2048, "created_by": "yolo8 0.1.0", "notes": null,
+     "preprocessing": {"letterbox": false, "resize": "darknet"},  # version 2 on
      "thresholds": {"1": 4.25, "2": 11.5, ...},       # layer index -> threshold of |x|
      "bias_corrections": {"2": [0.01, -0.003, ...]}}   # optional: layer -> per-channel shift
 """
@@ -22,10 +23,13 @@ from os import PathLike
 from typing import Any
 
 from .. import __version__
-from ..errors import CalibrationError, ConfigError
+from ..errors import CalibrationError
 
 FORMAT_TAG = "yolo8-calibration"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 files did not record their preprocessing; yolo8 then had OpenCV's resize only.
+_V1_RESIZE = "opencv"
+RESIZE_MODES = ("darknet", "opencv")
 
 _REQUIRED = ("format", "version", "model_id", "thresholds", "method", "num_images", "bins",
              "created_by")
@@ -40,6 +44,8 @@ class Calibration:
     bias_corrections: layer index -> per-output-channel mean error of that layer's INT8
     pre-activation on the calibration images (INT8 minus FP32, same FP32 input); the INT8
     backend subtracts it from the layer's bias (empirical bias correction).
+    letterbox, resize: the preprocessing the images had (activation ranges depend on it);
+    None where it was not recorded (version-1 files: letterbox; resize was OpenCV's then).
     """
 
     model_id: str
@@ -50,10 +56,13 @@ class Calibration:
     created_by: str = field(default_factory=lambda: f"yolo8 {__version__}")
     notes: str | None = None
     bias_corrections: Mapping[int, Sequence[float]] = field(default_factory=dict)
+    letterbox: bool | None = None
+    resize: str | None = None
 
     def __post_init__(self) -> None:
-        problem = _problem_with_fields(self.model_id, self.method, self.num_images, self.bins,
-                                       self.created_by, self.notes)
+        problem = (_problem_with_fields(self.model_id, self.method, self.num_images, self.bins,
+                                        self.created_by, self.notes)
+                   or _problem_with_preprocessing(self.letterbox, self.resize))
         if problem:
             raise ValueError(problem)
         if not self.thresholds:
@@ -90,6 +99,8 @@ class Calibration:
             # back to the same double.
             "thresholds": {str(k): v for k, v in self.thresholds.items()},
         }
+        if self.letterbox is not None and self.resize is not None:
+            document["preprocessing"] = {"letterbox": self.letterbox, "resize": self.resize}
         if self.bias_corrections:
             document["bias_corrections"] = {str(k): list(v) for k, v in self.bias_corrections.items()}
         return json.dumps(document, indent=2, allow_nan=False) + "\n"
@@ -154,10 +165,11 @@ class Calibration:
             raise fail(problem)
         thresholds = _parse_thresholds(document["thresholds"], fail)
         corrections = _parse_corrections(document.get("bias_corrections", {}), fail)
+        letterbox, resize = _parse_preprocessing(document, version, fail)
         return cls(model_id=document["model_id"], thresholds=thresholds,
                    num_images=document["num_images"], method=document["method"],
                    bins=document["bins"], created_by=document["created_by"], notes=notes,
-                   bias_corrections=corrections)
+                   bias_corrections=corrections, letterbox=letterbox, resize=resize)
 
     # -- model check ----------------------------------------------------------------------
     def check_model(self, model_id: str, path: str | PathLike | None = None) -> None:
@@ -173,69 +185,25 @@ class Calibration:
             "run `yolo8 calibrate` for this model", path=path)
 
 
-# -- yolo2_light interoperability --------------------------------------------------------------
-_INPUT_CALIBRATION = "input_calibration"
+    def check_preprocessing(self, letterbox: bool, resize: str,
+                            path: str | PathLike | None = None) -> None:
+        """Raise CalibrationError unless images are prepared as they were for this calibration
+        (thresholds measured on one input distribution misfit another)."""
+        made = {"letterbox": self.letterbox, "resize": self.resize}
+        asked = {"letterbox": letterbox, "resize": resize}
+        differ = [k for k, v in made.items() if v is not None and v != asked[k]]
+        if not differ:
+            return
+        show = lambda d: ", ".join(f"{k}={_option(k, d[k])}" for k in differ)  # noqa: E731
+        raise CalibrationError(
+            f"made with {show(made)} but this run uses {show(asked)}; use the calibration's "
+            f"preprocessing or run `yolo8 calibrate` with yours", path=path, key="preprocessing")
 
 
-def cfg_with_input_calibration(cfg_text: str, multipliers: Sequence[float]) -> str:
-    """The cfg text with `input_calibration = m0, m1, ...` in its [net] section.
-
-    How yolo2_light reads it (src/additionally.c, parse_net_options; and
-    quantinization_and_get_multipliers in src/yolov2_forward_network_quantized.c):
-    - the values are positional, one per [convolutional] (or [conv]) section in file
-      order, counting every conv layer, quantized or not: value k is the input
-      multiplier (127 / threshold) of the k-th conv layer. Non-conv layers take none.
-    - the first conv layer always runs in FP32 on yolo2_light's CPU path, so value 0 is
-      read but unused there; it must still be present to keep the others in place
-      (yolo2_light's own calibrator writes its measured value; 127 / max|input| is the
-      natural choice, i.e. 127 for images in [0, 1]).
-    - value k+1 also sets conv k's output rescale (its `output_multipler`), so the list
-      yolo2_light writes has one extra trailing value (it writes "16"); a list exactly as
-      long as the conv layers leaves the last conv at the default of 40, which only its
-      legacy path reads (the last conv has a linear activation and runs in FP32).
-    - a shorter list: the missing layers get 40 and it prints a warning. Extra values
-      are ignored. Values are read with atof: an empty item reads as 0.
-    - darknet's reader deletes all whitespace of a line, and the first occurrence of a
-      key wins.
-
-    So `multipliers` must hold one value (finite, > 0) per conv section of cfg_text, in
-    order, first layer included; ValueError otherwise. An existing input_calibration line
-    of [net] (the first one; later duplicates are removed) is replaced in place,
-    otherwise the line is added after the last option of [net]. Every other byte is kept,
-    including CRLF line ends (read the cfg with newline="" to keep them). ConfigError if
-    the text has no [net]/[network] section first.
-    """
-    values = [float(m) for m in multipliers]
-    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
-    if bad:
-        raise ValueError(f"multipliers must be finite and > 0, got {bad[0]!r}")
-    lines = cfg_text.split("\n")  # each keeps its '\r', if any: rejoining is byte-exact
-    sections = _section_starts(lines)
-    if not sections or sections[0][1] not in ("net", "network"):
-        raise ConfigError("the cfg does not start with a [net] section", key=_INPUT_CALIBRATION)
-    conv_count = sum(1 for _, name in sections if name in ("convolutional", "conv"))
-    if conv_count == 0:
-        raise ValueError("the cfg has no [convolutional] section")
-    if len(values) != conv_count:
-        raise ValueError(f"got {len(values)} multipliers for {conv_count} conv layers")
-
-    net_start = sections[0][0]
-    net_end = sections[1][0] if len(sections) > 1 else len(lines)
-    existing = [i for i in range(net_start + 1, net_end)
-                if _option_key(lines[i]) == _INPUT_CALIBRATION]
-    text = f"{_INPUT_CALIBRATION} = " + ", ".join(repr(v) for v in values)
-    if existing:
-        first = existing[0]
-        lines[first] = text + ("\r" if lines[first].endswith("\r") else "")
-        for i in reversed(existing[1:]):
-            del lines[i]
-        return "\n".join(lines)
-    options = [i for i in range(net_start + 1, net_end) if _option_key(lines[i]) is not None]
-    after = options[-1] if options else net_start
-    # [net] is followed by a conv section (there is at least one), so `after` is never
-    # the last line: it has a line end whose style the new line copies.
-    lines.insert(after + 1, text + ("\r" if lines[after].endswith("\r") else ""))
-    return "\n".join(lines)
+def _option(key: str, value: object) -> str:
+    if key == "letterbox":
+        return "on" if value else "off"
+    return str(value)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -270,6 +238,30 @@ def _problem_with_fields(model_id: Any, method: Any, num_images: Any, bins: Any,
     if notes is not None and not isinstance(notes, str):
         return "'notes' must be a string or null"
     return None
+
+
+def _problem_with_preprocessing(letterbox: Any, resize: Any) -> str | None:
+    if letterbox is not None and not isinstance(letterbox, bool):
+        return f"'letterbox' must be true or false, got {letterbox!r}"
+    if resize is not None and resize not in RESIZE_MODES:
+        return f"'resize' must be one of {', '.join(RESIZE_MODES)}, got {resize!r}"
+    return None
+
+
+def _parse_preprocessing(document: dict, version: int, fail: Callable[..., CalibrationError]
+                         ) -> tuple[bool | None, str | None]:
+    """(letterbox, resize) as recorded; not recorded: (None, None), except that version-1 files
+    were all made with OpenCV's resize."""
+    if "preprocessing" not in document:
+        return None, _V1_RESIZE if version == 1 else None
+    raw = document["preprocessing"]
+    if not isinstance(raw, dict) or set(raw) != {"letterbox", "resize"}:
+        raise fail("must be {\"letterbox\": true|false, \"resize\": \"darknet\"|\"opencv\"}",
+                   key="preprocessing")
+    problem = _problem_with_preprocessing(raw["letterbox"], raw["resize"])
+    if problem:
+        raise fail(problem, key="preprocessing")
+    return raw["letterbox"], raw["resize"]
 
 
 def _parse_thresholds(raw: Any, fail: Callable[..., CalibrationError]) -> dict[int, float]:
@@ -322,21 +314,3 @@ def _brief_pair(a: str, b: str, width: int = 12) -> tuple[str, str]:
         return repr(s) if len(s) <= keep + 1 else repr(s[:keep]) + "…"
 
     return cut(a), cut(b)
-
-
-def _section_starts(lines: list[str]) -> list[tuple[int, str]]:
-    """(line index, name) of every `[name]` header (darknet: a line starting with '[')."""
-    starts = []
-    for i, line in enumerate(lines):
-        squeezed = "".join(line.split())
-        if squeezed.startswith("["):
-            starts.append((i, squeezed[1:].split("]", 1)[0]))
-    return starts
-
-
-def _option_key(line: str) -> str | None:
-    """The key of a `key = value` line as darknet reads it; None for blank/comment lines."""
-    squeezed = "".join(line.split())
-    if not squeezed or squeezed[0] in "#;[" or "=" not in squeezed:
-        return None
-    return squeezed.split("=", 1)[0]

@@ -1,0 +1,196 @@
+"""Plain transcriptions of AlexeyAB/darknet's C loops (flat NCHW buffers, one image), for the
+layers OpenCV does not run. Written from darknet's src/*.c, not from yolo8's code: slow and
+literal on purpose."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def shortcut_multilayer(inp: np.ndarray, adds: list[np.ndarray], weights: np.ndarray | None,
+                        normalization: str | None) -> np.ndarray:
+    """blas.c shortcut_multilayer_cpu for one image: inp and adds flat (C*H*W), weights flat
+    (nweights) or None; normalization None, "relu" or "softmax"."""
+    n = len(adds)
+    src_outputs = inp.size
+    nweights = 0 if weights is None else weights.size
+    layer_step = nweights // (n + 1)
+    step = src_outputs // layer_step if nweights > 0 else 0
+    out = np.empty(src_outputs, np.float32)
+    for src_i in range(src_outputs):
+        total, max_val = np.float32(1), -np.inf
+        if weights is not None and normalization:
+            if normalization == "softmax":
+                for i in range(n + 1):
+                    max_val = max(max_val, weights[src_i // step + i * layer_step])
+            total = np.float32(0.0001)
+            for i in range(n + 1):
+                w = weights[src_i // step + i * layer_step]
+                total += np.float32(max(w, 0)) if normalization == "relu" else \
+                    np.float32(math.exp(w - max_val))
+
+        def weight(i):
+            w = weights[src_i // step + i * layer_step]
+            if normalization == "relu":
+                return np.float32(max(w, 0) / total)
+            if normalization == "softmax":
+                return np.float32(math.exp(w - max_val) / total)
+            return w
+
+        out[src_i] = inp[src_i] * weight(0) if weights is not None else inp[src_i]
+        for i in range(n):
+            if src_i < adds[i].size:
+                out[src_i] += adds[i][src_i] * weight(i + 1) if weights is not None \
+                    else adds[i][src_i]
+    return out
+
+
+def scale_channels(inp: np.ndarray, from_output: np.ndarray, out_c: int, out_h: int, out_w: int,
+                   scale_wh: bool) -> np.ndarray:
+    """scale_channels_layer.c forward_scale_channels_layer (one image, linear)."""
+    size = out_c * out_h * out_w
+    channel_size = out_h * out_w
+    batch_size = out_c * out_h * out_w
+    out = np.empty(size, np.float32)
+    for i in range(size):
+        if scale_wh:
+            out[i] = inp[i % channel_size + (i // batch_size) * channel_size] * from_output[i]
+        else:
+            out[i] = inp[i // channel_size] * from_output[i]
+    return out
+
+
+def reorg3d(x: np.ndarray, w: int, h: int, c: int, stride: int) -> np.ndarray:
+    """reorg_layer.c forward_reorg_layer (reverse=0): reorg_cpu(input, out_w, out_h, out_c,
+    batch, stride, 0, output)."""
+    out_w, out_h, out_c = w // stride, h // stride, c * stride * stride
+    in_c = out_c // (stride * stride)
+    out = np.empty(out_w * out_h * out_c, np.float32)
+    for k in range(out_c):
+        for j in range(out_h):
+            for i in range(out_w):
+                in_index = i + out_w * (j + out_h * k)
+                c2 = k % in_c
+                offset = k // in_c
+                w2 = i * stride + offset % stride
+                h2 = j * stride + offset // stride
+                out_index = w2 + out_w * stride * (h2 + out_h * stride * c2)
+                out[in_index] = x[out_index]
+    return out
+
+
+def local_avgpool(x: np.ndarray, w: int, h: int, c: int, size: int, stride: int,
+                  pad: int) -> np.ndarray:
+    """maxpool_layer.c forward_local_avgpool_layer (one image)."""
+    out_w = (w + pad - size) // stride + 1
+    out_h = (h + pad - size) // stride + 1
+    offset = -(pad // 2)  # C's -l.pad / 2 truncates towards zero
+    out = np.empty(out_w * out_h * c, np.float32)
+    for k in range(c):
+        for i in range(out_h):
+            for j in range(out_w):
+                total, counter = np.float32(0), 0
+                for n in range(size):
+                    for m in range(size):
+                        cur_h, cur_w = offset + i * stride + n, offset + j * stride + m
+                        if 0 <= cur_h < h and 0 <= cur_w < w:
+                            counter += 1
+                            total += x[cur_w + w * (cur_h + h * k)]
+                out[j + out_w * (i + out_h * k)] = total / counter
+    return out
+
+
+def _logistic(v: float) -> np.float32:
+    return np.float32(1.0 / (1.0 + math.exp(-v)))
+
+
+def gaussian_yolo_forward(x: np.ndarray, n: int, classes: int, h: int, w: int,
+                          scale_x_y: float) -> np.ndarray:
+    """gaussian_yolo_layer.c forward_gaussian_yolo_layer at inference (one image)."""
+    out = x.astype(np.float32).copy()
+    plane = w * h
+
+    def index(a, entry):
+        return a * plane * (9 + classes) + entry * plane
+
+    for a in range(n):
+        for entry, count in ((0, 2), (2, 2), (5, 1), (7, 1), (8, 1 + classes)):
+            start = index(a, entry)
+            for i in range(start, start + count * plane):
+                out[i] = _logistic(out[i])
+        for entry in (0, 2):
+            start = index(a, entry)
+            for i in range(start, start + plane):
+                out[i] = np.float32(out[i] * np.float32(scale_x_y)
+                                    + np.float32(-0.5 * (scale_x_y - 1)))
+    return out
+
+
+def gaussian_yolo_detections(out: np.ndarray, n: int, classes: int, h: int, w: int,
+                             anchors: np.ndarray, netw: int, neth: int, thresh: float,
+                             point: str = "center") -> list[tuple[tuple, list]]:
+    """get_gaussian_yolo_detections (relative boxes, no letterbox): [(box x, y, w, h), probs]."""
+    plane = w * h
+    dets = []
+
+    def at(a, loc, entry):
+        return out[a * plane * (9 + classes) + entry * plane + loc]
+
+    for i in range(plane):
+        row, col = i // w, i % w
+        for a in range(n):
+            objectness = at(a, i, 8)
+            if objectness <= thresh:
+                continue
+            bw = math.exp(at(a, i, 4)) * anchors[a][0] / netw
+            bh = math.exp(at(a, i, 6)) * anchors[a][1] / neth
+            bx = (col + at(a, i, 0)) / w
+            by = (row + at(a, i, 2)) / h
+            if point == "left_top":
+                bx, by = bx + bw / 2, by + bh / 2
+            elif point == "right_bottom":
+                bx, by = bx - bw / 2, by - bh / 2
+            uc = [at(a, i, e) for e in (1, 3, 5, 7)]
+            uc_aver = np.float32((uc[0] + uc[1] + uc[2] + uc[3]) / np.float32(4.0))
+            probs = []
+            for j in range(classes):
+                prob = np.float32(float(objectness * at(a, i, 9 + j)) * (1.0 - float(uc_aver)))
+                probs.append(float(prob) if prob > thresh else 0.0)
+            dets.append(((bx, by, bw, bh), probs))
+    return dets
+
+
+def yolo_box(t: np.ndarray, anchor: tuple[float, float], col: int, row: int, lw: int, lh: int,
+             netw: int, neth: int, new_coords: bool) -> tuple[float, float, float, float]:
+    """yolo_layer.c get_yolo_box for one entry t = (x, y, w, h) of the head output."""
+    if new_coords:
+        return ((col + t[0]) / lw, (row + t[1]) / lh, t[2] * t[2] * 4 * anchor[0] / netw,
+                t[3] * t[3] * 4 * anchor[1] / neth)
+    return ((col + t[0]) / lw, (row + t[1]) / lh, math.exp(t[2]) * anchor[0] / netw,
+            math.exp(t[3]) * anchor[1] / neth)
+
+
+def dilated_conv(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, pad: int,
+                 dilation: int, stride: int = 1) -> np.ndarray:
+    """convolutional_layer.c with im2col_cpu_ext (one group), float64: x (C, H, W),
+    weights (N, C, k, k) -> (N, Ho, Wo), padding pad * dilation as darknet passes it."""
+    c, h, w = x.shape
+    n, _, k, _ = weights.shape
+    p = pad * dilation
+    out_h = (h + 2 * p - (dilation * (k - 1) + 1)) // stride + 1
+    out_w = (w + 2 * p - (dilation * (k - 1) + 1)) // stride + 1
+    cols = np.zeros((c * k * k, out_h * out_w))
+    row = 0
+    for ch in range(c):
+        for ky in range(k):
+            for kx in range(k):
+                for oy in range(out_h):
+                    iy = -p + ky * dilation + oy * stride
+                    for ox in range(out_w):
+                        ix = -p + kx * dilation + ox * stride
+                        if 0 <= iy < h and 0 <= ix < w:
+                            cols[row, oy * out_w + ox] = x[ch, iy, ix]
+                row += 1
+    out = weights.reshape(n, -1).astype(np.float64) @ cols
+    return (out + bias[:, None]).reshape(n, out_h, out_w)
