@@ -66,6 +66,34 @@ def with_model_options(func):
     return func
 
 
+ray_options = [
+    click.option("--ray", "ray_address", metavar="local|auto|HOST:PORT",
+                 help="run on a Ray cluster (pip install 'yolo8[ray]'): 'local' starts one on "
+                      "this machine, HOST:PORT joins a head node's"),
+    click.option("--ray-actors", type=click.IntRange(1), metavar="N",
+                 help="with --ray: N model actors (default: the cluster's CPUs / --threads)"),
+    click.option("--threads", type=click.IntRange(1), metavar="T",
+                 help="with --ray: kernel threads per actor (each asks Ray for T CPUs; default 1)"),
+]
+
+
+def with_ray_options(func):
+    for option in reversed(ray_options):
+        func = option(func)
+    return func
+
+
+def _ray_options(address: str | None, actors: int | None, threads: int | None):
+    """The RayOptions of --ray (None without it)."""
+    if address is None:
+        if actors is not None or threads is not None:
+            raise click.UsageError("--ray-actors and --threads go with --ray")
+        return None
+    from .distributed import RayOptions
+
+    return RayOptions(address=address, actors=actors, threads=threads or 1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="yolo8")
 @click.option("-v", "--verbose", is_flag=True, help="log what yolo8 is doing")
@@ -100,10 +128,11 @@ def cli(verbose: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="do not print the detections")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: on a terminal, for more than one image)")
+@with_ray_options
 def detect(inputs, cfg, weights, names, backend, calibration, resize, thresh, nms, letterbox,
            json_path,
            save_dir, no_save, txt, txt_score, cameras, frames, recursive, quiet,
-           progress) -> None:
+           progress, ray_address, ray_actors, threads) -> None:
     """Detect objects in INPUTS: image files, folders, .txt image lists (darknet style), glob
     patterns ('photos/*.jpg') and videos, mixed freely (default model: yolov3-tiny, COCO).
 
@@ -115,13 +144,22 @@ def detect(inputs, cfg, weights, names, backend, calibration, resize, thresh, nm
 
     if txt_score and not txt:
         raise click.UsageError("--txt-score adds a column to the --txt label files: give --txt")
+    on_ray = _ray_options(ray_address, ray_actors, threads)
+    execute = None
+    if on_ray is not None:
+        from functools import partial
+
+        from .distributed import detect_images, import_ray
+
+        import_ray(on_ray.address)  # says how to install it before any work
+        execute = partial(detect_images, on_ray)
     failed = run_detect(DetectOptions(
         inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
         calibration=calibration, resize=resize, thresh=thresh, nms=nms, letterbox=letterbox,
         json_path=json_path,
         save_dir=save_dir, save_images=not no_save, labels=txt, label_scores=txt_score,
         cameras=list(cameras), frames=frames, recursive=recursive, quiet=quiet,
-        progress=progress))
+        progress=progress), execute)
     if failed:
         sys.exit(1)
 
@@ -182,8 +220,10 @@ def calibrate(images, cfg, weights, out, limit, cfg_out, letterbox, resize, bias
               help="write all detections (COCO-results JSON, as detect --json)")
 @click.option("--progress/--no-progress", default=None,
               help="progress bar on stderr (default: when stderr is a terminal)")
+@with_ray_options
 def map_command(data, cfg, weights, names, backend, calibration, resize, thresh, iou_thresh,
-                thresh_report, nms, letterbox, json_path, save_detections, progress) -> None:
+                thresh_report, nms, letterbox, json_path, save_detections, progress,
+                ray_address, ray_actors, threads) -> None:
     """Mean average precision of a model on a labelled data set.
 
     Images (or label files) that cannot be read are named on stderr and left out of the
@@ -192,12 +232,19 @@ def map_command(data, cfg, weights, names, backend, calibration, resize, thresh,
 
     if names is not None:
         raise click.UsageError("map takes the class names from the .data file (names=)")
+    on_ray = _ray_options(ray_address, ray_actors, threads)
+    collect = None
+    if on_ray is not None:
+        from .distributed import import_ray, map_collector
+
+        import_ray(on_ray.address)  # says how to install it before any work
+        collect = map_collector(on_ray)
     opts = MapOptions(
         data=data, cfg=cfg, weights=weights, backend=backend, calibration=calibration,
         resize=resize, thresh=thresh, iou_thresh=iou_thresh, thresh_report=thresh_report, nms=nms,
         letterbox=letterbox, json_path=json_path, save_detections=save_detections,
         progress=progress)
-    result = run_map(opts)
+    result = run_map(opts, collect=collect)
     click.echo(result.format_table())
     if opts.skipped:
         sys.exit(1)

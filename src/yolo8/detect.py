@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Iterable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -501,9 +501,11 @@ def _usable_sources(expanded: Expanded, opts: DetectOptions) -> list[Source]:
     return expanded.sources
 
 
-def run_detect(opts: DetectOptions) -> list[str]:
+def run_detect(opts: DetectOptions,
+               execute: Callable[[DetectRun, list[Source]], None] | None = None) -> list[str]:
     """Detect in every input; returns the inputs that failed (each reported on stderr in one
-    line as it happened). Raises InputError when there is nothing to process at all."""
+    line as it happened). Raises InputError when there is nothing to process at all.
+    `execute` runs the sources instead of `DetectRun.run` (e.g. on a Ray cluster)."""
     if not opts.inputs and not opts.cameras:
         raise InputError("no input given: name images, folders, .txt lists, glob patterns or "
                          "videos, or use --camera N")
@@ -512,5 +514,5 @@ def run_detect(opts: DetectOptions) -> list[str]:
     sources = _usable_sources(expand_inputs(opts.inputs, opts.cameras, opts.recursive), opts)
     model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names,
                  resize=opts.resize)
-    DetectRun(model, opts, sources).run(sources)
+    (execute or DetectRun.run)(DetectRun(model, opts, sources), sources)
     return opts.failures

@@ -5,6 +5,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from .data import (GroundTruth, ImageDetections, image_paths, read_data_file, re
 from .detect import coco_result
 from .errors import InputError, Yolo8Error
 from .files import atomic_write_bytes
-from .metrics import MapResult, evaluate
+from .metrics import ImageMatch, MapResult, evaluate, evaluate_matches
 from .pipeline import Item, batched, load_images
 from .postprocess import Detection
 from .progress import progress_bar
@@ -40,6 +41,7 @@ class MapOptions:
     progress: bool | None = None  # None: when stderr is a terminal
     batch: int = 4
     skipped: list[str] = field(default_factory=list)  # filled by run_map: images left out
+    cluster: dict | None = None  # filled by a run on a Ray cluster: who did the work
 
 
 def _as_arrays(dets: list[Detection]) -> ImageDetections:
@@ -57,6 +59,8 @@ class _Collected:
     sizes: list[tuple[int, int]]
     results: list[dict]
     skipped: list[str]
+    matches: list[ImageMatch] | None = None  # instead of truths, detections, sizes: each
+                                             # image's share of the metrics, matched elsewhere
 
 
 def _skip(out: _Collected, error: Yolo8Error) -> None:
@@ -104,8 +108,10 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
     return out
 
 
-def run_map(opts: MapOptions, model: Model | None = None) -> MapResult:
-    """The metrics of opts' model (or of `model`, already loaded) on opts.data."""
+def run_map(opts: MapOptions, model: Model | None = None,
+            collect: Callable[..., _Collected] | None = None) -> MapResult:
+    """The metrics of opts' model (or of `model`, already loaded) on opts.data; `collect`
+    gathers the images' results instead of `_run` (same signature; e.g. on a Ray cluster)."""
     config = read_data_file(opts.data)
     images = image_paths(read_image_list(config.valid))
     difficult = (image_paths(read_image_list(config.difficult)) if config.difficult is not None
@@ -123,20 +129,26 @@ def run_map(opts: MapOptions, model: Model | None = None) -> MapResult:
     if model.heads[0].classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].classes} classes", path=config.path, key="classes")
-    got = _run(model, images, difficult, config.classes, opts)
+    got = (collect or _run)(model, images, difficult, config.classes, opts)
     opts.skipped[:] = got.skipped
-    if not got.truths:
+    if not (got.matches or got.truths):
         raise InputError(f"none of the {len(images)} images listed could be read (with their "
                          f"labels); first: {got.skipped[0]}", path=config.valid)
     if got.skipped:
         log.warning("%d of %d images could not be read (named above) and are left out of the "
                     "metrics", len(got.skipped), len(images))
-    result = evaluate(got.truths, got.detections, got.sizes, config.classes, opts.iou_thresh,
-                      opts.thresh_report, model.names[:config.classes])
+    if got.matches is not None:
+        result = evaluate_matches(got.matches, config.classes, opts.iou_thresh,
+                                  opts.thresh_report, model.names[:config.classes])
+    else:
+        result = evaluate(got.truths, got.detections, got.sizes, config.classes,
+                          opts.iou_thresh, opts.thresh_report, model.names[:config.classes])
     if opts.json_path is not None:
         payload = result.to_json()
         payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped),
                        letterbox=letterbox, resize=resize)
+        if opts.cluster is not None:
+            payload["cluster"] = opts.cluster
         _write_json(opts.json_path, payload)
     if opts.save_detections is not None:
         _write_json(opts.save_detections, got.results)

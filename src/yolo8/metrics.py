@@ -19,11 +19,12 @@ x2 - x1 (darknet's and pycocotools' convention, not the VOC devkit's "+1" pixel-
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -130,45 +131,52 @@ class _Matched:
     class_starts: np.ndarray  # detections of class c are [class_starts[c], class_starts[c+1])
 
 
-def _match(truths: Sequence[GroundTruth], detections: Sequence[ImageDetections],
-           num_classes: int, iou_thresh: float) -> _Matched:
-    """VOC devkit matching over the whole data set, vectorised.
+def _by_class_then_score(classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Stable order by (class, score descending): equal scores keep data-set order (image,
+    then position in the image), as MATLAB's sort in the VOC devkit and pycocotools'
+    mergesort do."""
+    order = np.argsort(-scores, kind="stable")
+    return order[np.argsort(classes[order], kind="stable")]
+
+
+def _voc_outcomes(truth: GroundTruth, dets: ImageDetections, iou_thresh: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """VOC devkit matching of one image: each detection's outcome and best IoU, in the
+    image's detection order.
 
     Every detection keeps its best same-class ground truth box (whether or not that box is
     taken); it is a candidate TP when the IoU is above the threshold. Walking detections by
     score, the first candidate of a box takes it and later ones are duplicates (FP), so the TPs
-    are exactly the first occurrences of each box among the candidates in score order.
+    are exactly the first occurrences of each box among the candidates in score order. A box
+    belongs to one image, so this is decided image by image: the data-set order restricted to
+    one image is the image's own (class, score, position) order.
     """
-    best_global, best_iou, truth_offset = [], [], 0
-    for truth, dets in zip(truths, detections):
-        best, iou = _best_truth(truth, dets)
-        best_global.append(np.where(best >= 0, best + truth_offset, -1))
-        best_iou.append(iou)
-        truth_offset += len(truth.classes)
-    classes = np.concatenate([d.classes for d in detections])
-    scores = np.concatenate([d.scores for d in detections])
-    truth_difficult = np.concatenate([t.difficult for t in truths])
-    best_global_all = np.concatenate(best_global)
-    iou_all = np.concatenate(best_iou)
-
-    # Stable sorts: equal scores keep data-set order (image, then position in the image), as
-    # MATLAB's sort in the VOC devkit and pycocotools' mergesort do.
-    order = np.argsort(-scores, kind="stable")
-    order = order[np.argsort(classes[order], kind="stable")]
-    best_sorted, iou_sorted = best_global_all[order], iou_all[order]
-
+    best, iou = _best_truth(truth, dets)
+    order = _by_class_then_score(dets.classes, dets.scores)
+    best_sorted, iou_sorted = best[order], iou[order]
     above = (best_sorted >= 0) & (iou_sorted > iou_thresh)
     on_difficult = np.zeros_like(above)
-    on_difficult[above] = truth_difficult[best_sorted[above]]
+    on_difficult[above] = truth.difficult[best_sorted[above]]
     candidates = np.flatnonzero(above & ~on_difficult)
     _, first = np.unique(best_sorted[candidates], return_index=True)
+    outcome_sorted = np.full(len(order), _FP, dtype=np.int8)
+    outcome_sorted[on_difficult] = _IGNORED
+    outcome_sorted[candidates[first]] = _TP
+    outcome = np.empty_like(outcome_sorted)
+    outcome[order] = outcome_sorted
+    return outcome, iou
 
-    outcome = np.full(len(order), _FP, dtype=np.int8)
-    outcome[on_difficult] = _IGNORED
-    outcome[candidates[first]] = _TP
+
+def _merge(matches: Sequence[ImageMatch], num_classes: int) -> _Matched:
+    """The images' outcomes as one data set, sorted by (class, score descending)."""
+    classes = np.concatenate([m.classes for m in matches])
+    scores = np.concatenate([m.scores for m in matches])
+    order = _by_class_then_score(classes, scores)
     classes_sorted = classes[order]
     class_starts = np.searchsorted(classes_sorted, np.arange(num_classes + 1), side="left")
-    return _Matched(classes_sorted, scores[order], outcome, iou_sorted, class_starts)
+    return _Matched(classes_sorted, scores[order],
+                    np.concatenate([m.outcome for m in matches])[order],
+                    np.concatenate([m.iou for m in matches])[order], class_starts)
 
 
 def _class_aps(outcome: np.ndarray, positives: int) -> tuple[float, float]:
@@ -254,15 +262,26 @@ def _per_class_coco(evaluator, iou: float | None) -> np.ndarray:
     return aps
 
 
-def _coco_evaluate(truths: Sequence[GroundTruth], detections: Sequence[ImageDetections],
-                   image_sizes: Sequence[tuple[int, int]], num_classes: int, by_size: bool
-                   ) -> _CocoOutcome:
-    """COCO AP by pycocotools' COCOeval on in-memory COCO objects.
+def _restrict_areas(params, by_size: bool) -> None:
+    """Unless `by_size`, COCOeval runs on the area range 'all' alone (see _coco_image_evals)."""
+    if not by_size:
+        params.areaRng = [params.areaRng[params.areaRngLbl.index("all")]]
+        params.areaRngLbl = ["all"]
 
-    Unless `by_size`, COCOeval runs on the area range 'all' alone: its per-image matching is a
-    pure-Python loop run once per (image, class, area range), so this is about 4x faster, and the
-    'all' figures (AP, AP50, AP75, AR1/10/100) are the very same computation as in a full run
-    (each area range is evaluated independently). by_size adds the small/medium/large figures.
+
+def _coco_image_evals(truth: GroundTruth, dets: ImageDetections, size: tuple[int, int],
+                      num_classes: int, by_size: bool) -> tuple[np.ndarray, ...]:
+    """pycocotools' COCOeval.evaluate on one image: per (category, area range) with ground
+    truth or detections, what COCOeval.accumulate reads (the scores, per IoU threshold whether
+    each detection is matched or ignored, which ground truth is ignored), flattened: keys
+    (E, 4) = category, area range, detections, ground truths; scores; flags (T, detections)
+    = 1 matched | 2 ignored; ground truth ignored. COCOeval evaluates every image on its own
+    (matching, maxDets=100 per image and category), so this equals its data-set run.
+
+    Unless `by_size`, only the area range 'all' is evaluated: COCOeval's per-image matching is
+    a pure-Python loop run once per (image, class, area range), so this is about 4x faster, and
+    the 'all' figures (AP, AP50, AP75, AR1/10/100) are the very same computation as in a full
+    run (each area range is evaluated independently). by_size adds small/medium/large.
 
     Difficult boxes become iscrowd=1: COCOeval._prepare sets each box's `ignore` from `iscrowd`
     (overwriting any `ignore` given), so crowd is its only ignore mechanism. pycocotools then
@@ -272,18 +291,51 @@ def _coco_evaluate(truths: Sequence[GroundTruth], detections: Sequence[ImageDete
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    dataset, results = _coco_datasets(truths, detections, image_sizes, num_classes)
+    dataset, results = _coco_datasets([truth], [dets], [size], num_classes)
     chatter = io.StringIO()
     with contextlib.redirect_stdout(chatter):  # pycocotools prints its progress
         truth_coco = COCO()
         truth_coco.dataset = dataset
         truth_coco.createIndex()
         evaluator = COCOeval(truth_coco, _coco_results(truth_coco, results), "bbox")
-        if not by_size:
-            params = evaluator.params
-            params.areaRng = [params.areaRng[params.areaRngLbl.index("all")]]
-            params.areaRngLbl = ["all"]
+        _restrict_areas(evaluator.params, by_size)
         evaluator.evaluate()
+    thresholds, areas = len(evaluator.params.iouThrs), len(evaluator.params.areaRng)
+    keys, scores, flags, truth_ignored = [], [np.zeros(0)], [np.zeros((thresholds, 0), np.uint8)], \
+        [np.zeros(0, bool)]
+    for position, entry in enumerate(evaluator.evalImgs):  # [category][area range][image]
+        if entry is None:  # neither ground truth nor detections
+            continue
+        category, area = divmod(position, areas)
+        keys.append((category, area, len(entry["dtScores"]), len(entry["gtIgnore"])))
+        scores.append(np.asarray(entry["dtScores"], np.float64))
+        flags.append((np.asarray(entry["dtMatches"]) != 0).astype(np.uint8)
+                     | (np.asarray(entry["dtIgnore"], bool).astype(np.uint8) << 1))
+        truth_ignored.append(np.asarray(entry["gtIgnore"], bool))
+    return (np.array(keys, np.int64).reshape(-1, 4), np.concatenate(scores),
+            np.concatenate(flags, axis=1), np.concatenate(truth_ignored))
+
+
+def _coco_accumulate(matches: Sequence[ImageMatch], num_classes: int, by_size: bool
+                     ) -> _CocoOutcome:
+    """COCOeval.accumulate and summarize over the images' per-image evaluations, in data-set
+    order (its mergesort keeps that order between equal scores): pycocotools' own figures."""
+    from pycocotools.cocoeval import COCOeval
+
+    evaluator = COCOeval(iouType="bbox")
+    params = evaluator.params
+    params.imgIds = list(range(1, len(matches) + 1))  # ids from 1, as _coco_datasets
+    params.catIds = list(range(1, num_classes + 1))
+    _restrict_areas(params, by_size)
+    evaluator._paramsEval = copy.deepcopy(params)
+    images, areas = len(matches), len(params.areaRng)
+    evaluations: list[dict | None] = [None] * (num_classes * areas * images)
+    for index, match in enumerate(matches):
+        for (category, area), entry in match.coco_entries():
+            evaluations[(category * areas + area) * images + index] = entry
+    evaluator.evalImgs = evaluations
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter):
         evaluator.accumulate()
         evaluator.summarize()
     log.debug("pycocotools:\n%s", chatter.getvalue())
@@ -291,6 +343,85 @@ def _coco_evaluate(truths: Sequence[GroundTruth], detections: Sequence[ImageDete
              for name, v in zip(_COCO_STAT_NAMES, evaluator.stats)
              if by_size or not name.endswith(("_small", "_medium", "_large"))}
     return _CocoOutcome(stats, _per_class_coco(evaluator, None), _per_class_coco(evaluator, 0.5))
+
+
+# ------------------------------------------------------------------------------ one image
+
+
+_PACKED_FIELDS = (("classes", "<i4"), ("scores", "<f8"), ("outcome", "i1"), ("iou", "<f8"),
+                  ("truth_classes", "<i4"), ("truth_difficult", "?"), ("coco_keys", "<i4"),
+                  ("coco_scores", "<f8"), ("coco_flags", "u1"), ("coco_truth_ignored", "?"))
+
+
+@dataclass(frozen=True, eq=False)
+class ImageMatch:
+    """One image's share of the metrics (`match_image`), computable where the image is (a
+    worker of a cluster): its detections' VOC outcomes, its ground truth's classes, and
+    pycocotools' per-image evaluation. `evaluate_matches` over the images in data-set order
+    gives exactly what `evaluate` gives (which is built on it); `to_bytes` is a compact form
+    (about 40 bytes a detection, no boxes)."""
+
+    classes: np.ndarray  # (D,) detection classes, in the image's detection order
+    scores: np.ndarray  # (D,) float64
+    outcome: np.ndarray  # (D,) _TP, _FP or _IGNORED (VOC rules at the iou_thresh used)
+    iou: np.ndarray  # (D,) IoU with the best same-class ground truth box
+    truth_classes: np.ndarray  # (G,)
+    truth_difficult: np.ndarray  # (G,) bool
+    coco_keys: np.ndarray  # (E, 4): category, area range, detections, ground truths
+    coco_scores: np.ndarray  # the E entries' detection scores, one after the other
+    coco_flags: np.ndarray  # (IoU thresholds, detections): 1 matched | 2 ignored
+    coco_truth_ignored: np.ndarray  # the E entries' ground truth ignore flags
+
+    def coco_entries(self) -> Iterator[tuple[tuple[int, int], dict]]:
+        """((category, area range), COCOeval's evalImgs entry, the parts accumulate reads)."""
+        dets_at = truths_at = 0
+        for category, area, dets, truths in self.coco_keys.tolist():
+            flags = self.coco_flags[:, dets_at:dets_at + dets]
+            yield (category, area), {
+                "dtScores": self.coco_scores[dets_at:dets_at + dets],
+                "dtMatches": (flags & 1).astype(bool), "dtIgnore": (flags & 2).astype(bool),
+                "gtIgnore": self.coco_truth_ignored[truths_at:truths_at + truths]}
+            dets_at, truths_at = dets_at + dets, truths_at + truths
+
+    def to_bytes(self) -> bytes:
+        arrays = [np.ascontiguousarray(getattr(self, name), dtype) for name, dtype in
+                  _PACKED_FIELDS]
+        header = [len(arrays)]
+        for array in arrays:
+            header += [array.ndim, *array.shape]
+        return b"".join([np.array(header, "<i8").tobytes(), *(a.tobytes() for a in arrays)])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ImageMatch:
+        count = int(np.frombuffer(data, "<i8", 1)[0])
+        at, shapes = 8, []
+        for _ in range(count):
+            ndim = int(np.frombuffer(data, "<i8", 1, at)[0])
+            shapes.append(tuple(int(v) for v in np.frombuffer(data, "<i8", ndim, at + 8)))
+            at += 8 * (ndim + 1)
+        fields = {}
+        for (name, dtype), shape in zip(_PACKED_FIELDS, shapes):
+            size = int(np.prod(shape)) if shape else 1
+            fields[name] = np.frombuffer(data, dtype, size, at).reshape(shape)
+            at += size * np.dtype(dtype).itemsize
+        return cls(**fields)
+
+
+def match_image(truth: GroundTruth, dets: ImageDetections, image_size: tuple[int, int],
+                num_classes: int, iou_thresh: float = 0.5, coco_by_size: bool = False
+                ) -> ImageMatch:
+    """One image's share of `evaluate` (same arguments, for one image)."""
+    _check_inputs([truth], [dets], [image_size], num_classes, None)
+    (truth,), (dets,) = _as_float64([truth], [dets])
+    return _match_image(truth, dets, image_size, num_classes, iou_thresh, coco_by_size)
+
+
+def _match_image(truth: GroundTruth, dets: ImageDetections, image_size: tuple[int, int],
+                 num_classes: int, iou_thresh: float, coco_by_size: bool) -> ImageMatch:
+    outcome, iou = _voc_outcomes(truth, dets, iou_thresh)
+    coco = _coco_image_evals(truth, dets, image_size, num_classes, coco_by_size)
+    return ImageMatch(dets.classes.astype(np.int64), dets.scores, outcome, iou,
+                      truth.classes.astype(np.int64), truth.difficult, *coco)
 
 
 # ------------------------------------------------------------------------------------ results
@@ -507,16 +638,31 @@ def evaluate(truths: Sequence[GroundTruth], detections: Sequence[ImageDetections
     threshold hit one box the highest-scored is the TP whose IoU enters the average (darknet
     takes the first in network output order). TP/FP/FN counts are otherwise darknet's.
 
-    COCO figures come from pycocotools (see _coco_evaluate); there difficult boxes are crowd.
+    COCO figures come from pycocotools (see _coco_image_evals); there difficult boxes are crowd.
     `coco_by_size` adds COCO's small/medium/large AP and AR to `coco_stats` (slower).
     """
     _check_inputs(truths, detections, image_sizes, num_classes, names)
     truths, detections = _as_float64(truths, detections)
-    matched = _match(truths, detections, num_classes, iou_thresh)
-    coco = _coco_evaluate(truths, detections, image_sizes, num_classes, coco_by_size)
+    matches = [_match_image(truth, dets, size, num_classes, iou_thresh, coco_by_size)
+               for truth, dets, size in zip(truths, detections, image_sizes)]
+    return evaluate_matches(matches, num_classes, iou_thresh, thresh_report, names, coco_by_size)
 
-    truth_classes = np.concatenate([t.classes for t in truths])
-    truth_difficult = np.concatenate([t.difficult for t in truths])
+
+def evaluate_matches(matches: Sequence[ImageMatch], num_classes: int, iou_thresh: float = 0.5,
+                     thresh_report: float = 0.25, names: Sequence[str] | None = None,
+                     coco_by_size: bool = False) -> MapResult:
+    """`evaluate` from the images' `match_image` results, in data-set order (each made with
+    these iou_thresh and coco_by_size): the data-set part of the metrics (sorting, AP, COCO's
+    accumulation), cheap next to the per-image part."""
+    if len(matches) == 0:
+        raise ValueError("no images to evaluate")
+    if names is not None and len(names) != num_classes:
+        raise ValueError(f"{len(names)} names for {num_classes} classes")
+    matched = _merge(matches, num_classes)
+    coco = _coco_accumulate(matches, num_classes, coco_by_size)
+
+    truth_classes = np.concatenate([m.truth_classes for m in matches]).astype(np.int64)
+    truth_difficult = np.concatenate([m.truth_difficult for m in matches]).astype(bool)
     positives = np.bincount(truth_classes[~truth_difficult], minlength=num_classes)
     difficult = np.bincount(truth_classes[truth_difficult], minlength=num_classes)
     above = matched.scores > thresh_report
@@ -547,7 +693,7 @@ def evaluate(truths: Sequence[GroundTruth], detections: Sequence[ImageDetections
         # darknet: sum over all classes / classes, a class without ground truth adding 0
         voc07_all_classes=float(np.nansum(voc07s) / num_classes),
         voc_all_classes=float(np.nansum(vocs) / num_classes),
-        iou_thresh=float(iou_thresh), images=len(truths), num_classes=num_classes,
+        iou_thresh=float(iou_thresh), images=len(matches), num_classes=num_classes,
         classes_with_ground_truth=int(np.count_nonzero(positives)),
         ground_truth=int(positives.sum()), difficult=int(difficult.sum()),
         detections=len(matched.scores), per_class=tuple(per_class), report=report,
