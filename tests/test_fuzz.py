@@ -239,7 +239,10 @@ def check_invariants(graph: Graph) -> None:
             assert all(s[1:] == out[1:] for s in shapes)
             assert out.c == sum(s.c // layer.groups for s in shapes)
         elif isinstance(layer, Shortcut):
-            assert out == first == shape_of(layer.inputs[1])
+            # darknet's shortcut keeps the previous layer's shape and adds the channels it shares
+            # with each `from` layer, which must have the same width and height
+            assert out == first and len(layer.inputs) >= 2
+            assert all(shape_of(i)[1:] == out[1:] for i in layer.inputs[1:])
         elif isinstance(layer, Upsample):
             assert out == (first.c, first.h * layer.stride, first.w * layer.stride)
         elif isinstance(layer, Reorg):
