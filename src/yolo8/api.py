@@ -195,7 +195,7 @@ class Model:
 def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
     """Class names: from `names` (one a line), else COCO's for 80-class detectors, else the
     indices. A classifier's classes are the values of its last layer."""
-    classes = (graph.layers[graph.heads[0]].classes if graph.is_detector
+    classes = (graph.layers[graph.heads[0]].detected_classes if graph.is_detector
                else graph.layers[-1].out_shape.size)
     if names is not None:
         listed = read_names(names)
