@@ -328,3 +328,23 @@ def region_detections_tree(out: np.ndarray, n: int, classes: int, h: int, w: int
                 probs[j] = float(scale) if scale > thresh else 0.0
             dets.append((box, probs))
     return dets
+
+
+# --- one-channel input: image.c load_image_stb with channels = 1 (stb_image.h) ---
+
+def stbi_compute_y(r: int, g: int, b: int) -> int:
+    """stb_image.h stbi__compute_y."""
+    return ((r * 77) + (g * 150) + (29 * b)) >> 8
+
+
+def load_image_stb_grey(rgb: np.ndarray) -> np.ndarray:
+    """load_image_stb(filename, 1) from decoded 8-bit RGB pixels (H, W, 3): stbi__convert_format
+    3 -> 1 (stbi__compute_y per pixel), then im.data[i + w*j] = data[i + w*j] / 255. as float.
+    Returns (1, H, W)."""
+    h, w = rgb.shape[:2]
+    out = np.empty((1, h, w), dtype=np.float32)
+    for j in range(h):
+        for i in range(w):
+            r, g, b = (int(v) for v in rgb[j, i])
+            out[0, j, i] = np.float32(stbi_compute_y(r, g, b) / 255.)
+    return out
