@@ -206,7 +206,7 @@ def test_real_yolo9000_cfg_runs_with_random_weights(tmp_path, monkeypatch):
 
     from .oracle import random_weights
 
-    cfg = DATA / "cfg" / "detectors" / "yolo9000.cfg"
+    cfg = DATA / "cfg" / "wordtree" / "yolo9000.cfg"
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "9k.tree").write_text(synthetic_9k_tree())
     (tmp_path / "data" / "coco9k.map").write_text(
