@@ -152,3 +152,20 @@ def test_other_channel_counts_are_refused_with_file_line_key(tmp_path, channels)
     with pytest.raises(ConfigError, match=f"channels={channels}") as info:
         yolo8.load(cfg, tmp_path / "none.weights")
     assert f"odd.cfg:4: 'channels'" in str(info.value)
+
+
+def test_onnx_export_of_a_grey_model_takes_one_channel(tmp_path):
+    """The exported graph's input is (N, 1, H, W) and gives Model.forward's outputs."""
+    pytest.importorskip("onnxruntime")
+    from yolo8.export.runtime import OnnxRuntimeProgram
+
+    model, _, _ = go_model(tmp_path, GREY_DETECTOR)
+    path = model.export_onnx(tmp_path / "grey.onnx")
+    onnx = pytest.importorskip("onnx")
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["yolo8.input"])["colour"].startswith("grey")
+    blob = to_blob([read_image(PHOTOS[0])], 32, 32, channels=1)
+    [ours] = model.forward(blob.transpose(0, 3, 1, 2))
+    [theirs] = OnnxRuntimeProgram(path).run(blob)
+    np.testing.assert_allclose(theirs.transpose(0, 3, 1, 2), ours, rtol=0,
+                               atol=1e-4 * np.abs(ours).max())
