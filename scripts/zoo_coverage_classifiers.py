@@ -86,7 +86,8 @@ def measure(cfg_text: str, folder: Path, name: str) -> tuple[str, str, str]:
         random_weights(graph, weights)
         model = yolo8.load(cfg, weights)
         w, h = model.input_size
-        blob = to_blob([read_image(PHOTO)], w, h, crop=True).transpose(0, 3, 1, 2).copy()
+        blob = to_blob([read_image(PHOTO)], w, h, crop=True,
+                       channels=model.graph.net.channels).transpose(0, 3, 1, 2).copy()
         ours = model.forward(blob)[0].reshape(1, -1)
     except Exception as exc:  # reported, the survey goes on
         return f"refused: {first_line(exc)}", "not tried (no weights)", "-"

@@ -194,3 +194,157 @@ def dilated_conv(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, pad: int,
                 row += 1
     out = weights.reshape(n, -1).astype(np.float64) @ cols
     return (out + bias[:, None]).reshape(n, out_h, out_w)
+
+
+# --- yolo9000: WordTree (tree.c), softmax_tree (softmax_layer.c / blas.c softmax), region ---
+
+def read_tree(lines: list[str]) -> dict:
+    """tree.c read_tree (pjreddie's, which also fills `child`; AlexeyAB's leaves it unset)."""
+    t = {"parent": [], "name": [], "group": [], "group_offset": [], "group_size": []}
+    # t.child is realloc'ed to n + 1 entries per line: a write for a parent listed later lands
+    # past its end, and that parent's own line then sets its entry to -1 (modelled here with
+    # an array of the final size)
+    t["child"] = [None] * len(lines)
+    last_parent, group_size, groups, n = -1, 0, 0, 0
+    for line in lines:
+        fields = line.split()
+        name, parent = fields[0], int(fields[1])
+        t["parent"].append(parent)
+        t["child"][n] = -1
+        t["name"].append(name)
+        if parent != last_parent:
+            groups += 1
+            t["group_offset"].append(n - group_size)
+            t["group_size"].append(group_size)
+            group_size = 0
+            last_parent = parent
+        t["group"].append(groups)
+        if parent >= 0:
+            t["child"][parent] = groups
+        n += 1
+        group_size += 1
+    groups += 1
+    t["group_offset"].append(n - group_size)
+    t["group_size"].append(group_size)
+    t["n"], t["groups"] = n, groups
+    return t
+
+
+def softmax(values: np.ndarray, start: int, n: int) -> None:
+    """blas.c softmax (temp 1, stride 1) in place on values[start:start + n], in float32."""
+    largest = np.float32(-np.finfo(np.float32).max)
+    for i in range(n):
+        largest = max(largest, values[start + i])
+    total = np.float32(0.0)
+    for i in range(n):
+        e = np.float32(math.exp(float(values[start + i] - largest)))
+        total = np.float32(total + e)
+        values[start + i] = e
+    for i in range(n):
+        values[start + i] = np.float32(values[start + i] / total)
+
+
+def softmax_tree(values: np.ndarray, start: int, tree: dict) -> None:
+    """softmax_tree (batch 1): one softmax per group, groups laid end to end."""
+    count = 0
+    for i in range(tree["groups"]):
+        softmax(values, start + count, tree["group_size"][i])
+        count += tree["group_size"][i]
+
+
+def region_forward_tree(x: np.ndarray, n: int, classes: int, h: int, w: int,
+                        tree: dict) -> np.ndarray:
+    """forward_region_layer (CPU, one image, softmax_tree): x in darknet's (C, H, W) order is
+    flattened to box-major order (flatten(..., w*h, size*n, 1, 1)), then per box the logistic
+    on the objectness and softmax_tree on the classes. Returns the flattened buffer."""
+    size = 5 + classes
+    layers, plane = size * n, w * h
+    out = np.empty(layers * plane, dtype=np.float32)
+    for c in range(layers):
+        for i in range(plane):
+            out[i * layers + c] = x[c * plane + i]
+    for i in range(plane * n):
+        index = size * i
+        out[index + 4] = _logistic(out[index + 4])
+        softmax_tree(out, index + 5, tree)
+    return out
+
+
+def hierarchy_predictions(p: np.ndarray, start: int, n: int, tree: dict) -> None:
+    """tree.c hierarchy_predictions (only_leaves 0), in place."""
+    for j in range(n):
+        parent = tree["parent"][j]
+        if parent >= 0:
+            p[start + j] = np.float32(p[start + j] * p[start + parent])
+
+
+def hierarchy_top_prediction(p: np.ndarray, start: int, tree: dict, thresh: float) -> int:
+    """tree.c hierarchy_top_prediction with stride 1."""
+    prob, group = np.float32(1.0), 0
+    while True:
+        top, top_i = np.float32(0.0), 0
+        for i in range(tree["group_size"][group]):
+            index = i + tree["group_offset"][group]
+            if p[start + index] > top:
+                top_i, top = index, p[start + index]
+        if np.float32(prob * top) > np.float32(thresh):
+            prob = np.float32(prob * top)
+            group = tree["child"][top_i]
+            if tree["child"][top_i] < 0:
+                return top_i
+        elif group == 0:
+            return top_i
+        else:
+            return tree["parent"][tree["group_offset"][group]]
+
+
+def region_detections_tree(out: np.ndarray, n: int, classes: int, h: int, w: int,
+                           anchors: np.ndarray, thresh: float, tree: dict,
+                           class_map: list[int] | None, hier_thresh: float
+                           ) -> list[tuple[tuple, list]]:
+    """get_region_detections' tree branch (relative boxes, no letterbox) on the flattened
+    buffer, box `i*n + a` at (i*n + a) * (classes + 5) as get_region_boxes reads it; boxes by
+    get_region_box (logistic on x, y there). [(box x, y, w, h), probs] in box order."""
+    out = out.copy()
+    dets = []
+    for i in range(w * h):
+        row, col = i // w, i % w
+        for a in range(n):
+            index = (i * n + a) * (classes + 5)
+            scale = out[index + 4]
+            box = ((col + float(_logistic(out[index]))) / w,
+                   (row + float(_logistic(out[index + 1]))) / h,
+                   math.exp(out[index + 2]) * anchors[a][0] / w,
+                   math.exp(out[index + 3]) * anchors[a][1] / h)
+            hierarchy_predictions(out, index + 5, classes, tree)
+            if class_map is not None:
+                probs = [0.0] * len(class_map)
+                for j, node in enumerate(class_map):
+                    prob = np.float32(scale * out[index + 5 + node])
+                    probs[j] = float(prob) if prob > thresh else 0.0
+            else:
+                probs = [0.0] * classes
+                j = hierarchy_top_prediction(out, index + 5, tree, hier_thresh)
+                probs[j] = float(scale) if scale > thresh else 0.0
+            dets.append((box, probs))
+    return dets
+
+
+# --- one-channel input: image.c load_image_stb with channels = 1 (stb_image.h) ---
+
+def stbi_compute_y(r: int, g: int, b: int) -> int:
+    """stb_image.h stbi__compute_y."""
+    return ((r * 77) + (g * 150) + (29 * b)) >> 8
+
+
+def load_image_stb_grey(rgb: np.ndarray) -> np.ndarray:
+    """load_image_stb(filename, 1) from decoded 8-bit RGB pixels (H, W, 3): stbi__convert_format
+    3 -> 1 (stbi__compute_y per pixel), then im.data[i + w*j] = data[i + w*j] / 255. as float.
+    Returns (1, H, W)."""
+    h, w = rgb.shape[:2]
+    out = np.empty((1, h, w), dtype=np.float32)
+    for j in range(h):
+        for i in range(w):
+            r, g, b = (int(v) for v in rgb[j, i])
+            out[0, j, i] = np.float32(stbi_compute_y(r, g, b) / 255.)
+    return out

@@ -213,28 +213,49 @@ def random_weights(graph, path: Path, seed: int = 0) -> None:
     path.write_bytes(b"".join(parts))
 
 
+def _spatial_softmax(graph):
+    """The [softmax] over an input larger than 1x1, if any (see opencv_last_output)."""
+    from yolo8.layers import Softmax
+
+    return next((layer for layer in graph.layers if isinstance(layer, Softmax)
+                 and graph.layers[layer.inputs[0]].out_shape[1:] != (1, 1)), None)
+
+
 def opencv_last_output(cfg: Path, weights: Path, blob_nchw: np.ndarray, graph) -> np.ndarray:
     """OpenCV's output of a classifier (its last layer), (N, values). OpenCV 4.x does not run
     darknet's [crop] as darknet does at test time, so for a cfg with one the network is read
     without it and given the centre crop mapped to x * scale + shift (darknet's
-    forward_crop_layer with train = 0) instead."""
+    forward_crop_layer with train = 0) instead. OpenCV's [softmax] normalises over the channels
+    of each pixel, darknet's over the whole C*H*W input: where that input is more than 1x1
+    (go.test.cfg, 1x19x19), OpenCV runs without the [softmax] (to the logits) and darknet's
+    softmax (tests/darknet_reference.py, groups=1, temperature 1) is applied to its output."""
     from yolo8.layers import Crop
 
+    from . import darknet_reference as ref
+
     crops = [layer for layer in graph.layers if isinstance(layer, Crop)]
+    softmax = _spatial_softmax(graph)
     with tempfile.TemporaryDirectory() as scratch:
+        text = cfg.read_text()
+        if softmax is not None:
+            assert softmax.groups == 1 and softmax.temperature == 1
+            text = re.sub(r"(?ms)^\[softmax\]\s*$.*?(?=^\[|\Z)", "", text, count=1)
         if crops:
             crop = crops[0]
-            text = re.sub(r"(?ms)^\[crop\]\s*$.*?(?=^\[)", "", cfg.read_text(), count=1)
-            cfg = Path(scratch) / f"{cfg.stem}-uncropped.cfg"
-            cfg.write_text(text)
+            text = re.sub(r"(?ms)^\[crop\]\s*$.*?(?=^\[)", "", text, count=1)
             h, w = crop.out_shape.h, crop.out_shape.w
             inside = blob_nchw[:, :, crop.top:crop.top + h, crop.left:crop.left + w]
             blob_nchw = np.ascontiguousarray(inside * np.float32(crop.scale) + np.float32(crop.shift))
+        cfg = Path(scratch) / f"{cfg.stem}-for-opencv.cfg"
+        cfg.write_text(text)
         net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
     # One image at a time: OpenCV 4.14's [scale_channels] fails on batches of 2 or more
     # (efficientnet_b0: a shape assertion in shape_utils.hpp).
     outputs = []
     for image in blob_nchw:
         net.setInput(image[None])
-        outputs.append(net.forward().reshape(-1))
+        out = net.forward().reshape(-1).astype(np.float32)
+        if softmax is not None:
+            ref.softmax(out, 0, out.size)
+        outputs.append(out)
     return np.stack(outputs)

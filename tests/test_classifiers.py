@@ -39,7 +39,8 @@ def _model(name: str, tmp_path):
 
 def _blob(model, photos=PHOTOS[:2]) -> np.ndarray:
     w, h = model.input_size
-    return to_blob([read_image(p) for p in photos], w, h, crop=True).transpose(0, 3, 1, 2).copy()
+    return to_blob([read_image(p) for p in photos], w, h, crop=True,
+                   channels=model.graph.net.channels).transpose(0, 3, 1, 2).copy()
 
 
 @pytest.mark.parametrize("name, reason", sorted(REFUSED.items()))

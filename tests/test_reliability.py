@@ -318,9 +318,8 @@ CASES = [
              via="cli"),
     cfg_case("unknown-section", "[maxpool]", "[lstm]", ["unknown or unsupported section [lstm]"],
              None),
-    cfg_case("grayscale-model", "channels=3", "channels=1",
-             ["channels=1", "only channels=3 models are supported"], "channels", via="cli",
-             named_line=False),
+    cfg_case("two-channel-model", "channels=3", "channels=2",
+             ["channels=2", "RGB (channels=3) or grey (channels=1) only"], "channels", via="cli"),
     file_case("cfg-binary-garbage",
               lambda k: k.write_bytes("garbage.cfg", bytes(np.random.default_rng(1).integers(
                   0, 256, 4096, dtype=np.uint8))), ConfigError, ["is not a text file"], via="cli"),

@@ -350,10 +350,10 @@ def test_gaussian_yolo_equals_darknets_formulas(point):
     assert (cands.probs > 0).sum() > 3
 
 
-def test_yolo9000_tree_is_refused_with_file_line_and_feature():
+def test_a_missing_yolo9000_tree_is_refused_with_file_line_and_key():
     text = net("", tail="[convolutional]\nfilters=30\nsize=1\nactivation=linear\n[region]\n"
-                        "anchors=1,1,2,2\nclasses=10\nnum=2\nsoftmax=1\ntree=data/9k.tree\n")
-    with pytest.raises(ConfigError, match="hierarchical softmax") as info:
+                        "anchors=1,1,2,2\nclasses=10\nnum=2\nsoftmax=1\ntree=no/such.tree\n")
+    with pytest.raises(ConfigError, match="'no/such.tree' not found") as info:
         graph_of(text)
     assert "test.cfg:14" in str(info.value) and "'tree'" in str(info.value)
 

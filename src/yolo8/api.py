@@ -22,7 +22,7 @@ from .errors import ConfigError, InputError, ModelFetchError, Yolo8Error
 from .graph import Graph, load_graph, load_weights
 from .layers import Region, Yolo
 from .postprocess import Detection, detections_from_heads
-from .preprocess import check_resize, to_blob
+from .preprocess import CHANNEL_MODES, check_resize, to_blob
 from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ class Model:
             return self.program.run(x)
 
     def forward(self, blob: np.ndarray) -> list[np.ndarray]:
-        """darknet's view: blob (N, 3, H, W) float32 RGB in [0, 1] -> one array per
+        """darknet's view: blob (N, C, H, W) float32 RGB (C = 3) or grey (C = 1, a channels=1
+        model) in [0, 1] -> one array per
         [yolo]/[region] layer, (N, A*(5+C), H, W), darknet's activations applied."""
         blob = np.asarray(blob)
         w, h = self.input_size
@@ -114,12 +115,13 @@ class Model:
 
     def prepare(self, image: np.ndarray, letterbox: bool | None = None,
                 resize: str | None = None) -> np.ndarray:
-        """One BGR uint8 image -> its network input (H, W, 3) float32 RGB in [0, 1]."""
+        """One BGR uint8 image -> its network input (H, W, C) float32 in [0, 1]: RGB, or for
+        a channels=1 model grey as darknet loads it (stbi_luma)."""
         letterbox, resize = self.preprocessing(letterbox, resize)
         w, h = self.input_size
         # Classifiers: darknet's `classifier predict` input (shorter side, centre crop).
         return to_blob([image], w, h, letterbox, resize=resize,
-                       crop=not self.graph.is_detector)[0]
+                       crop=not self.graph.is_detector, channels=self.graph.net.channels)[0]
 
     def _require(self, detector: bool) -> None:
         if self.graph.is_detector != detector:
@@ -171,7 +173,8 @@ class Model:
         """BGR uint8 images -> detections per image (darknet's `detector test` pipeline)."""
         letterbox, resize = self.preprocessing(letterbox, resize)
         w, h = self.input_size
-        blob = to_blob(list(images), w, h, letterbox, resize=resize)
+        blob = to_blob(list(images), w, h, letterbox, resize=resize,
+                       channels=self.graph.net.channels)
         return self.detect_prepared(blob, [(im.shape[1], im.shape[0]) for im in images], thresh,
                                     nms, letterbox)
 
@@ -195,7 +198,7 @@ class Model:
 def _names_for(graph: Graph, names: PathLike | None) -> list[str]:
     """Class names: from `names` (one a line), else COCO's for 80-class detectors, else the
     indices. A classifier's classes are the values of its last layer."""
-    classes = (graph.layers[graph.heads[0]].classes if graph.is_detector
+    classes = (graph.layers[graph.heads[0]].detected_classes if graph.is_detector
                else graph.layers[-1].out_shape.size)
     if names is not None:
         listed = read_names(names)
@@ -241,10 +244,10 @@ def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: 
     if cfg is not None and weights is None:
         raise Yolo8Error(f"a cfg ({cfg}) needs its weights: give weights as well")
     graph = load_graph(cfg if cfg is not None else models.default_cfg())
-    if graph.net.channels != 3:  # every image path feeds colour (BGR -> RGB) images
-        raise ConfigError(f"[net] channels={graph.net.channels}: yolo8 reads colour images, so "
-                          f"only channels=3 models are supported", path=graph.path,
-                          key="channels")
+    if graph.net.channels not in CHANNEL_MODES:  # how an image becomes the input's channels
+        raise ConfigError(f"[net] channels={graph.net.channels}: yolo8 feeds images as RGB "
+                          f"(channels=3) or grey (channels=1) only", path=graph.path,
+                          line=graph.net.channels_line, key="channels")
     digest = load_weights(graph, weights) if weights is not None else _load_default_weights(graph)
     model_id = hashlib.sha256(f"{graph.structure_digest()}:{digest}".encode()).hexdigest()
     model = Model(graph, backend, _names_for(graph, names), model_id, resize=resize)

@@ -126,9 +126,10 @@ def run_map(opts: MapOptions, model: Model | None = None,
     if not model.graph.is_detector:
         raise InputError("has no [yolo] or [region] layer: map measures detectors",
                          path=model.graph.path)
-    if model.heads[0].classes != config.classes:
+    if model.heads[0].detected_classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
-                         f"{model.heads[0].classes} classes", path=config.path, key="classes")
+                         f"{model.heads[0].detected_classes} classes", path=config.path,
+                         key="classes")
     got = (collect or _run)(model, images, difficult, config.classes, opts)
     opts.skipped[:] = got.skipped
     if not (got.matches or got.truths):

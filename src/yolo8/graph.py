@@ -37,6 +37,7 @@ class NetParams:
     channels: int
     letterbox: bool
     input_calibration: list[float] | None  # yolo2_light's per-conv input multipliers
+    channels_line: int = 0  # where `channels` is set (the [net] line if it is not)
 
 
 @dataclass
@@ -97,7 +98,8 @@ def _parse_net(section: Section) -> NetParams:
         if any(v <= 0 for v in calibration):
             raise section.error("multipliers must be positive", "input_calibration")
     section.ignore(*_NET_TRAINING_KEYS)
-    return NetParams(width, height, channels, letterbox, calibration)
+    channels_line = section.options["channels"].line if section.has("channels") else section.line
+    return NetParams(width, height, channels, letterbox, calibration, channels_line)
 
 
 def _warn_unused(sections: list[Section]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from .darknet.wordtree import WordTree
 from .jit import CACHE
 from .layers import GaussianYolo, Region, Yolo
 from .preprocess import letterbox_geometry
@@ -55,7 +56,7 @@ def decode_yolo(out: np.ndarray, layer: Yolo, net_w: int, net_h: int, thresh: fl
     v = out.reshape(h, w, a, per)
     keep = v[..., 4] > thresh  # darknet skips boxes whose objectness is not above thresh
     if not keep.any():
-        return Candidates.empty(layer.classes)
+        return Candidates.empty(layer.detected_classes)
     cols, rows = _grid(h, w, a)
     anchors = np.broadcast_to(layer.anchors, (h, w, a, 2))
     sel = v[keep].astype(np.float64)
@@ -80,7 +81,7 @@ def decode_gaussian_yolo(out: np.ndarray, layer: GaussianYolo, net_w: int, net_h
     v = out.reshape(h, w, a, GaussianYolo.ENTRIES + layer.classes)
     keep = v[..., 8] > thresh
     if not keep.any():
-        return Candidates.empty(layer.classes)
+        return Candidates.empty(layer.detected_classes)
     cols, rows = _grid(h, w, a)
     anchors = np.broadcast_to(layer.anchors, (h, w, a, 2))[keep]
     sel = v[keep]
@@ -96,19 +97,87 @@ def decode_gaussian_yolo(out: np.ndarray, layer: GaussianYolo, net_w: int, net_h
     return Candidates(boxes, probs)
 
 
+# darknet's `-hier` default: how sure a WordTree walk must stay to go one level deeper
+HIER_THRESH = 0.5
+
+
+def hierarchy_predictions(classes: np.ndarray, tree: WordTree) -> np.ndarray:
+    """darknet's hierarchy_predictions on rows of tree-softmaxed class values: each node times
+    its parent's value, in node order (see WordTree.levels for a parent listed later)."""
+    out = classes.copy()
+    for depth, (nodes, parents) in enumerate(tree.levels):
+        factor = out if depth else classes
+        has_parent = parents >= 0
+        out[:, nodes[has_parent]] = classes[:, nodes[has_parent]] * factor[:, parents[has_parent]]
+    return out
+
+
+def hierarchy_top_prediction(pred: np.ndarray, tree: WordTree, thresh: float) -> int:
+    """darknet's hierarchy_top_prediction on one box's path probabilities: from the root group
+    down, the best sibling while the running product (of already multiplied values, as darknet
+    does) stays above thresh; where it stops, the parent of that group."""
+    p, group = np.float32(1.0), 0
+    for _ in range(len(tree.group_size)):  # darknet loops forever on a cyclic tree
+        vals = pred[tree.group_offset[group]:tree.group_offset[group] + tree.group_size[group]]
+        best = int(np.argmax(vals)) if len(vals) else 0
+        top = vals[best] if len(vals) and vals[best] > 0 else np.float32(0.0)
+        top_i = int(tree.group_offset[group]) + best if top > 0 else 0  # darknet's max_i = 0 start
+        if p * top > np.float32(thresh):
+            p, group = p * top, int(tree.child[top_i])
+            if group < 0:
+                return top_i
+        elif group == 0:
+            return top_i
+        else:
+            return int(tree.parent[tree.group_offset[group]])
+    return 0
+
+
+def _flat_probs(scale: np.ndarray, classes: np.ndarray, layer: Region, thresh: float) -> np.ndarray:
+    probs = (scale[:, None] * classes).astype(np.float64)  # float32 product, as darknet
+    probs[probs <= thresh] = 0.0
+    return probs
+
+
+def _mapped_probs(scale: np.ndarray, classes: np.ndarray, layer: Region, thresh: float
+                  ) -> np.ndarray:
+    """With a tree and a map: objectness x the path probability of each mapped node. darknet
+    loops over 200 map entries whatever the map's length (past the end of coco9k.map's 80);
+    yolo8 reads the map's own entries."""
+    hier = hierarchy_predictions(classes, layer.tree)
+    return _flat_probs(scale, hier[:, layer.class_map], layer, thresh)
+
+
+def _top_probs(scale: np.ndarray, classes: np.ndarray, layer: Region, thresh: float
+               ) -> np.ndarray:
+    """With a tree and no map: one class per box, the node hierarchy_top_prediction picks,
+    scored with the box's objectness (not the class's probability), as darknet does."""
+    hier = hierarchy_predictions(classes, layer.tree)
+    probs = np.zeros(classes.shape, dtype=np.float64)
+    for row in np.flatnonzero(scale > thresh):
+        probs[row, hierarchy_top_prediction(hier[row], layer.tree, HIER_THRESH)] = scale[row]
+    return probs
+
+
+# get_region_detections' class rule, by (has a tree, has a map)
+REGION_CLASS_RULES = {(False, False): _flat_probs, (True, True): _mapped_probs,
+                      (True, False): _top_probs}
+
+
 def decode_region(out: np.ndarray, layer: Region, thresh: float) -> Candidates:
-    """One image's [region] output to candidates; anchors are in grid cells."""
+    """One image's [region] output to candidates (darknet's get_region_detections); anchors
+    are in grid cells."""
     h, w, _ = out.shape
     a, per = layer.num_anchors, layer.coords + 1 + layer.classes
     v = out.reshape(h, w, a, per)
     cols, rows = _grid(h, w, a)
     anchors = np.broadcast_to(layer.anchors, (h, w, a, 2))
-    vv = v.astype(np.float64)
+    vv = v[..., :4].astype(np.float64)
     boxes = np.stack([(cols + vv[..., 0]) / w, (rows + vv[..., 1]) / h,
                       np.exp(vv[..., 2]) * anchors[..., 0] / w,
                       np.exp(vv[..., 3]) * anchors[..., 1] / h], axis=-1).reshape(-1, 4)
-    probs = (v[..., 4:5] * v[..., 5:]).reshape(-1, layer.classes).astype(np.float64)
-    probs[probs <= thresh] = 0.0
+    rule = REGION_CLASS_RULES[(layer.tree is not None, layer.class_map is not None)]
+    probs = rule(v[..., 4].reshape(-1), v[..., 5:].reshape(-1, layer.classes), layer, thresh)
     return Candidates(boxes, probs)
 
 
@@ -257,7 +326,7 @@ def detections_from_heads(head_outputs: list[np.ndarray], heads: list[Yolo | Reg
     """One image: head outputs (H, W, channels each) -> final detections."""
     parts = [DECODERS[type(layer)](out, layer, net_w, net_h, thresh)
              for out, layer in zip(head_outputs, heads)]
-    classes = max(layer.classes for layer in heads)
+    classes = max(layer.detected_classes for layer in heads)
     boxes = np.concatenate([p.boxes for p in parts]) if parts else np.zeros((0, 4))
     probs = np.concatenate([p.probs for p in parts]) if parts else np.zeros((0, classes))
     alive = (probs > 0).any(axis=1)  # all-zero rows can neither suppress nor be reported

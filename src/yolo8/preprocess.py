@@ -41,7 +41,8 @@ def resize_to(image: np.ndarray, width: int, height: int, resize: str) -> np.nda
     """BGR uint8 -> float32 [0, 1] BGR at (width, height), by darknet's or OpenCV's resize."""
     if resize == "darknet":
         return darknet_resize(image, width, height)  # reads the uint8 pixels as darknet loads them
-    return to_float(cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR))
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return to_float(resized.reshape(height, width, image.shape[2]))  # cv2 drops a single channel
 
 
 def resize_plain(image: np.ndarray, width: int, height: int, resize: str = "darknet"
@@ -62,7 +63,7 @@ def resize_letterbox(image: np.ndarray, width: int, height: int, resize: str = "
                      ) -> np.ndarray:
     """darknet's letterbox_image: keep the aspect ratio, centre, fill with grey 0.5."""
     new_w, new_h = letterbox_geometry(image.shape[1], image.shape[0], width, height)
-    canvas = np.full((height, width, 3), 0.5, dtype=np.float32)
+    canvas = np.full((height, width, image.shape[2]), 0.5, dtype=np.float32)
     top, left = (height - new_h) // 2, (width - new_w) // 2
     canvas[top:top + new_h, left:left + new_w] = resize_to(image, new_w, new_h, resize)
     return canvas
@@ -91,14 +92,31 @@ def check_resize(resize: str) -> str:
     return resize
 
 
+def stbi_luma(image: np.ndarray) -> np.ndarray:
+    """BGR uint8 (H, W, 3) -> grey uint8 (H, W, 1), as darknet's stb-based loader makes a
+    one-channel image (stbi_load with req_comp = 1: stbi__compute_y on the 8-bit values,
+    (r*77 + g*150 + b*29) >> 8; darknet divides by 255 afterwards, and resizes after that)."""
+    bgr = image.astype(np.int32)
+    luma = (bgr[..., 2] * 77 + bgr[..., 1] * 150 + bgr[..., 0] * 29) >> 8
+    return luma.astype(np.uint8)[..., None]
+
+
+# How a decoded BGR uint8 image becomes the network's channels, by [net] channels (before
+# resizing, as darknet loads then resizes); to_blob turns colour BGR into RGB at the end.
+CHANNEL_MODES = {3: lambda image: image, 1: stbi_luma}
+
+
 def to_blob(images: list[np.ndarray], width: int, height: int, letterbox: bool = False,
-            out: np.ndarray | None = None, resize: str = "darknet", crop: bool = False
-            ) -> np.ndarray:
-    """BGR uint8 images -> NHWC float32 RGB in [0, 1] at the network size: stretched,
-    letterboxed, or (crop, classifiers) resized by the shorter side and centre-cropped."""
+            out: np.ndarray | None = None, resize: str = "darknet", crop: bool = False,
+            channels: int = 3) -> np.ndarray:
+    """BGR uint8 images -> NHWC float32 RGB (or, channels=1, grey) in [0, 1] at the network
+    size: stretched, letterboxed, or (crop, classifiers) resized by the shorter side and
+    centre-cropped."""
     check_resize(resize)
     fit = resize_min_crop if crop else resize_letterbox if letterbox else resize_plain
-    blob = out if out is not None else np.empty((len(images), height, width, 3), dtype=np.float32)
+    convert = CHANNEL_MODES[channels]
+    blob = out if out is not None else np.empty((len(images), height, width, channels),
+                                                dtype=np.float32)
     for i, image in enumerate(images):
-        blob[i] = fit(image, width, height, resize)[..., ::-1]
+        blob[i] = fit(convert(image), width, height, resize)[..., ::-1]  # BGR -> RGB
     return blob

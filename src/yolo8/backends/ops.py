@@ -1,9 +1,12 @@
 """FP32 ops for every layer kind, shared by all backends (NHWC float32 throughout)."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .. import activations
+from ..darknet.wordtree import WordTree
 from ..graph import Graph
 from ..kernels.conv_fp32 import Fp32Conv
 from ..kernels.pooling import maxpool
@@ -277,9 +280,17 @@ def yolo(layer: Yolo, graph: Graph) -> Op:
     return head
 
 
+def _plain_softmax(classes: np.ndarray) -> np.ndarray:
+    e = np.exp(classes - classes.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def region(layer: Region, graph: Graph) -> Op:
-    """darknet's forward_region_layer at inference: logistic x, y, objectness; softmax classes."""
+    """darknet's forward_region_layer at inference: logistic x, y, objectness; over the classes
+    softmax_tree where there is a tree, else softmax, else (softmax=0) the logistic."""
     a = layer.num_anchors
+    classes_op = (partial(softmax_tree, layer.tree) if layer.tree is not None
+                  else _plain_softmax if layer.softmax else _logistic)
 
     def head(x: np.ndarray) -> np.ndarray:
         v = x.reshape(*x.shape[:3], a, -1)  # per anchor: x, y, w, h, objectness, classes
@@ -287,14 +298,19 @@ def region(layer: Region, graph: Graph) -> Op:
         out[..., :2] = _logistic(v[..., :2])
         out[..., 2:4] = v[..., 2:4]
         out[..., 4] = _logistic(v[..., 4])
-        classes = v[..., 5:]
-        if layer.softmax:
-            e = np.exp(classes - classes.max(axis=-1, keepdims=True))
-            out[..., 5:] = e / e.sum(axis=-1, keepdims=True)
-        else:  # darknet applies the logistic to classes when softmax is off
-            out[..., 5:] = _logistic(classes)
+        out[..., 5:] = classes_op(v[..., 5:])
         return out.reshape(x.shape)
     return head
+
+
+def softmax_tree(tree: WordTree, classes: np.ndarray) -> np.ndarray:
+    """darknet's softmax_tree: a softmax over each group of siblings (consecutive entries,
+    group_size[i] of them, in group order) along the last axis."""
+    sizes = tree.group_size[tree.group_size > 0]  # read_tree's empty first group changes nothing
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    top = np.repeat(np.maximum.reduceat(classes, starts, axis=-1), sizes, axis=-1)
+    e = np.exp(classes - top)
+    return e / np.repeat(np.add.reduceat(e, starts, axis=-1), sizes, axis=-1)
 
 
 def gaussian_yolo(layer: GaussianYolo, graph: Graph) -> Op:

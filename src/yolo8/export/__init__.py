@@ -1,8 +1,9 @@
 """`yolo8 export`: a loaded model as an ONNX graph, FP32 or INT8 (QDQ with yolo8's calibration).
 
-The graph takes what `Model.forward` takes (N, 3, H, W float32 RGB in [0, 1]) and returns the
-head tensors as it does (darknet's layout, activations applied). Layers are emitted by the
-table in `emitters`; `onnx` is imported only here, so yolo8 runs without it.
+The graph takes what `Model.forward` takes (N, 3, H, W float32 RGB in [0, 1]; N, 1, H, W grey
+for a channels=1 cfg) and returns the head tensors as it does (darknet's layout, activations
+applied). Layers are emitted by the table in `emitters`; `onnx` is imported only here, so yolo8
+runs without it.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ INSTALL_HINT = "pip install 'yolo8[onnx]' (or: pip install onnx onnxruntime)"
 MIN_OPSET = 13  # per-channel DequantizeLinear, Softmax over any axis, Resize's inputs
 DEFAULT_OPSET = 17
 INPUT_NAME = "images"
+# The input's colour by [net] channels (grey: stb_image's luma, see preprocess.stbi_luma)
+COLOURS = {3: "RGB", 1: "grey (stb_image luma)"}
 EXPORTABLE_BACKENDS = ("fp32", "int8")
 MAX_PROTOBUF_BYTES = (1 << 31) - 1  # one protobuf message (the .onnx file without external data)
 
@@ -113,7 +116,8 @@ def _metadata(model: Model, opts: ExportOptions) -> dict[str, str]:
         "yolo8.cfg": Path(model.graph.path).name,
         "yolo8.names": json.dumps(model.names),
         "yolo8.input": json.dumps({"name": INPUT_NAME, "width": w, "height": h,
-                                   "layout": "NCHW", "colour": "RGB", "range": [0, 1]}),
+                                   "layout": "NCHW", "colour": COLOURS[model.graph.net.channels],
+                                   "range": [0, 1]}),
         "yolo8.letterbox": str(int(model.letterbox)),
         "yolo8.resize": resize,
         "yolo8.resize_mode": model.resize,

@@ -436,6 +436,8 @@ def gaussian_yolo(layer: GaussianYolo, inputs: list[str], ctx: EmitContext) -> s
 
 def region(layer: Region, inputs: list[str], ctx: EmitContext) -> str:
     """Per anchor: logistic x, y; raw w, h; logistic objectness; softmax (or logistic) classes."""
+    if layer.tree is not None:
+        raise refuse(layer, ctx.graph, "the hierarchical softmax (tree=) is not exported yet")
     g, i = ctx.g, layer.index
     _, h, w = layer.out_shape
     per_anchor = 5 + layer.classes

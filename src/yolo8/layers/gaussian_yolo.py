@@ -35,6 +35,10 @@ class GaussianYolo(Layer):
     def num_anchors(self) -> int:
         return len(self.anchors)
 
+    @property
+    def detected_classes(self) -> int:
+        return self.classes
+
     def describe(self) -> str:
         return (f"{super().describe()} classes={self.classes} scale_x_y={self.scale_x_y!r} "
                 f"point={self.point_shift} anchors={self.anchors.ravel().tolist()}")

@@ -36,6 +36,10 @@ class Yolo(Layer):
     def num_anchors(self) -> int:
         return len(self.anchors)
 
+    @property
+    def detected_classes(self) -> int:
+        return self.classes
+
     def describe(self) -> str:
         return (f"{super().describe()} classes={self.classes} scale_x_y={self.scale_x_y!r} "
                 f"anchors={self.anchors.ravel().tolist()}"
