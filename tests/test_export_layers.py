@@ -52,7 +52,8 @@ INT8_RTOL = 0.03
 
 def _blob(model, photos=PHOTOS[:2]) -> np.ndarray:
     w, h = model.input_size
-    return to_blob([read_image(p) for p in photos], w, h).transpose(0, 3, 1, 2).copy()
+    return to_blob([read_image(p) for p in photos], w, h,
+                   channels=model.graph.net.channels).transpose(0, 3, 1, 2).copy()
 
 
 def _session_outputs(proto, blob: np.ndarray) -> dict[str, np.ndarray]:

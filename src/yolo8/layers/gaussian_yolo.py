@@ -12,7 +12,7 @@ import numpy as np
 
 from ..darknet.cfg import Section
 from .base import BuildContext, Layer
-from .yolo import _TRAINING_KEYS, check_head_channels, read_anchors, read_nms_kind
+from .yolo import _TRAINING_KEYS, check_head_channels, read_head, read_nms_kind
 
 # Where darknet puts the box's reference point: get_gaussian_yolo_box shifts the centre by
 # half the box for the corners.
@@ -46,20 +46,14 @@ class GaussianYolo(Layer):
 
 def build(section: Section, ctx: BuildContext) -> GaussianYolo:
     prev, in_shape = ctx.previous()
-    classes = section.get_int("classes", 20, low=1, high=100000)
-    total = section.get_int("num", 1, low=1, high=1000)
-    mask = section.get_ints("mask", list(range(total)), low=0, high=total - 1)
-    if len(set(mask)) != len(mask):
-        raise section.error("mask repeats an anchor", "mask")
-    anchors = read_anchors(section, total)[mask]
-    scale_x_y = section.get_float("scale_x_y", 1.0, low=0.0)
+    classes, anchors, scale_x_y = read_head(section)
     point = section.get_str("yolo_point", "center")
     if point not in _YOLO_POINTS:
         raise section.error(f"expected one of {', '.join(_YOLO_POINTS)}, got '{point}'",
                             "yolo_point")
     diou_nms_beta = read_nms_kind(section)
     section.ignore(*_TRAINING_KEYS, *_GAUSSIAN_TRAINING_KEYS)
-    check_head_channels(section, in_shape.c, len(mask), GaussianYolo.ENTRIES + classes,
+    check_head_channels(section, in_shape.c, len(anchors), GaussianYolo.ENTRIES + classes,
                         f"9 + {classes} classes")
     return GaussianYolo(index=ctx.index, line=section.line, inputs=(prev,), out_shape=in_shape,
                         classes=classes, anchors=anchors, scale_x_y=scale_x_y,

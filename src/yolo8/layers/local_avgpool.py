@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..darknet.cfg import Section
 from .base import BuildContext, Layer, Shape, checked_shape
+from .maxpool import read_window
 
 
 @dataclass(eq=False)
@@ -23,12 +24,7 @@ class LocalAvgPool(Layer):
 
 def build(section: Section, ctx: BuildContext) -> LocalAvgPool:
     prev, in_shape = ctx.previous()
-    stride = section.get_int("stride", 1, low=1, high=1024)
-    for key in ("stride_x", "stride_y"):
-        if section.has(key) and section.get_int(key) != stride:
-            raise section.error(f"a different stride per axis is not supported (stride={stride})", key)
-    size = section.get_int("size", stride, low=1, high=1024)
-    padding = section.get_int("padding", size - 1, low=0, high=1024)
+    size, stride, padding = read_window(section)  # darknet's defaults, as [maxpool]
     if size <= (padding + 1) // 2:
         raise section.error(f"padding={padding} leaves windows with no pixel (size={size})",
                             "padding")

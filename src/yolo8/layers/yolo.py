@@ -85,19 +85,26 @@ def check_head_channels(section: Section, channels: int, anchors: int, per_ancho
             f"({anchors} anchors x ({what}))")
 
 
-def build(section: Section, ctx: BuildContext) -> Yolo:
-    prev, in_shape = ctx.previous()
+def read_head(section: Section) -> tuple[int, np.ndarray, float]:
+    """What every YOLO-style head section says: classes, its anchors (the `mask`ed ones of the
+    `num` listed) and scale_x_y."""
     classes = section.get_int("classes", 20, low=1, high=100000)
     total = section.get_int("num", 1, low=1, high=1000)
     mask = section.get_ints("mask", list(range(total)), low=0, high=total - 1)
     if len(set(mask)) != len(mask):
         raise section.error("mask repeats an anchor", "mask")
     anchors = read_anchors(section, total)[mask]
-    scale_x_y = section.get_float("scale_x_y", 1.0, low=0.0)
+    return classes, anchors, section.get_float("scale_x_y", 1.0, low=0.0)
+
+
+def build(section: Section, ctx: BuildContext) -> Yolo:
+    prev, in_shape = ctx.previous()
+    classes, anchors, scale_x_y = read_head(section)
     new_coords = bool(section.get_int("new_coords", 0, low=0, high=1))
     diou_nms_beta = read_nms_kind(section)
     section.ignore(*_TRAINING_KEYS)
-    check_head_channels(section, in_shape.c, len(mask), 5 + classes, f"5 + {classes} classes")
+    check_head_channels(section, in_shape.c, len(anchors), 5 + classes,
+                        f"5 + {classes} classes")
     return Yolo(index=ctx.index, line=section.line, inputs=(prev,), out_shape=in_shape,
                 classes=classes, anchors=anchors, scale_x_y=scale_x_y, diou_nms_beta=diou_nms_beta,
                 new_coords=new_coords)
