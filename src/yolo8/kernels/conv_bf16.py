@@ -17,8 +17,9 @@ from a float64 sum of the same bf16-rounded products only by float32 additions
 """
 from __future__ import annotations
 
+import llvmlite.binding as llvm_binding
 import numpy as np
-from numba import njit, prange
+from numba import config, njit, prange
 
 from ..errors import Yolo8Error
 from ..jit import CACHE
@@ -31,12 +32,13 @@ REQUIRED_FEATURE = "avx512_bf16"
 
 def check_bf16_target() -> None:
     """Refuse (one clear line) when numba's compile target cannot run vdpbf16ps."""
-    if not step_available(STEP_BF16):
-        missing = [f.lstrip("+") for f in ("+avx512f", "+avx512bf16")
-                   if f not in target_features()]
-        raise Yolo8Error(f"the bf16 backend needs the {REQUIRED_FEATURE} instructions "
-                         f"(vdpbf16ps), which numba's compile target lacks "
-                         f"(no {', '.join(missing)}); use --backend fp32 or int8")
+    if step_available(STEP_BF16):
+        return
+    missing = [f for f in ("+avx512f", "+avx512bf16") if f not in target_features()]
+    cpu = config.CPU_NAME or llvm_binding.get_host_cpu_name()
+    raise Yolo8Error(f"the bf16 backend needs the {REQUIRED_FEATURE} feature (vdpbf16ps), which "
+                     f"numba's compile target ({cpu}) lacks ({', '.join(missing)} not in its "
+                     f"features); use --backend fp32 or int8")
 
 
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
