@@ -55,26 +55,37 @@ def round_to_bf16(x: np.ndarray) -> np.ndarray:
     return (to_bf16_bits(x).astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
+@njit(cache=CACHE, nogil=True, inline="always")
+def _bf16_bits(u):
+    """The bf16 bit pattern (as uint32) of float32 bits u: round to nearest even, a NaN kept
+    quiet (a select, so that loops of it vectorise)."""
+    rne = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    quiet = (u >> np.uint32(16)) | np.uint32(0x40)
+    return quiet if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rne
+
+
 @njit(parallel=True, cache=CACHE, nogil=True)
 def _pad_convert(x, pad, groups, cin_g2, xp):
     """xp[img, y + pad, x + pad, g * cin_g2 + j] = bf16(x[img, y, x, g * cin_g + j]) (round to
     nearest even); xp's border and channel padding are zero already and never written."""
     n, h, w, c = x.shape
     cin_g = c // groups
+    contiguous = groups * cin_g2 == c  # no channel padding: a row is one run
     for r in prange(n * h):
         img = r // h
         y = r - img * h
         src = x[img, y].reshape(w * c).view(np.uint32)
         dst = xp[img, y + pad]
+        if contiguous:
+            flat = dst[pad:pad + w].reshape(w * c)
+            for i in range(w * c):
+                flat[i] = np.uint16(_bf16_bits(src[i]))
+            continue
         for px in range(w):
             row = dst[px + pad]
             for g in range(groups):
                 for j in range(cin_g):
-                    u = src[px * c + g * cin_g + j]
-                    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-                    rne = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-                    quiet = (u >> np.uint32(16)) | np.uint32(0x40)
-                    row[g * cin_g2 + j] = np.uint16(quiet if nan else rne)
+                    row[g * cin_g2 + j] = np.uint16(_bf16_bits(src[px * c + g * cin_g + j]))
 
 
 def _even(n: int) -> int:
