@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """yolo8 benchmarks: medians and ratios, engines side by side.
 
-Forward latency: yolo8 fp32, yolo8 int8 and OpenCV dnn (FP32), and where installed ONNX Runtime
+Forward latency: yolo8 fp32, int8 (and bf16 where the CPU has avx512_bf16) and OpenCV dnn
+(FP32), and where installed ONNX Runtime
 and OpenVINO on the models `yolo8 export` writes (FP32 and INT8), each run in their own process
 (thread pools of different runtimes disturb each other inside one process), in rotation
 (A B C A B C ...); each process times `--iters` forwards of the same blob after a warm-up
@@ -97,7 +98,8 @@ def _openvino_forward(backend: str):
 
 # engine -> setup(blob NHWC, folder of the exported models) -> one forward
 FORWARD_ENGINES = {
-    "fp32": _yolo8_forward("fp32"), "int8": _yolo8_forward("int8"), "opencv": _opencv_forward,
+    "fp32": _yolo8_forward("fp32"), "int8": _yolo8_forward("int8"), "bf16": _yolo8_forward("bf16"),
+    "opencv": _opencv_forward,
     "onnxruntime-fp32": _onnxruntime_forward("fp32"), "onnxruntime-int8": _onnxruntime_forward("int8"),
     "openvino-fp32": _openvino_forward("fp32"), "openvino-int8": _openvino_forward("int8"),
 }
@@ -222,21 +224,33 @@ def _export_default_models(folder: str) -> None:
                        check=True, capture_output=True, timeout=600)
 
 
+def _bf16_available() -> bool:
+    from yolo8.kernels.gemm_fp32 import STEP_BF16, step_available
+
+    return step_available(STEP_BF16)
+
+
 def bench_forward(rounds: int, iters: int) -> dict:
-    engines = ["fp32", "int8"] + (["opencv"] if _opencv_available() else [])
+    engines = ["fp32", "int8"] + (["bf16"] if _bf16_available() else []) + (
+        ["opencv"] if _opencv_available() else [])
+    exported = []
     if _installed("onnx"):  # the exported models, in the runtimes that are installed
         for runtime in ("onnxruntime", "openvino"):
             if _installed(runtime):
-                engines += [f"{runtime}-fp32", f"{runtime}-int8"]
+                exported += [f"{runtime}-fp32", f"{runtime}-int8"]
+    engines += exported
     per_round: dict[str, list[float]] = {e: [] for e in engines}
     with tempfile.TemporaryDirectory() as onnx_dir:
-        if len(engines) > 3:
+        if exported:
             _export_default_models(onnx_dir)
         for _ in range(rounds):
             for engine in engines:
                 per_round[engine].append(
                     _run_worker(["forward", engine, str(iters), onnx_dir])["median_ms"])
     result = {e: {"median_ms": statistics.median(v), "rounds_ms": v} for e, v in per_round.items()}
+    for e in engines:
+        ratios = [a / b for a, b in zip(per_round[e], per_round["fp32"])]
+        result[e]["ratio_vs_fp32"] = statistics.median(ratios)
     if "opencv" in per_round:
         for e in engines:
             ratios = [a / b for a, b in zip(per_round[e], per_round["opencv"])]
@@ -330,11 +344,11 @@ def _table(results: dict) -> str:
              f"python {platform.python_version()}"]
     if "forward" in results:
         lines += ["", "forward, yolov3-tiny 416x416, batch 1 (median of per-process medians)",
-                  f"{'engine':17s} {'ms':>8s} {'x opencv':>9s}"]
+                  f"{'engine':17s} {'ms':>8s} {'x fp32':>7s} {'x opencv':>9s}"]
         for e, r in results["forward"].items():
             ratio = r.get("ratio_vs_opencv", 1.0 if e == "opencv" else None)
             cell = "" if ratio is None else f"{ratio:9.2f}"
-            lines.append(f"{e:17s} {r['median_ms']:8.1f} {cell}")
+            lines.append(f"{e:17s} {r['median_ms']:8.1f} {r['ratio_vs_fp32']:7.2f} {cell}")
     if "targets" in results:
         lines += ["", "forward per compile target, yolov3-tiny 416x416, batch 1 (ms, median of "
                   "per-process medians; ratios: median of per-round ratios)",

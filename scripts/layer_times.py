@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Where a forward's time goes: median milliseconds per layer, yolo8 FP32 and INT8 side by side.
+"""Where a forward's time goes: median milliseconds per layer, yolo8's backends side by side.
 
 Each backend runs in its own process (compiled for --target, a numba cache per target), the
 two in rotation for --rounds rounds of --iters forwards; a layer's figure is the median of
 its per-forward times over all rounds.
 
-    python scripts/layer_times.py --target avx2 [--rounds 3] [--iters 10]
+    python scripts/layer_times.py --target avx2 [--rounds 3] [--iters 10] [--backends fp32,int8,bf16]
 """
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--target", default="native")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--backends", default="fp32,int8", help="comma-separated, fp32 first")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]))))
@@ -75,7 +76,10 @@ def main() -> None:
 
     env = {**os.environ, **target_env(args.target),
            "NUMBA_CACHE_DIR": str(Path(tempfile.gettempdir()) / f"yolo8-bench-numba-{args.target}")}
-    per_backend: dict[str, list] = {"fp32": [], "int8": []}
+    backends = args.backends.split(",")
+    if backends[0] != "fp32":
+        raise SystemExit("--backends: fp32 first (the ratios are against it)")
+    per_backend: dict[str, list] = {b: [] for b in backends}
     for _ in range(args.rounds):
         for backend in per_backend:
             out = subprocess.run([sys.executable, __file__, "--worker", backend, str(args.iters)],
@@ -83,18 +87,20 @@ def main() -> None:
             if out.returncode:
                 raise SystemExit(out.stderr)
             per_backend[backend].append(json.loads(out.stdout.strip().splitlines()[-1])["rows"])
+    others = backends[1:]
     print(f"target {args.target}: median ms per layer over {args.rounds} x {args.iters} forwards")
-    print(f"{'layer':>5s} {'kind':14s} {'shape':26s} {'fp32':>7s} {'int8':>7s} {'int8/fp32':>9s}")
-    totals = {"fp32": 0.0, "int8": 0.0}
+    print(f"{'layer':>5s} {'kind':14s} {'shape':26s} " + " ".join(f"{b:>7s}" for b in backends)
+          + " " + " ".join(f"{b + '/fp32':>9s}" for b in others))
+    totals = dict.fromkeys(backends, 0.0)
     for i, row in enumerate(per_backend["fp32"][0]):
         med = {b: statistics.median(t for run in runs for t in run[i]["ms"]) for b, runs in per_backend.items()}
         for b in totals:
             totals[b] += med[b]
-        print(f"{row['index']:5d} {row['kind']:14s} {row['shape']:26s} {med['fp32']:7.2f} "
-              f"{med['int8']:7.2f} {med['int8'] / max(med['fp32'], 1e-9):9.2f}")
-    print(f"{'sum':>5s} {'':14s} {'':26s} {totals['fp32']:7.2f} {totals['int8']:7.2f} "
-          f"{totals['int8'] / totals['fp32']:9.2f}")
-
+        print(f"{row['index']:5d} {row['kind']:14s} {row['shape']:26s} "
+              + " ".join(f"{med[b]:7.2f}" for b in backends) + " "
+              + " ".join(f"{med[b] / max(med['fp32'], 1e-9):9.2f}" for b in others))
+    print(f"{'sum':>5s} {'':14s} {'':26s} " + " ".join(f"{totals[b]:7.2f}" for b in backends)
+          + " " + " ".join(f"{totals[b] / totals['fp32']:9.2f}" for b in others))
 
 if __name__ == "__main__":
     main()

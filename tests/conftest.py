@@ -12,7 +12,16 @@ TESTS = Path(__file__).parent
 DATA = TESTS / "data"
 ROOT = TESTS.parent
 SHARED_COCO = ROOT.parent / "shared" / "data" / "coco128-train"
-BACKENDS = ["fp32", "int8"]
+
+
+def _backends() -> list[str]:
+    """The backends this compile target runs (bf16 needs avx512_bf16)."""
+    from yolo8.kernels.gemm_fp32 import STEP_BF16, step_available
+
+    return ["fp32", "int8"] + (["bf16"] if step_available(STEP_BF16) else [])
+
+
+BACKENDS = _backends()
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
 
 

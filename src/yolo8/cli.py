@@ -46,11 +46,14 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("yolo8.notice").setLevel(logging.INFO)  # e.g. "compiling kernels ..."
 
 
+BACKENDS = ["fp32", "int8", "bf16"]
+
 model_options = [
     click.option("--cfg", type=click.Path(path_type=Path), help="darknet .cfg (default: yolov3-tiny)"),
     click.option("--weights", type=click.Path(path_type=Path), help="darknet .weights for --cfg"),
     click.option("--names", type=click.Path(path_type=Path), help="class names, one per line"),
-    click.option("--backend", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True),
+    click.option("--backend", type=click.Choice(BACKENDS), default="fp32", show_default=True,
+                 help="bf16: convolutions in bfloat16 with float32 sums (needs avx512_bf16)"),
     click.option("--calibration", type=click.Path(path_type=Path),
                  help="int8: calibration file from `yolo8 calibrate`"),
     click.option("--resize", type=click.Choice(["darknet", "opencv"]), default="darknet",
@@ -288,15 +291,15 @@ def fetch(force: bool) -> None:
 
 
 @cli.command()
-@click.option("--backend", "backends", type=click.Choice(["fp32", "int8"]), multiple=True,
-              help="compile this backend's kernels (repeatable; default: all)")
+@click.option("--backend", "backends", type=click.Choice(BACKENDS), multiple=True,
+              help="compile this backend's kernels (repeatable; default: all this CPU runs)")
 def warmup(backends: tuple[str, ...]) -> None:
     """Compile every numba kernel ahead of time into the kernel cache (for a Docker image:
     the cache is tied to this CPU's instruction-set features). Needs no model file."""
     from . import jit
     from .warmup import warmup as run
 
-    spent = run(backends or ("fp32", "int8"))
+    spent = run(backends or None)
     where = jit.CACHE_DIR if jit.CACHE else "nowhere: no writable cache folder"
     for backend, seconds in spent.items():
         click.echo(f"{backend}: kernels ready in {seconds:.1f} s")

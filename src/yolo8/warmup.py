@@ -143,16 +143,25 @@ def _preprocess_kernels() -> None:
     to_blob([np.zeros((5, 7, 3), np.uint8)], 4, 3)
 
 
-def warmup(backends: tuple[str, ...] = ("fp32", "int8")) -> dict[str, float]:
-    """Compile (or load from the cache) every kernel the backends use; seconds per backend."""
-    from .backends import fp32, int8
+def default_backends() -> tuple[str, ...]:
+    """Every backend numba's compile target runs (bf16 needs avx512_bf16)."""
+    from .kernels.gemm_fp32 import STEP_BF16, step_available
+
+    return ("fp32", "int8") + (("bf16",) if step_available(STEP_BF16) else ())
+
+
+def warmup(backends: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Compile (or load from the cache) every kernel the backends use (default: every one
+    this compile target runs); seconds per backend."""
+    from .backends import bf16, fp32, int8
     from .layers import Yolo
     from .postprocess import detections_from_heads
     from .threads import kernel_threads
 
-    builders = {"fp32": lambda g, t: fp32.build(g), "int8": int8.build}
+    builders = {"fp32": lambda g, t: fp32.build(g), "int8": int8.build,
+                "bf16": lambda g, t: bf16.build(g)}
     spent = {}
-    for backend in backends:
+    for backend in backends or default_backends():
         start = time.perf_counter()
         graph = warmup_graph()
         x = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32)

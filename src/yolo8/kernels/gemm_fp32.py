@@ -90,8 +90,21 @@ _VI64 = ir.VectorType(_I64, LANES)
 _VMASK = ir.VectorType(_I1, LANES)
 
 
-def _define_fma_microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
-    """Emit (once per LLVM module), on the shared tile skeleton with the FMA step, the
+# Multiply-accumulate steps of the float tile: FMA on float32 A and B, or vdpbf16ps on bf16
+# pairs (conv_bf16: A and B then hold two bf16 values in each 4-byte word, kc counts pairs).
+STEP_FMA, STEP_BF16 = 0, 1
+_STEPS = {STEP_FMA: (tile_ir.fma_step, frozenset()),
+          STEP_BF16: (tile_ir.bf16_step, frozenset({"+avx512f", "+avx512bf16"}))}
+
+
+def step_available(step: int) -> bool:
+    """True when numba's compile target has the instructions of this step."""
+    return _STEPS[step][1] <= target_features()
+
+
+def _define_float_microkernel(module: ir.Module, step: int, mr: int, nv: int) -> ir.Function:
+    """Emit (once per LLVM module), on the shared tile skeleton with the FMA step (or the
+    bf16 step, reading 4-byte words of two bf16 instead of floats), the
     MR x (16*nv) tile kernel
 
         void ukr(i8* a, i64* rows, i64* taps, i64 ntaps, i64 kc, i8* b,
@@ -143,12 +156,14 @@ def _define_fma_microkernel(module: ir.Module, mr: int, nv: int) -> ir.Function:
         b.ret_void()
 
     f32p = _F32.as_pointer()
+    mac = _STEPS[step][0](LANES)
+    prefix = "fp32_fma" if step == STEP_FMA else "bf16"
     return tile_ir.define_tile_kernel(
-        module, f"yolo8_fp32_fma_{mr}x{nv}", tile_ir.fma_step(LANES), mr, nv,
+        module, f"yolo8_{prefix}_{mr}x{nv}", mac, mr, nv,
         [f32p, _I64, f32p, _I64, _I64, _I64, _I64], load_init, leaky_and_store, a_element=_F32)
 
 
-def _make_microkernel(mr: int, nv: int):
+def _make_microkernel(mr: int, nv: int, step: int = STEP_FMA):
     """A numba intrinsic `ukr(a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off,
     ldc, rows_valid, cols_valid, leaky)` calling the IR kernel (offsets in floats; taps is a
     1-D int64 array whose length is the tap count)."""
@@ -164,7 +179,11 @@ def _make_microkernel(mr: int, nv: int):
             (a_v, rows_v, taps_v, kc_v, b_v, b_off_v, init_v, init_off_v, init_ld_v, c_v, c_off_v,
              ldc_v, rows_valid_v, cols_valid_v, leaky_v) = args
             ty = signature.args
-            fn = _define_fma_microkernel(builder.module, mr, nv)
+            if not step_available(step):  # never called there (the backends check first)
+                tile_ir.trap_with_message(
+                    builder, "yolo8: bf16 micro-kernel called on a CPU without avx512_bf16")
+                return context.get_dummy_value()
+            fn = _define_float_microkernel(builder.module, step, mr, nv)
             i8p = tile_ir.I8.as_pointer()
 
             def data(index, value, element=_F32, at=None):
@@ -187,12 +206,25 @@ def _make_microkernel(mr: int, nv: int):
 _UKR_NV1 = _make_microkernel(rows_per_tile(1), 1)
 _UKR_NV2 = _make_microkernel(rows_per_tile(2), 2)
 _UKR_NV4 = _make_microkernel(rows_per_tile(4), 4)
+_BF16_NV1 = _make_microkernel(rows_per_tile(1), 1, STEP_BF16)
+_BF16_NV2 = _make_microkernel(rows_per_tile(2), 2, STEP_BF16)
+_BF16_NV4 = _make_microkernel(rows_per_tile(4), 4, STEP_BF16)
 
 
 @njit(cache=CACHE, nogil=True)
-def _microkernel(nv, a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off, ldc,
+def _microkernel(step, nv, a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off, ldc,
                  rows_valid, cols_valid, leaky):
-    if nv == 4:
+    if step == STEP_BF16:
+        if nv == 4:
+            _BF16_NV4(a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off, ldc,
+                      rows_valid, cols_valid, leaky)
+        elif nv == 2:
+            _BF16_NV2(a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off, ldc,
+                      rows_valid, cols_valid, leaky)
+        else:
+            _BF16_NV1(a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off, ldc,
+                      rows_valid, cols_valid, leaky)
+    elif nv == 4:
         _UKR_NV4(a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off, ldc, rows_valid,
                  cols_valid, leaky)
     elif nv == 2:
@@ -217,7 +249,7 @@ def _activate_tile(c, c_off, ldc, rows_valid, cols_valid, act):
 
 
 @njit(parallel=True, cache=CACHE, nogil=True)
-def _gemm_tiles(a, geometry, a_batch_stride, a_group_stride, taps, kc, chunk_taps,
+def _gemm_tiles(step, a, geometry, a_batch_stride, a_group_stride, taps, kc, chunk_taps,
                 b, nv, n_panels, batches, groups,
                 bias, c, c_batch_stride, ldc, n_per_group, act, n_threads):
     """C[batch][m, group * n_per_group + n] for every batch, group, row m and channel n.
@@ -268,7 +300,7 @@ def _gemm_tiles(a, geometry, a_batch_stride, a_group_stride, taps, kc, chunk_tap
                         init, init_off, init_ld = bias, col0, 0
                     else:
                         init, init_off, init_ld = c, c_off, ldc
-                    _microkernel(nv, a, rows, taps[t0:t1], kc, b, b_base + t0 * kc * nr,
+                    _microkernel(step, nv, a, rows, taps[t0:t1], kc, b, b_base + t0 * kc * nr,
                                  init, init_off, init_ld, c, c_off, ldc, rows_valid, cols_valid,
                                  leaky_code if last_chunk else 0)
                     if other_act and last_chunk:
@@ -339,9 +371,10 @@ def chunk_taps(ntaps: int, kc: int, nv: int) -> int:
 def run_gemm_tiles(a: np.ndarray, geometry: tuple[int, ...], taps: np.ndarray,
                    packed: PackedWeights, bias: np.ndarray, c: np.ndarray, ldc: int, act: int,
                    a_batch_stride: int = 0, a_group_stride: int = 0,
-                   c_batch_stride: int = 0) -> None:
-    """Run `_gemm_tiles` on flat float32 views (internal: callers validate their inputs)."""
-    _gemm_tiles(a, geometry, a_batch_stride, a_group_stride, taps, packed.kc,
+                   c_batch_stride: int = 0, step: int = STEP_FMA) -> None:
+    """Run `_gemm_tiles` on flat float32 views (internal: callers validate their inputs).
+    With step=STEP_BF16, a and packed hold bf16 pairs in float32 words (conv_bf16)."""
+    _gemm_tiles(step, a, geometry, a_batch_stride, a_group_stride, taps, packed.kc,
                 chunk_taps(packed.ntaps, packed.kc, packed.nv), packed.packed, packed.nv,
                 packed.n_panels, packed.batches, packed.groups, bias, c, c_batch_stride, ldc,
                 packed.n_per_group, act, numba.get_num_threads())

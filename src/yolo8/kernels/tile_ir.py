@@ -24,6 +24,23 @@ I64 = ir.IntType(64)
 F32 = ir.FloatType()
 
 
+class _BFloatType(ir.Type):
+    """LLVM's `bfloat` (llvmlite.ir has no class for it): the element type of the AVX512-BF16
+    intrinsics' operands since LLVM 17. Values are only ever bitcast to and from it."""
+
+    def _to_string(self) -> str:
+        return "bfloat"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _BFloatType)
+
+    def __hash__(self) -> int:
+        return hash("bfloat")
+
+
+BF16 = _BFloatType()
+
+
 def vector(element: ir.Type, lanes: int) -> ir.VectorType:
     return ir.VectorType(element, lanes)
 
@@ -46,8 +63,10 @@ def type_suffix(ty: ir.Type) -> str:
 def bits(ty: ir.VectorType) -> int:
     """Width of a vector of integers or floats in bits (x86 intrinsics are named by it)."""
     element = ty.element
-    width = element.width if isinstance(element, ir.IntType) else (
-        32 if isinstance(element, ir.FloatType) else 64)
+    if isinstance(element, ir.IntType):
+        width = element.width
+    else:
+        width = {_BFloatType: 16, ir.FloatType: 32}.get(type(element), 64)
     return ty.count * width
 
 
@@ -192,6 +211,28 @@ def dpbusd_step(lanes: int) -> MacStep:
         return result
 
     return MacStep(f"dpbusd{bits(acc_ty)}", acc_ty, 4, 4 * lanes, emit)
+
+
+def bf16_step(lanes: int = 16) -> MacStep:
+    """bf16 x bf16 -> float32: per float lane, acc += a0*b0 + a1*b1 with (a0, a1) one pair of
+    bf16 along K of each row (a dword, broadcast) and (b0, b1) the lane's pair of packed B;
+    `vdpbf16ps` on zmm (AVX512-BF16). The products of bf16 values are exact in float32: the
+    only roundings are the float32 additions."""
+    acc_ty = vector(F32, lanes)
+    pairs = vector(BF16, 2 * lanes)
+
+    def emit(builder, acc, a_pointers, b_pointer):
+        dpbf16 = x86(builder.module, "llvm.x86.avx512bf16.dpbf16ps", acc_ty, [acc_ty, pairs, pairs])
+        b = [builder.bitcast(load_vector(builder, offset(builder, b_pointer, 4 * lanes * v),
+                                         vector(I32, lanes), 64), pairs)
+             for v in range(len(acc[0]))]
+        result = []
+        for i, p in enumerate(a_pointers):  # each row's broadcast next to its steps
+            (a,) = _broadcast_dwords(builder, [p], 0, pairs)
+            result.append([builder.call(dpbf16, [acc[i][v], a, b[v]]) for v in range(len(b))])
+        return result
+
+    return MacStep(f"dpbf16ps{bits(acc_ty)}", acc_ty, 4, 4 * lanes, emit)
 
 
 def pmaddwd_step(lanes: int = 8) -> MacStep:

@@ -41,8 +41,8 @@ from numba.extending import intrinsic
 from ..jit import CACHE
 from . import tile_ir
 from .activations import LEAKY, LINEAR, activate, activate_numpy
-from .gemm_fp32 import (_F32, _I64, _VF, _VMASK, LANES, MAX_ROWS, TILE_VECTORS, PackedWeights,
-                        _microkernel, rows_per_tile, run_gemm_tiles)
+from .gemm_fp32 import (_F32, _I64, _VF, _VMASK, LANES, MAX_ROWS, STEP_FMA, TILE_VECTORS,
+                        PackedWeights, _microkernel, rows_per_tile, run_gemm_tiles)
 
 # Transform matrices (interpolation points 0, +-1, +-2 and infinity for F(4x4); 0, +-1 for
 # F(2x2)): Y = A^T [(G g G^T) (.) (B^T d B)] A.
@@ -424,9 +424,9 @@ def _winograd_fused(x, pad, m, tiles_y, tiles_x, block, u, nv, n_panels, zero_bi
                         rows_valid = min(mr, tb - r0)
                         for i in range(mr):
                             rows[i] = (r0 + min(i, rows_valid - 1)) * aa * c + k * c
-                        _microkernel(nv, v, rows, taps, c, u, b_off, zero_bias, panel * nr, 0,
-                                     mm, r0 * aa * cout + k * cout + panel * nr, aa * cout,
-                                     rows_valid, cols_valid, 0)
+                        _microkernel(STEP_FMA, nv, v, rows, taps, c, u, b_off, zero_bias,
+                                     panel * nr, 0, mm, r0 * aa * cout + k * cout + panel * nr,
+                                     aa * cout, rows_valid, cols_valid, 0)
             for tl in range(tb):
                 _output_tile(mm, tl * aa * cout, bias, act, m, tiles_y, tiles_x, b0 + tl, out)
 
