@@ -55,7 +55,7 @@ def export(path: Path, qdq: bool) -> list[str]:
 
     model = yolo8.load(backend="int8")
     graph = model.graph
-    thresholds, corrections, _ = int8.resolve_calibration(
+    thresholds, corrections, _, _ = int8.resolve_calibration(
         graph, model.model_id, None, models.default_calibration())
     quantized = set(int8.int8_layers(graph))
     nodes, inits, outputs, fp32_convs = [], [], [], []
