@@ -30,6 +30,7 @@ from yolo8.kernels.conv_bf16 import (Bf16Conv, conv2d_bf16_reference, round_to_b
 from yolo8.kernels.gemm_fp32 import STEP_BF16, step_available
 from yolo8.preprocess import read_image, to_blob
 
+from .asm import hot_loop
 from .conftest import PHOTOS, ROOT, run_yolo8
 
 pytestmark = [pytest.mark.timeout(900),
@@ -190,23 +191,6 @@ print(asm)
 """
 
 
-def _hot_loop(asm: str, function: str, instruction: str) -> list[str]:
-    """Of the single-block loops of `function`, the one with the most `instruction`s."""
-    body = asm[asm.index(function + ":"):]
-    lines = body[:body.index(".Lfunc_end")].splitlines()
-    label_at, best, best_count = None, [], 0
-    for i, line in enumerate(lines):
-        if re.fullmatch(r"\.LBB\w+:", line.strip()):
-            label_at = i
-        jump = re.match(r"\s+j\w+\s+(\.LBB\w+)", line)
-        if jump and label_at is not None and lines[label_at].strip() == jump.group(1) + ":":
-            loop = lines[label_at:i + 1]
-            count = sum(bool(re.search(instruction, l)) for l in loop)
-            if count > best_count:
-                best, best_count = loop, count
-    return best
-
-
 def test_hot_loops_are_vdpbf16ps_on_zmm_without_spills_or_amx(tmp_path):
     # A fresh cache: numba does not show the assembly of cached code.
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
@@ -218,7 +202,7 @@ def test_hot_loops_are_vdpbf16ps_on_zmm_without_spills_or_amx(tmp_path):
 
     for nv in (1, 2, 4):
         name = f"yolo8_bf16_{rows_per_tile(nv)}x{nv}"
-        loop = _hot_loop(asm, name, r"\bvdpbf16ps\b")
+        loop = hot_loop(asm, name, r"\bvdpbf16ps\b")
         dots = [l for l in loop if "vdpbf16ps" in l]
         assert len(dots) >= rows_per_tile(nv) * nv, name  # one tile step at least
         assert all("zmm" in l for l in dots), name

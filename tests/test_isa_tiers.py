@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 
+from .asm import hot_loop
 from .conftest import PHOTOS, ROOT
 from yolo8.kernels.common import TARGETS, host_cannot_run, target_env
 
@@ -39,7 +40,7 @@ KERNEL_SELECTION = (
 # Run first, on the empty cache, so that the kernels it inspects are compiled in-process
 # (numba cannot show the assembly of a kernel loaded from its cache).
 PROBE = r"""
-import json, re, sys
+import json, sys
 import numpy as np
 import yolo8
 from yolo8.kernels import gemm_fp32, gemm_int8
@@ -54,40 +55,11 @@ np.save(f"{out_dir}/gemm.npy", gemm_int8.gemm_s8s8s32(a, b))
 model = yolo8.load(backend="int8")
 outputs = model.forward_nhwc(to_blob([read_image(photo)], 416, 416))
 np.savez(f"{out_dir}/int8_outputs.npz", *outputs)
-
-
-def hot_loop(asm, function, instruction):
-    # The K loop: of the single-block loops (a label, straight code, a jump back to it) of
-    # `function`, the one with the most `instruction`s ([] if none has any).
-    body = asm[asm.index(function + ":"):]
-    lines = body[:body.index(".Lfunc_end")].splitlines()
-    label_at = None
-    best, best_count = [], 0
-    for i, line in enumerate(lines):
-        if re.fullmatch(r"\.LBB\w+:", line.strip()):
-            label_at = i
-        jump = re.match(r"\s+j\w+\s+(\.LBB\w+)", line)
-        if jump and label_at is not None and lines[label_at].strip() == jump.group(1) + ":":
-            loop = lines[label_at:i + 1]
-            count = sum(bool(re.search(instruction, l)) for l in loop)
-            if count > best_count:
-                best, best_count = loop, count
-    return best
-
-
 tier = gemm_int8.default_variant()
 int8_asm = gemm_int8._microkernel.inspect_asm(gemm_int8._microkernel.signatures[0])
 fp32_asm = gemm_fp32._microkernel.inspect_asm(gemm_fp32._microkernel.signatures[0])
-report = {"tier": tier, "loops": {}}
-int8_pattern, fp32_shapes, fp32_register = json.loads(sys.argv[3])
-t = gemm_int8.TIERS[tier]
-for nv in t.widths:
-    name = f"yolo8_int8_{tier}_{min(gemm_int8.MAX_ROWS, t.accumulators // nv)}x{nv}"
-    report["loops"][name] = hot_loop(int8_asm, name, int8_pattern)
-for shape in fp32_shapes:
-    name = f"yolo8_fp32_fma_{shape}"
-    report["loops"][name] = hot_loop(fp32_asm, name, r"\bvfmadd\w*ps\b.*%" + fp32_register)
-json.dump(report, open(f"{out_dir}/probe.json", "w"))
+json.dump({"tier": tier, "int8_asm": int8_asm, "fp32_asm": fp32_asm},
+          open(f"{out_dir}/probe.json", "w"))
 print("ok")
 """
 
@@ -97,19 +69,34 @@ def _run(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProc
                           text=True, timeout=timeout)
 
 
+def _hot_loops(probe_file, int8_pattern: str, fp32_shapes: list[str], fp32_register: str) -> dict:
+    """The probe's tier and, per micro-kernel of it, its hot loop (tests/asm.py)."""
+    from yolo8.kernels import gemm_int8
+
+    probe = json.loads(probe_file.read_text())
+    tier, loops = probe["tier"], {}
+    t = gemm_int8.TIERS[tier]
+    for nv in t.widths:
+        name = f"yolo8_int8_{tier}_{min(gemm_int8.MAX_ROWS, t.accumulators // nv)}x{nv}"
+        loops[name] = hot_loop(probe["int8_asm"], name, int8_pattern)
+    for shape in fp32_shapes:
+        name = f"yolo8_fp32_fma_{shape}"
+        loops[name] = hot_loop(probe["fp32_asm"], name, r"\bvfmadd\w*ps\b.*%" + fp32_register)
+    return {"tier": tier, "loops": loops}
+
+
 def _tier_run(target: str, tmp_path_factory) -> dict:
     """Probe, kernel tests and an INT8 detect, all compiled for `target`."""
     out = tmp_path_factory.mktemp(f"tier-{target}")
     env = {**os.environ, **target_env(target), "NUMBA_CACHE_DIR": str(out / "numba-cache")}
     pattern, shapes, register = (EXPECTED[target][1:] if target in EXPECTED
                                  else (r"\bvpdpbusd\b", [], "zmm"))
-    probe = _run(["-c", PROBE, str(out), str(PHOTOS[0]), json.dumps([pattern, shapes, register])],
-                 env, 600)
+    probe = _run(["-c", PROBE, str(out), str(PHOTOS[0])], env, 600)
     assert probe.returncode == 0 and probe.stdout.strip().endswith("ok"), probe.stderr[-3000:]
     detect = _run(["-m", "yolo8", "detect", *map(str, PHOTOS), "--backend", "int8", "--no-save",
                    "-q", "--json", str(out / "detections.json")], env, 600)
     assert detect.returncode == 0, detect.stderr[-3000:]
-    return {"dir": out, "env": env, "probe": json.loads((out / "probe.json").read_text()),
+    return {"dir": out, "env": env, "probe": _hot_loops(out / "probe.json", pattern, shapes, register),
             "detections": json.loads((out / "detections.json").read_text())}
 
 
