@@ -61,16 +61,18 @@ def threading_layer() -> str:
 
 def _check_layer() -> None:
     global _layer_checked, _serial_lock
+    if _layer_checked:  # every forward passes here: no lock once it is known
+        return
     with _lock:
         if _layer_checked:
             return
-        _layer_checked = True
         if threading_layer() == "workqueue":
             _serial_lock = threading.Lock()
             notices.info("numba's threading layer is 'workqueue', which cannot run parallel "
                          "kernels from several threads at once: calls of a model from several "
                          "threads are serialised (install OpenMP (libgomp) or `pip install tbb` "
                          "for concurrent calls)")
+        _layer_checked = True  # last: the lock-free check above must see _serial_lock set
 
 
 @contextmanager
