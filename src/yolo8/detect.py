@@ -44,7 +44,7 @@ from .api import Model, load
 from .data import label_path
 from .draw import draw_detections
 from .errors import InputError, Yolo8Error, writing
-from .files import atomic_write_bytes, make_parent, temporary_twin
+from .files import atomic_write_bytes, make_parent, reserve_twin, settle_twin
 from .inputs import Expanded, Source, expand_inputs, open_capture
 from .pipeline import Item, batched, load_images, read_frames
 from .postprocess import Detection
@@ -200,7 +200,7 @@ class VideoOut:
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
         self.frames = 0
-        self._twin = None  # the temporary file's context (files.temporary_twin)
+        self._temp: Path | None = None  # the file being written (files.reserve_twin)
 
     def write(self, frame: np.ndarray) -> None:
         if self.writer is None:
@@ -213,29 +213,25 @@ class VideoOut:
     def _open(self, width: int, height: int) -> None:
         self.size = (width, height)
         codec = _video_codec(self.path)
-        self._twin = temporary_twin(self.path)
-        temp = self._twin.__enter__()
-        self.writer = cv2.VideoWriter(str(temp), cv2.VideoWriter_fourcc(*codec), self.fps,
+        self._temp = reserve_twin(self.path)
+        self.writer = cv2.VideoWriter(str(self._temp), cv2.VideoWriter_fourcc(*codec), self.fps,
                                       self.size)
         if not self.writer.isOpened():
-            self._finish(VideoWriteError)
+            self._finish(keep=False)
             raise VideoWriteError(f"OpenCV cannot write this video ({codec}, {width}x{height} at "
                                   f"{self.fps:g} fps)", path=self.path)
 
-    def _finish(self, error: type[BaseException] | None) -> None:
-        """Release the writer; rename the file into place (error None) or drop it."""
+    def _finish(self, keep: bool) -> None:
+        """Release the writer; rename the file into place (keep) or drop it."""
         if self.writer is not None:
             self.writer.release()
             self.writer = None
-        twin, self._twin = self._twin, None
-        if twin is not None:
-            if error is None:
-                twin.__exit__(None, None, None)
-            else:
-                twin.__exit__(error, error(), None)
+        temp, self._temp = self._temp, None
+        if temp is not None:
+            settle_twin(temp, self.path, keep)
 
     def close(self) -> None:
-        self._finish(None)
+        self._finish(keep=True)
 
 
 def _stream_fps(capture: cv2.VideoCapture, name: str) -> float:

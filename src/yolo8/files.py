@@ -23,23 +23,38 @@ def make_parent(path: Path) -> None:
                          path=path.parent) from None
 
 
-@contextmanager
-def temporary_twin(path: Path) -> Iterator[Path]:
-    """A temporary file next to `path` with the same suffix (writers that pick a format by the
-    name, as OpenCV's, still work); renamed over `path` when the block ends normally, removed
-    when it raises."""
+def reserve_twin(path: Path) -> Path:
+    """A new empty temporary file next to `path` with the same suffix (writers that pick a
+    format by the name, as OpenCV's, still work)."""
     make_parent(path)
     with writing(path):
         fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}",
                                     dir=path.parent)
         os.close(fd)
-    temp = Path(name)
+    return Path(name)
+
+
+def settle_twin(temp: Path, path: Path, keep: bool) -> None:
+    """Rename the twin over `path` (keep) or remove it."""
     try:
-        yield temp
-        with writing(path):
-            os.replace(temp, path)
+        if keep:
+            with writing(path):
+                os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def temporary_twin(path: Path) -> Iterator[Path]:
+    """A twin of `path` (`reserve_twin`) renamed over it when the block ends normally, removed
+    when it raises."""
+    temp = reserve_twin(path)
+    done = False
+    try:
+        yield temp
+        done = True
+    finally:
+        settle_twin(temp, path, keep=done)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
