@@ -16,12 +16,14 @@ and one notice says so: yolo8 never fails for want of a cache.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import tempfile
 from pathlib import Path
 
+import llvmlite.binding as llvm
 from numba.core import config
 
 from . import models
@@ -40,15 +42,20 @@ def _sources_digest() -> str:
     return digest.hexdigest()[:12]
 
 
-def target_tag() -> str:
-    """numba's target CPU name and a hash of its features, e.g. `znver4-3f2a9c1d`."""
-    import llvmlite.binding as llvm
-
-    name = config.CPU_NAME or llvm.get_host_cpu_name()
+@functools.lru_cache(maxsize=None)
+def target_features() -> frozenset[str]:
+    """numba's compile-target features ("+avx512f", ...): NUMBA_CPU_FEATURES if set, else the
+    host's. Cached (the configuration is fixed once numba is imported)."""
     features = config.CPU_FEATURES
     if features is None:
         features = llvm.get_host_cpu_features().flatten()
-    canonical = ",".join(sorted(features.split(",")))
+    return frozenset(features.split(","))
+
+
+def target_tag() -> str:
+    """numba's target CPU name and a hash of its features, e.g. `znver4-3f2a9c1d`."""
+    name = config.CPU_NAME or llvm.get_host_cpu_name()
+    canonical = ",".join(sorted(target_features()))
     return f"{name}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 

@@ -2,25 +2,12 @@
 aligned buffers and the implicit GEMM's row addressing."""
 from __future__ import annotations
 
-import functools
-
-import llvmlite.binding as llvm_binding
 import numpy as np
-from numba import config, njit, prange
+from numba import njit, prange
 
-from ..jit import CACHE
+from ..jit import CACHE, target_features  # noqa: F401 (the kernels' import of it)
 
 ALIGN = 64  # bytes: a packed weight vector of the micro-kernels is then one cache line
-
-
-@functools.lru_cache(maxsize=None)
-def target_features() -> frozenset[str]:
-    """numba's compile-target features ("+avx512f", ...): NUMBA_CPU_FEATURES if set, else the
-    host's. Cached (the configuration is fixed once numba is imported)."""
-    features = config.CPU_FEATURES
-    if features is None:
-        features = llvm_binding.get_host_cpu_features().flatten()
-    return frozenset(features.split(","))
 
 
 def output_size(size_in: int, size: int, stride: int, pad: int) -> int:
