@@ -30,12 +30,13 @@ EXPECTED = {
     "avx512": ("avx512vnni", r"\bvpdpbusd\b.*%zmm", ["12x1", "12x2", "6x4"], "zmm"),
 }
 # A lean selection of the kernel tests: compiling the kernels for a target is most of the time.
-KERNEL_TESTS = ["tests/test_kernels_int8.py", "tests/test_kernels_fp32.py", "tests/test_kernels_xnor.py"]
+KERNEL_TESTS = ["tests/test_kernels_int8.py", "tests/test_winograd_int8.py",
+                "tests/test_kernels_fp32.py", "tests/test_kernels_xnor.py"]
 KERNEL_SELECTION = (
     "equals_reference_on_odd_shapes or extreme_values or shifted_sum_wraps or conv_is_bit_exact"
     " or large_k or gemm_conv_matches_reference or winograd_matches_reference"
     " or maxpool_matches_reference or gemm_bias_act_matches or conv_equals_float_reference_exactly"
-    " or dot_equals_integer_reference")
+    " or dot_equals_integer_reference or winograd_conv or wraps")
 
 # Run first, on the empty cache, so that the kernels it inspects are compiled in-process
 # (numba cannot show the assembly of a kernel loaded from its cache).

@@ -27,6 +27,7 @@ from numba import njit, prange
 from ..jit import CACHE
 from .activations import CODES, activate_numpy
 from .common import conv_taps, output_size
+from . import winograd_int8
 from .gemm_int8 import (MAX_K, ZERO_U8, PackedB, default_variant, resolve_variant, run_tiles,
                         source_dtype, threads_for)
 
@@ -58,17 +59,17 @@ def _quantize(x, multiplier, out):
 
 
 @njit(parallel=True, cache=CACHE, nogil=True)
-def _quantize_padded(x, multiplier, xq, n, h, w, pad, groups, cg, cg4):
-    """xq[img, y + pad, x + pad, g * cg4 + c] = q(x[img, y, x, g * cg + c]) + 128, on flat views
-    (xq uint8, or int16 for the AVX2 tier: one compiled copy per dtype).
+def _quantize_padded(x, multiplier, xq, n, h, w, pad, hp, wp, zero, groups, cg, cg4):
+    """xq[img, y + pad, x + pad, g * cg4 + c] = q(x[img, y, x, g * cg + c]) + zero, on flat
+    views, xq being (n, hp, wp, groups * cg4) (uint8, or int16 for the AVX2 tier: one
+    compiled copy per dtype). zero: 128 for the shifted activations of the direct kernels,
+    0 for Winograd's signed ones (whose buffer also extends past the bottom and right pad).
 
-    xq's border and its channels past cg in each group are never written (they hold 128).
+    xq's border and its channels past cg in each group are never written (they hold `zero`).
     Loops index slices by their counter only, so that LLVM vectorises them.
     """
     cin = groups * cg
     cs = groups * cg4
-    wp = w + 2 * pad
-    hp = h + 2 * pad
     for r in prange(n * h):
         img = r // h
         y = r - img * h
@@ -78,14 +79,14 @@ def _quantize_padded(x, multiplier, xq, n, h, w, pad, groups, cg, cg4):
             # Channels are dense: the whole image row is one contiguous run.
             dst = xq[dst_start:dst_start + w * cin]
             for i in range(w * cin):
-                dst[i] = _quantize_scalar(src[i], multiplier) + ZERO_U8
+                dst[i] = _quantize_scalar(src[i], multiplier) + zero
         else:
             for xx in range(w):
                 for g in range(groups):
                     s = src[xx * cin + g * cg:xx * cin + (g + 1) * cg]
                     d = xq[dst_start + xx * cs + g * cg4:dst_start + xx * cs + g * cg4 + cg]
                     for c in range(cg):
-                        d[c] = _quantize_scalar(s[c], multiplier) + ZERO_U8
+                        d[c] = _quantize_scalar(s[c], multiplier) + zero
 
 
 def _as_multiplier(multiplier: float) -> np.float32:
@@ -203,6 +204,25 @@ class Int8ConvWeights:
             self._packed[tier] = packed
         return packed
 
+    def winograd_packed(self) -> PackedB:
+        """The weights transformed and packed for winograd_int8 (on first use)."""
+        packed = self._packed.get("winograd")
+        if packed is None:
+            packed = winograd_int8.pack_weights(self.wq)
+            self._packed["winograd"] = packed
+        return packed
+
+    def winograd_buffer(self, n: int, h: int, w: int, pad: int) -> tuple[np.ndarray, tuple]:
+        """winograd_int8's zero-bordered int16 input buffer for this input shape (per calling
+        thread, as `input_buffer`) and its shape."""
+        shape = winograd_int8.buffer_shape(n, h, w, pad, self.cin)
+        key = ("winograd", shape)
+        cached = getattr(self._per_thread, "input", None)
+        if cached is None or cached[0] != key:
+            cached = (key, np.zeros(math.prod(shape), np.int16), shape)
+            self._per_thread.input = cached
+        return cached[1], cached[2]
+
     @property
     def channels_padded(self) -> int:
         """Channels of a group as the kernel reads them: Cin/groups rounded up to 4."""
@@ -260,33 +280,53 @@ def _check_conv_args(x, weights, bias, stride, pad, activation, groups) -> None:
                          f"with pad {pad}")
 
 
+METHODS = ("auto", "direct", "winograd")
+
+
 def conv2d_int8(x: np.ndarray, weights: Int8ConvWeights, bias: np.ndarray, multiplier: float,
                 stride: int, pad: int, activation: int, groups: int = 1, *,
-                variant: str = "auto") -> np.ndarray:
+                variant: str = "auto", method: str = "auto") -> np.ndarray:
     """INT8 convolution of an NHWC float32 batch; returns (N, Ho, Wo, Cout) float32.
 
     multiplier = 127 / threshold of the input (float32); activation an `activations` code;
-    variant: "auto" or a tier of gemm_int8.VARIANTS (the micro-kernel, see gemm_int8).
+    variant: "auto" or a tier of gemm_int8.VARIANTS (the micro-kernel, see gemm_int8);
+    method: "direct" (the implicit GEMM), "winograd" (winograd_int8: the AVX2 tier's 3x3
+    stride-1 layers, the same result bit for bit) or "auto" (Winograd where it applies and
+    pays, see winograd_int8.pays).
     """
     _check_conv_args(x, weights, bias, stride, pad, activation, groups)
     multiplier = _as_multiplier(multiplier)
     variant = resolve_variant(variant)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     n, h, w, _ = x.shape
     kh, kw = weights.kernel_size
     ho, wo = output_size(h, kh, stride, pad), output_size(w, kw, stride, pad)
-    cg = weights.wq.shape[3]
-    cg4 = weights.channels_padded
-    cs = groups * cg4
-    hp, wp = h + 2 * pad, w + 2 * pad
-
-    xq, taps, k4 = weights.input_buffer(n, h, w, pad, variant)
+    winograd = winograd_int8.applies(variant, kh, kw, stride, groups, weights.cin)
+    if method == "winograd" and not winograd:
+        raise ValueError("the INT8 Winograd kernel runs 3x3 stride-1 ungrouped layers on the "
+                         f"{winograd_int8.TIER} tier only")
     out = np.empty((n, ho, wo, weights.cout), np.float32)
-    geometry = (n * ho * wo, ho, wo, hp * wp * cs, stride * wp * cs, stride * cs, cg4)
+    scale = weights.out_scale(multiplier)
+    cg = weights.wq.shape[3]
     with threads_for(n * ho * wo * weights.cout * kh * kw * cg) as n_threads:
-        _quantize_padded(x.reshape(-1), multiplier, xq, n, h, w, pad, groups, cg, cg4)
+        if method == "winograd" or (method == "auto" and winograd
+                                    and winograd_int8.pays(weights.cin)):
+            xq, (_, hp, wp, cp) = weights.winograd_buffer(n, h, w, pad)
+            _quantize_padded(x.reshape(-1), multiplier, xq, n, h, w, pad, hp, wp, 0, 1, cg, cp)
+            winograd_int8.conv3x3_winograd_int8(xq, (n, hp, wp, cp), weights.winograd_packed(),
+                                                out, scale, bias, int(activation), n_threads)
+            return out
+        cg4 = weights.channels_padded
+        cs = groups * cg4
+        hp, wp = h + 2 * pad, w + 2 * pad
+        xq, taps, k4 = weights.input_buffer(n, h, w, pad, variant)
+        geometry = (n * ho * wo, ho, wo, hp * wp * cs, stride * wp * cs, stride * cs, cg4)
+        _quantize_padded(x.reshape(-1), multiplier, xq, n, h, w, pad, hp, wp, ZERO_U8, groups, cg,
+                         cg4)
         run_tiles(xq, taps, k4, geometry, weights.packed(variant), n_threads,
-                  out_f=out.reshape(-1, weights.cout), scale=weights.out_scale(multiplier),
-                  bias=bias, act=int(activation))
+                  out_f=out.reshape(-1, weights.cout), scale=scale, bias=bias,
+                  act=int(activation))
     return out
 
 

@@ -134,26 +134,40 @@ def _define_float_microkernel(module: ir.Module, step: int, mr: int, nv: int) ->
         return acc
 
     def leaky_and_store(b, fn, acc, extra):
-        # Leaky as a select (darknet: x > 0 ? x : 0.1f * x), then masked stores row by row.
-        _, _, c, ldc, rows_valid, _, leaky = extra
+        # Leaky as a select (darknet: x > 0 ? x : 0.1f * x), then the stores row by row: plain
+        # ones for a tile of full width (an all-true constant mask folds away), masked ones for
+        # a partial tile (on AVX2 a masked store is vmaskmovps, many times slower than a store
+        # on AMD's cores).
+        _, _, c, ldc, rows_valid, cols_valid, leaky = extra
         use_leaky = b.icmp_signed("!=", leaky, _I64(0))
         slope = ir.Constant(_VF, [0.1] * LANES)
         results = [[b.select(use_leaky, b.select(b.fcmp_ordered(">", x, zero), x, b.fmul(x, slope)), x)
                     for x in row] for row in acc]
-        store_blocks = [fn.append_basic_block(f"store_{i}") for i in range(mr)]
         done = fn.append_basic_block("done")
-        b.branch(store_blocks[0])
-        for i in range(mr):
-            b.position_at_end(store_blocks[i])
-            row_ptr = b.gep(c, [b.mul(_I64(i), ldc)])
-            for v in range(nv):
-                tile_ir.masked_store(b, results[i][v], b.gep(row_ptr, [_I64(LANES * v)]), masks[v])
-            if i + 1 < mr:
-                b.cbranch(b.icmp_signed("<", _I64(i + 1), rows_valid), store_blocks[i + 1], done)
-            else:
-                b.branch(done)
+        all_lanes = ir.Constant(_VMASK, [1] * LANES)
+        full_chain = _store_rows(b, fn, results, c, ldc, rows_valid, [all_lanes] * nv, done)
+        partial_chain = _store_rows(b, fn, results, c, ldc, rows_valid, masks, done)
+        b.cbranch(b.icmp_signed("==", cols_valid, _I64(LANES * nv)), full_chain, partial_chain)
         b.position_at_end(done)
         b.ret_void()
+
+    def _store_rows(b, fn, results, c, ldc, rows_valid, row_masks, done):
+        """Blocks storing rows 0..rows_valid-1 with these masks; returns the first block and
+        leaves the builder where it was."""
+        here = b.block
+        blocks = [fn.append_basic_block(f"store_{i}") for i in range(mr)]
+        for i in range(mr):
+            b.position_at_end(blocks[i])
+            row_ptr = b.gep(c, [b.mul(_I64(i), ldc)])
+            for v in range(nv):
+                tile_ir.masked_store(b, results[i][v], b.gep(row_ptr, [_I64(LANES * v)]),
+                                     row_masks[v])
+            if i + 1 < mr:
+                b.cbranch(b.icmp_signed("<", _I64(i + 1), rows_valid), blocks[i + 1], done)
+            else:
+                b.branch(done)
+        b.position_at_end(here)
+        return blocks[0]
 
     f32p = _F32.as_pointer()
     mac = _STEPS[step][0](LANES)

@@ -195,47 +195,66 @@ def _define_microkernel(module: ir.Module, tier: Tier, mr: int, nv: int) -> ir.F
 
     def store(b, fn, acc, extra):
         corr, scale, bias, out, ldo, rows_valid, cols_valid, mode = extra
-        masks = [tile_ir.lane_mask(b, lanes * v, cols_valid, lanes) for v in range(nv)]
-        sums = [[b.sub(acc[i][v], tile_ir.masked_load(b, tile_ir.offset(b, corr, lanes * v),
-                                                      masks[v], ir.Constant(acc_ty, None)))
-                 for v in range(nv)] for i in range(mr)]
+        # Two copies of the stores: a tile of full width with plain vector loads and stores
+        # (an all-true constant mask folds away), a partial one with masked ones. On AVX2
+        # a masked store is vmaskmovps, many times slower than a store on AMD's cores.
+        partial_masks = [tile_ir.lane_mask(b, lanes * v, cols_valid, lanes) for v in range(nv)]
+        all_lanes = ir.Constant(tile_ir.vector(tile_ir.I1, lanes), [1] * lanes)
         done = fn.append_basic_block("done")
         dispatch = b.block
         chains = {}
-        for kind in (STORE_INT32, STORE_LINEAR, STORE_LEAKY):
-            blocks = [fn.append_basic_block(f"store_{kind}_{i}") for i in range(mr)]
-            chains[kind] = blocks[0]
-            b.position_at_end(blocks[0])
-            if kind != STORE_INT32:
-                scales = [tile_ir.masked_load(b, tile_ir.offset(b, scale, lanes * v), masks[v],
-                                              ir.Constant(f32_ty, None)) for v in range(nv)]
-                biases = [tile_ir.masked_load(b, tile_ir.offset(b, bias, lanes * v), masks[v],
-                                              ir.Constant(f32_ty, None)) for v in range(nv)]
-            element = tile_ir.I32 if kind == STORE_INT32 else tile_ir.F32
-            out_typed = b.bitcast(out, element.as_pointer())
-            for i in range(mr):
-                if i:
-                    b.position_at_end(blocks[i])
-                row = b.gep(out_typed, [b.mul(tile_ir.I64(i), ldo)])
-                for v in range(nv):
-                    y = sums[i][v]
-                    if kind != STORE_INT32:
-                        y = b.fadd(b.fmul(b.sitofp(y, f32_ty), scales[v]), biases[v])
-                    if kind == STORE_LEAKY:
-                        slope = ir.Constant(f32_ty, [0.1] * lanes)
-                        y = b.select(b.fcmp_ordered(">", y, ir.Constant(f32_ty, None)), y,
-                                     b.fmul(y, slope))
-                    tile_ir.masked_store(b, y, tile_ir.offset(b, row, lanes * v), masks[v])
-                if i + 1 < mr:
-                    b.cbranch(b.icmp_signed("<", tile_ir.I64(i + 1), rows_valid), blocks[i + 1], done)
-                else:
-                    b.branch(done)
+        for full in (False, True):
+            masks = [all_lanes] * nv if full else partial_masks
+            for kind in (STORE_INT32, STORE_LINEAR, STORE_LEAKY):
+                chains[full, kind] = _store_chain(b, fn, kind, acc, masks, extra, done)
         b.position_at_end(dispatch)
-        switch = b.switch(mode, chains[STORE_INT32])
-        switch.add_case(tile_ir.I64(STORE_LINEAR), chains[STORE_LINEAR])
-        switch.add_case(tile_ir.I64(STORE_LEAKY), chains[STORE_LEAKY])
+        switches = []
+        for full in (False, True):
+            block = fn.append_basic_block(f"dispatch_{'full' if full else 'partial'}")
+            switches.append(block)
+            b.position_at_end(block)
+            switch = b.switch(mode, chains[full, STORE_INT32])
+            switch.add_case(tile_ir.I64(STORE_LINEAR), chains[full, STORE_LINEAR])
+            switch.add_case(tile_ir.I64(STORE_LEAKY), chains[full, STORE_LEAKY])
+        b.position_at_end(dispatch)
+        b.cbranch(b.icmp_signed("==", cols_valid, tile_ir.I64(lanes * nv)), switches[1],
+                  switches[0])
         b.position_at_end(done)
         b.ret_void()
+
+    def _store_chain(b, fn, kind, acc, masks, extra, done):
+        """The blocks storing rows 0..rows_valid-1 of the tile in mode `kind`; returns the
+        first."""
+        corr, scale, bias, out, ldo, rows_valid, cols_valid, mode = extra
+        blocks = [fn.append_basic_block(f"store_{kind}_{i}") for i in range(mr)]
+        b.position_at_end(blocks[0])
+        corrs = [tile_ir.masked_load(b, tile_ir.offset(b, corr, lanes * v), masks[v],
+                                     ir.Constant(acc_ty, None)) for v in range(nv)]
+        if kind != STORE_INT32:
+            scales = [tile_ir.masked_load(b, tile_ir.offset(b, scale, lanes * v), masks[v],
+                                          ir.Constant(f32_ty, None)) for v in range(nv)]
+            biases = [tile_ir.masked_load(b, tile_ir.offset(b, bias, lanes * v), masks[v],
+                                          ir.Constant(f32_ty, None)) for v in range(nv)]
+        element = tile_ir.I32 if kind == STORE_INT32 else tile_ir.F32
+        out_typed = b.bitcast(out, element.as_pointer())
+        for i in range(mr):
+            if i:
+                b.position_at_end(blocks[i])
+            row = b.gep(out_typed, [b.mul(tile_ir.I64(i), ldo)])
+            for v in range(nv):
+                y = b.sub(acc[i][v], corrs[v])
+                if kind != STORE_INT32:
+                    y = b.fadd(b.fmul(b.sitofp(y, f32_ty), scales[v]), biases[v])
+                if kind == STORE_LEAKY:
+                    slope = ir.Constant(f32_ty, [0.1] * lanes)
+                    y = b.select(b.fcmp_ordered(">", y, ir.Constant(f32_ty, None)), y,
+                                 b.fmul(y, slope))
+                tile_ir.masked_store(b, y, tile_ir.offset(b, row, lanes * v), masks[v])
+            if i + 1 < mr:
+                b.cbranch(b.icmp_signed("<", tile_ir.I64(i + 1), rows_valid), blocks[i + 1], done)
+            else:
+                b.branch(done)
+        return blocks[0]
 
     i64, f32p = tile_ir.I64, tile_ir.F32.as_pointer()
     return tile_ir.define_tile_kernel(
@@ -476,8 +495,11 @@ class PackedB:
     __slots__ = ("packed", "corr", "tier", "mr", "nv", "nr", "n_panels", "n_per_group",
                  "groups", "ntaps", "k4", "panel_bytes")
 
-    def __init__(self, b: np.ndarray, groups: int = 1, tier: str = "avx512vnni") -> None:
-        """b: (N, ntaps, kc) int8, output channels of group g are rows [g*N/groups, ...).
+    def __init__(self, b: np.ndarray, groups: int = 1, tier: str = "avx512vnni",
+                 input_zero: int = ZERO_U8) -> None:
+        """b: (N, ntaps, kc) int8 (int16 for a tier of 2-byte values: Winograd's transformed
+        weights), output channels of group g are rows [g*N/groups, ...). input_zero: the
+        shift of the activations the kernel will read (ZERO_U8, or 0 for signed ones).
 
         Layout per (group, panel of NR channels, tap, group of 4 k): [NR][4] int8 for the
         byte tiers (vpdpbusd's operand), [2][NR][2] int16 for AVX2 (two vpmaddwd operands).
@@ -485,11 +507,13 @@ class PackedB:
         n, ntaps, kc = b.shape
         n_g = n // groups
         t = TIERS[tier]
+        if b.dtype != np.int8 and not (b.dtype == np.int16 and t.value_bytes == 2):
+            raise ValueError(f"the {tier} tier packs int8 weights, got {b.dtype}")
         mr, nv = tile_shape(n_g, tier)
         nr = t.lanes * nv
         n_panels = -(-n_g // nr)
         kc4 = -(-kc // 4) * 4
-        padded = np.zeros((groups, n_panels * nr, ntaps, kc4), dtype=np.int8)
+        padded = np.zeros((groups, n_panels * nr, ntaps, kc4), dtype=b.dtype)
         padded[:, :n_g, :, :kc] = b.reshape(groups, n_g, ntaps, kc)
         if t.value_bytes == 1:
             # [group][panel][NR][tap][k4][4] -> [group][panel][tap][k4][NR][4]
@@ -503,7 +527,7 @@ class PackedB:
         packed.reshape(blocked.shape)[...] = blocked  # one copy of the transposed view
         self.packed = packed.view(np.uint8)
         # int32, as the kernels read it (|128 * sum_k w| < 2**31 by MAX_K)
-        self.corr = (ZERO_U8 * padded.astype(np.int64).sum(axis=(2, 3))).reshape(-1).astype(np.int32)
+        self.corr = (input_zero * padded.astype(np.int64).sum(axis=(2, 3))).reshape(-1).astype(np.int32)
         self.tier, self.mr, self.nv, self.nr = tier, mr, nv, nr
         self.n_panels, self.n_per_group = n_panels, n_g
         self.groups, self.ntaps, self.k4 = groups, ntaps, kc4 // 4

@@ -162,23 +162,35 @@ def _at_ir(b: ir.IRBuilder, m: int, s: list) -> list:
             b.fadd(p, b.fmul(_splat(4.0), e)), b.fadd(b.fadd(q, b.fmul(_splat(8.0), u)), m5)]
 
 
-def _channel_loop(fn: ir.Function, c: ir.Value, body) -> None:
-    """Emit `for ch0 in range(0, c, 16): body(builder, ch0, mask)` as the whole function body
-    (c >= 1), mask = the lanes ch0 + lane < c."""
+def channel_loop(fn: ir.Function, c: ir.Value, body, lanes: int = LANES) -> None:
+    """Emit `for ch0 in range(0, c, lanes): body(builder, ch0, mask)` as the whole function
+    body (c >= 1), mask = the lanes ch0 + lane < c. The full blocks get an all-true constant
+    mask, so their masked loads and stores fold into plain ones (on AVX2 a masked store is
+    vmaskmovps, many times slower than a store on AMD's cores); only a last partial block
+    is masked."""
     entry = fn.append_basic_block("entry")
-    loop = fn.append_basic_block("loop")
+    loop = fn.append_basic_block("full_blocks")
+    tail_check = fn.append_basic_block("tail_check")
+    tail = fn.append_basic_block("tail")
     done = fn.append_basic_block("done")
     b = ir.IRBuilder(entry)
-    b.branch(loop)
+    full_end = b.mul(b.sdiv(c, _I64(lanes)), _I64(lanes))
+    b.cbranch(b.icmp_signed(">", full_end, _I64(0)), loop, tail_check)
+
     b.position_at_end(loop)
     ch0 = b.phi(_I64)
-    left = b.sub(c, ch0)
-    mask = tile_ir.lane_mask(b, 0, left, LANES)
-    body(b, ch0, mask)
-    nxt = b.add(ch0, _I64(LANES))
+    body(b, ch0, ir.Constant(tile_ir.vector(tile_ir.I1, lanes), [1] * lanes))
+    nxt = b.add(ch0, _I64(lanes))
     ch0.add_incoming(_I64(0), entry)
     ch0.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_signed("<", nxt, c), loop, done)
+    b.cbranch(b.icmp_signed("<", nxt, full_end), loop, tail_check)
+
+    b.position_at_end(tail_check)
+    b.cbranch(b.icmp_signed("<", full_end, c), tail, done)
+    b.position_at_end(tail)
+    body(b, full_end, tile_ir.lane_mask(b, 0, b.sub(c, full_end), lanes))
+    b.branch(done)
+
     b.position_at_end(done)
     b.ret_void()
 
@@ -208,7 +220,7 @@ def _define_input_transform(module: ir.Module, m: int) -> ir.Function:
                 ptr = b.gep(dst, [b.add(b.mul(_I64(i * a + j), c), ch0)])
                 tile_ir.masked_store(b, cols[j][i], ptr, mask)
 
-    _channel_loop(fn, c, body)
+    channel_loop(fn, c, body)
     return fn
 
 
@@ -246,7 +258,7 @@ def _define_output_transform(module: ir.Module, m: int) -> ir.Function:
                 ptr = b.gep(dst, [b.add(b.add(b.mul(_I64(i), row_stride), b.mul(_I64(j), c)), ch0)])
                 tile_ir.masked_store(b, y, ptr, b.select(ok, mask, no_lanes))
 
-    _channel_loop(fn, c, body)
+    channel_loop(fn, c, body)
     return fn
 
 
