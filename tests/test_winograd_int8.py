@@ -137,12 +137,13 @@ def test_auto_method_uses_winograd_where_it_pays(monkeypatch):
     monkeypatch.setattr(winograd_int8, "conv3x3_winograd_int8",
                         lambda *a, **k: calls.append(a[2].n_per_group) or original(*a, **k))
     rng = np.random.default_rng(7)
-    for cin, cout in ((winograd_int8.MIN_CIN_PAYS - 1, 4), (winograd_int8.MIN_CIN_PAYS, 5)):
+    cin, side = winograd_int8.MIN_CIN_PAYS, winograd_int8.MIN_MAP_PAYS
+    for cin, side, cout in ((cin - 1, side, 4), (cin, side, 5), (cin, side - 1, 6)):
         weights, bias = make_layer(rng, cin, cout)
-        x = rng.standard_normal((1, 6, 6, cin)).astype(np.float32)
+        x = rng.standard_normal((1, side, side, cin)).astype(np.float32)
         out = conv2d_int8(x, weights, bias, 20.0, 1, 1, LEAKY, variant="avx2")
         np.testing.assert_array_equal(out, conv2d_int8_reference(x, weights, bias, 20.0, 1, 1, LEAKY))
-    assert calls == [5]  # only the layer with MIN_CIN_PAYS input channels
+    assert calls == [5]  # only the layer with enough input channels and a large enough map
 
 
 def test_winograd_refuses_layers_it_cannot_run():

@@ -311,7 +311,7 @@ def conv2d_int8(x: np.ndarray, weights: Int8ConvWeights, bias: np.ndarray, multi
     cg = weights.wq.shape[3]
     with threads_for(n * ho * wo * weights.cout * kh * kw * cg) as n_threads:
         if method == "winograd" or (method == "auto" and winograd
-                                    and winograd_int8.pays(weights.cin)):
+                                    and winograd_int8.pays(weights.cin, ho, wo)):
             xq, (_, hp, wp, cp) = weights.winograd_buffer(n, h, w, pad)
             _quantize_padded(x.reshape(-1), multiplier, xq, n, h, w, pad, hp, wp, 0, 1, cg, cp)
             winograd_int8.conv3x3_winograd_int8(xq, (n, hp, wp, cp), weights.winograd_packed(),

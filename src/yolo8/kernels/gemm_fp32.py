@@ -225,7 +225,7 @@ _BF16_NV2 = _make_microkernel(rows_per_tile(2), 2, STEP_BF16)
 _BF16_NV4 = _make_microkernel(rows_per_tile(4), 4, STEP_BF16)
 
 
-@njit(cache=CACHE, nogil=True)
+@njit(inline="always", cache=CACHE, nogil=True)  # inlined: see gemm_int8._microkernel
 def _microkernel(step, nv, a, rows, taps, kc, b, b_off, init, init_off, init_ld, c, c_off, ldc,
                  rows_valid, cols_valid, leaky):
     if step == STEP_BF16:

@@ -357,10 +357,14 @@ def _microkernel_portable(src, rows, taps, k4, packed, b_offset, c, mr, nr):
             kb += 4 * nr
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always", cache=CACHE, nogil=True)
 def _microkernel(tier, nv, src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,
                  vec_off, out, out_off, ldo, rows_valid, cols_valid, mode):
-    """The tier's IR micro-kernel with its fused epilogue (see _define_microkernel)."""
+    """The tier's IR micro-kernel with its fused epilogue (see _define_microkernel).
+
+    Inlined into its callers: a call of a jitted function passes each array as a struct of
+    seven values and updates its reference count, which cost as much as the multiplies of a
+    tile with K = 32 (Winograd's GEMMs ran 1.5-2x faster at K = 16-64 once inlined)."""
     if tier == _TIER_AVX512VNNI:
         if nv == 4:
             _AVX512VNNI_NV4(src, rows, taps, k4, packed, b_offset, corr, corr_off, scale, bias,

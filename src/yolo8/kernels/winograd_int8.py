@@ -43,14 +43,15 @@ from numba.extending import intrinsic
 from ..jit import CACHE
 from . import tile_ir
 from .activations import LEAKY, LINEAR, activate
-from .gemm_int8 import (STORE_INT32, TIERS, PackedB, _microkernel, run_tiles)
+from .gemm_int8 import STORE_INT32, TIERS, PackedB, _microkernel, run_tiles
 from .winograd import channel_loop
 
 TIER = "avx2"
 POINTS = 16  # (2 + 2)^2 points of a 4x4 input tile
 # 4 * 9 * Cin * 127**2 must fit int32 (see the module docstring).
 MAX_CIN = (2**31 - 1) // (4 * 9 * 127 * 127)
-MIN_CIN_PAYS = 128
+MIN_CIN_PAYS = 32
+MIN_MAP_PAYS = 10
 
 # F(2x2, 3x3) with G doubled: every entry an integer.
 BT = np.array([[1, 0, -1, 0],
@@ -68,6 +69,9 @@ AT = np.array([[1, 1, 1, 0],
 # 1 MiB L2 of a core here). Phased: a band's V and M below _BAND_BYTES.
 _BLOCK_BYTES = 1 << 19
 _BAND_BYTES = 1 << 22
+# Fused schedule with small blocks: transformed weights up to this size (the L3 cache here
+# is 32 MiB).
+_FUSED_MAX_U_BYTES = 20 << 20
 
 _I16, _I32, _I64, _F32 = tile_ir.I16, tile_ir.I32, tile_ir.I64, tile_ir.F32
 _IN_LANES, _OUT_LANES = 16, 8  # one ymm of int16 / of int32 and float32
@@ -80,13 +84,16 @@ def applies(tier: str, kh: int, kw: int, stride: int, groups: int, cin: int) -> 
             and cin <= MAX_CIN)
 
 
-def pays(cin: int) -> bool:
+def pays(cin: int, ho: int, wo: int) -> bool:
     """Whether Winograd beats the direct kernel on a layer it applies to. Each output
-    element of the 16 GEMMs sums only Cin products while V and M move 4x the data of the
-    direct kernel's input and output: below ~128 input channels the moves cost more than the
-    multiplies saved (measured per layer on the AVX2 tier: 16 and 32 channels 1.5-2.4x
-    slower, 64 even, 128 to 512 1.3-1.6x faster)."""
-    return cin >= MIN_CIN_PAYS
+    element of the 16 GEMMs sums only Cin products (each micro-kernel call has a fixed cost)
+    and V and M move 4x the data of the direct kernel's input and output: with 16 input
+    channels that costs more than the multiplies saved. Measured on yolov3-tiny's layers,
+    one thread, AVX2 tier (AMD Zen 5): 16 channels 1.06x the direct kernel's time, 32
+    0.75x, 64 0.60x, 128 0.56x, 512 0.65x. Small maps waste part of their border tiles and
+    have few rows per GEMM: a 7x7 map (1024 -> 2048 channels) took 1.07x the direct time,
+    13x13 maps 0.6-0.85x; the cut is between them."""
+    return cin >= MIN_CIN_PAYS and min(ho, wo) >= MIN_MAP_PAYS
 
 
 def transform_weights(wq: np.ndarray) -> np.ndarray:
@@ -355,8 +362,11 @@ def block_tiles(cp: int, cout: int, mr: int) -> int:
 
 def use_fused(cp: int, cout: int, mr: int) -> bool:
     """The fused schedule re-reads all of U for every block; it wins while a block holds a few
-    micro-kernel tiles of rows (else U streams from L3 for too few rows)."""
-    return block_tiles(cp, cout, mr) >= 2 * mr
+    micro-kernel tiles of rows, or while U stays in the L3 cache (measured, one thread:
+    13x13 maps 512 -> 1024 channels, U 16 MiB, 5-tile blocks: fused 0.96x the phased
+    time; 1024 -> 1024, U 32 MiB: 1.35x)."""
+    u_bytes = POINTS * cp * cout * 2
+    return block_tiles(cp, cout, mr) >= 2 * mr or u_bytes <= _FUSED_MAX_U_BYTES
 
 
 def conv3x3_winograd_int8(xq: np.ndarray, shape: tuple[int, int, int, int], packed: PackedB,
@@ -370,13 +380,12 @@ def conv3x3_winograd_int8(xq: np.ndarray, shape: tuple[int, int, int, int], pack
     ho, wo, cout = out.shape[1], out.shape[2], out.shape[3]
     tiles_y, tiles_x = -(-ho // 2), -(-wo // 2)
     assert (hp, wp) == (2 * tiles_y + 2, 2 * tiles_x + 2)
-    tier = TIERS[TIER]
     total = n * tiles_y * tiles_x
     if schedule not in ("auto", "fused", "phased"):
         raise ValueError(f"unknown Winograd schedule {schedule!r}")
     if schedule == "fused" or (schedule == "auto" and use_fused(cp, cout, packed.mr)):
         _fused(xq, hp, wp, cp, tiles_y, tiles_x, block_tiles(cp, cout, packed.mr),
-               packed.packed, packed.corr, tier.code, packed.mr, packed.nv, packed.nr,
+               packed.packed, packed.corr, TIERS[TIER].code, packed.mr, packed.nv, packed.nr,
                packed.n_panels, packed.panel_bytes, scale, bias, act, out, n_threads)
         return
     band = max(1, min(total, _BAND_BYTES // _tile_bytes(cp, cout)))
