@@ -164,8 +164,7 @@ def show_assembly() -> None:
             conv_int8.conv2d_int8(x, weights, np.zeros(40, np.float32), 10.0, 1, 1, LEAKY,
                                   groups, variant=variant)
     conv_int8.quantize(x, 10.0)
-    kernels = [("_tiles (tile loop + epilogue)", gemm_int8._tiles),
-               ("_microkernel (the tiers' IR micro-kernels)", gemm_int8._microkernel),
+    kernels = [("_tiles (tile loop, the tiers' IR micro-kernels and epilogues)", gemm_int8._tiles),
                ("_microkernel_portable", gemm_int8._microkernel_portable),
                ("_store_float (epilogue)", gemm_int8._store_float),
                ("_quantize_padded", conv_int8._quantize_padded),

@@ -57,8 +57,9 @@ model = yolo8.load(backend="int8")
 outputs = model.forward_nhwc(to_blob([read_image(photo)], 416, 416))
 np.savez(f"{out_dir}/int8_outputs.npz", *outputs)
 tier = gemm_int8.default_variant()
-int8_asm = gemm_int8._microkernel.inspect_asm(gemm_int8._microkernel.signatures[0])
-fp32_asm = gemm_fp32._microkernel.inspect_asm(gemm_fp32._microkernel.signatures[0])
+# The tile loops, which inline the micro-kernel dispatch and hold the IR micro-kernels.
+int8_asm = gemm_int8._tiles.inspect_asm(gemm_int8._tiles.signatures[0])
+fp32_asm = gemm_fp32._gemm_tiles.inspect_asm(gemm_fp32._gemm_tiles.signatures[0])
 json.dump({"tier": tier, "int8_asm": int8_asm, "fp32_asm": fp32_asm},
           open(f"{out_dir}/probe.json", "w"))
 print("ok")
