@@ -10,6 +10,9 @@ Semantics (the references below implement exactly this):
 * `y = f32(acc) * out_scale[co] + bias[co]` (a float32 multiply, then a float32 add, never an
   FMA) with `out_scale = f32(w_scale / multiplier)`, then the activation.
 
+On the AVX2 tier, 3x3 stride-1 layers with enough channels run as an exact integer Winograd
+F(2x2, 3x3) instead (winograd_int8): the same int32 sums, the same outputs bit for bit.
+
 There is no im2col matrix: the input is quantized once into a zero-padded u8 NHWC buffer
 (value + 128, channels of each group padded to a multiple of 4) and the micro-kernel reads
 every kernel tap straight from it (see gemm_int8). That buffer and the tap offsets are cached

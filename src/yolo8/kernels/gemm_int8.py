@@ -6,9 +6,11 @@ another tier on a bigger CPU):
 
 * `avx512vnni`: `vpdpbusd` on zmm, 24 accumulators of 16 int32 (64 multiply-adds per instruction);
 * `avxvnni`: the VEX `vpdpbusd` on ymm (Alder Lake and later, Zen 5), 12 accumulators of 8;
-* `avx2`: `vpmaddwd` + `vpaddd` on int16 operands, 12 accumulators of 8. `vpmaddubsw` (u8 x s8)
+* `avx2`: `vpmaddwd` + `vpaddd` on int16 operands, 10 accumulators of 8. `vpmaddubsw` (u8 x s8)
   would add pairs of products into *saturating* int16 (2 * 255 * 127 > 32767) and could only be
-  made exact with a second multiply per step or 7-bit weights; `vpmaddwd` is exact as it is;
+  made exact with a second multiply per step or 7-bit weights; `vpmaddwd` is exact as it is,
+  and its int16 operands also take Winograd's transformed values: the AVX2 tier runs most 3x3
+  layers as an exact integer Winograd F(2x2, 3x3) on this micro-kernel (winograd_int8);
 * `portable`: plain numba, any CPU.
 
 vpdpbusd multiplies *unsigned* bytes by signed bytes, so activations are stored shifted by
