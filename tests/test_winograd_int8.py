@@ -160,3 +160,17 @@ def test_winograd_refuses_layers_it_cannot_run():
                         method="winograd")
     # quantize_reference is what the buffer holds (signed, unshifted): one more direct check
     assert quantize_reference(np.array([200.0], np.float32), 1.0)[0] == 127
+
+
+def test_weights_pack_at_load_what_the_layer_will_use(monkeypatch):
+    # With the geometry known, the AVX2 tier's Winograd layers pack only U at load (the
+    # direct packing would be 9/16 of its size, unused); the others the direct packing.
+    from yolo8.kernels import conv_int8
+    monkeypatch.setattr(conv_int8, "default_variant", lambda: "avx2")
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((8, 3, 3, 64)).astype(np.float32)
+    wide = Int8ConvWeights.from_float(w, stride=1, out_hw=(13, 13))
+    strided = Int8ConvWeights.from_float(w, stride=2, out_hw=(13, 13))
+    unknown = Int8ConvWeights.from_float(w)
+    assert set(wide._packed) == {"winograd"}
+    assert set(strided._packed) == set(unknown._packed) == {"avx2"}

@@ -121,9 +121,12 @@ def int8_conv(layer: Convolutional, threshold: float, bias: np.ndarray, activati
     bias and linear, to measure the pre-activation error)."""
     from ..kernels.conv_int8 import Int8ConvWeights, conv2d_int8
 
-    packed = Int8ConvWeights.from_float(layer.weights, layer.groups)
-    multiplier = multiplier_for_threshold(threshold)
     stride = kernel_stride(layer)
+    # The output map tells which packing the kernel will use (unknown with dilation, whose
+    # kernel runs on sub-sampled maps).
+    out_hw = (layer.out_shape.h, layer.out_shape.w) if layer.dilation == 1 else None
+    packed = Int8ConvWeights.from_float(layer.weights, layer.groups, stride=stride, out_hw=out_hw)
+    multiplier = multiplier_for_threshold(threshold)
     return with_dilation(layer, lambda x: conv2d_int8(x, packed, bias, multiplier, stride,
                                                       layer.pad, activation, layer.groups))
 

@@ -140,7 +140,11 @@ class Int8ConvWeights:
     Also caches, per layer, the quantized input buffer and the output scales.
     """
 
-    def __init__(self, wq: np.ndarray, w_scale: np.ndarray, groups: int = 1) -> None:
+    def __init__(self, wq: np.ndarray, w_scale: np.ndarray, groups: int = 1, *,
+                 stride: int | None = None, out_hw: tuple[int, int] | None = None) -> None:
+        """stride and out_hw (the output map of one image), when known, tell which packing
+        the default tier's "auto" method will use: that one is made at load, any other on
+        first use (Winograd's transformed weights are 16/9 the direct ones' size)."""
         if not isinstance(wq, np.ndarray) or wq.dtype != np.int8 or wq.ndim != 4:
             raise ValueError("wq must be an int8 array (Cout, kh, kw, Cin/groups)")
         cout, kh, kw, cg = wq.shape
@@ -162,20 +166,25 @@ class Int8ConvWeights:
         self.groups = int(groups)
         # Per tier, packed on first use (the tests run several tiers on one layer).
         self._packed: dict[str, PackedB] = {}
-        self.packed()  # the default tier's, at load
-        self._out_scale: tuple[np.float32, np.ndarray] | None = None
-        # Per thread: (input shape, padded u8 buffer, tap offsets, k groups of 4 per tap).
         self._per_thread = threading.local()
+        if (stride is not None and out_hw is not None
+                and uses_winograd(default_variant(), self, stride, groups, *out_hw)):
+            self.winograd_packed()
+        else:
+            self.packed()  # the default tier's
+        self._out_scale: tuple[np.float32, np.ndarray] | None = None
+        # self._per_thread.input: this thread's input buffer (see input_buffer).
 
     @classmethod
-    def from_float(cls, w: np.ndarray, groups: int = 1) -> Int8ConvWeights:
-        """Quantize float weights (Cout, kh, kw, Cin/groups) with `quantize_weights`."""
+    def from_float(cls, w: np.ndarray, groups: int = 1, **layout) -> Int8ConvWeights:
+        """Quantize float weights (Cout, kh, kw, Cin/groups) with `quantize_weights`; layout:
+        stride and out_hw as for the constructor."""
         if not isinstance(w, np.ndarray) or w.ndim != 4 or not np.issubdtype(w.dtype, np.floating):
             raise ValueError("w must be a float array (Cout, kh, kw, Cin/groups)")
         if not np.all(np.isfinite(w)):
             raise ValueError("w contains NaN or infinity")
         wq, w_scale = quantize_weights(w)
-        return cls(wq, w_scale, groups)
+        return cls(wq, w_scale, groups, **layout)
 
     @property
     def cout(self) -> int:
@@ -286,6 +295,21 @@ def _check_conv_args(x, weights, bias, stride, pad, activation, groups) -> None:
 METHODS = ("auto", "direct", "winograd")
 
 
+def uses_winograd(variant: str, weights: Int8ConvWeights, stride: int, groups: int, ho: int,
+                  wo: int, method: str = "auto") -> bool:
+    """Whether conv2d_int8 runs this layer by winograd_int8 (method "auto": where it applies
+    and pays)."""
+    kh, kw = weights.kernel_size
+    if method == "direct":
+        return False
+    if not winograd_int8.applies(variant, kh, kw, stride, groups, weights.cin):
+        if method == "winograd":
+            raise ValueError("the INT8 Winograd kernel runs 3x3 stride-1 ungrouped layers on "
+                             f"the {winograd_int8.TIER} tier only")
+        return False
+    return method == "winograd" or winograd_int8.pays(weights.cin, ho, wo)
+
+
 def conv2d_int8(x: np.ndarray, weights: Int8ConvWeights, bias: np.ndarray, multiplier: float,
                 stride: int, pad: int, activation: int, groups: int = 1, *,
                 variant: str = "auto", method: str = "auto") -> np.ndarray:
@@ -305,16 +329,12 @@ def conv2d_int8(x: np.ndarray, weights: Int8ConvWeights, bias: np.ndarray, multi
     n, h, w, _ = x.shape
     kh, kw = weights.kernel_size
     ho, wo = output_size(h, kh, stride, pad), output_size(w, kw, stride, pad)
-    winograd = winograd_int8.applies(variant, kh, kw, stride, groups, weights.cin)
-    if method == "winograd" and not winograd:
-        raise ValueError("the INT8 Winograd kernel runs 3x3 stride-1 ungrouped layers on the "
-                         f"{winograd_int8.TIER} tier only")
+    winograd = uses_winograd(variant, weights, stride, groups, ho, wo, method)
     out = np.empty((n, ho, wo, weights.cout), np.float32)
     scale = weights.out_scale(multiplier)
     cg = weights.wq.shape[3]
     with threads_for(n * ho * wo * weights.cout * kh * kw * cg) as n_threads:
-        if method == "winograd" or (method == "auto" and winograd
-                                    and winograd_int8.pays(weights.cin, ho, wo)):
+        if winograd:
             xq, (_, hp, wp, cp) = weights.winograd_buffer(n, h, w, pad)
             _quantize_padded(x.reshape(-1), multiplier, xq, n, h, w, pad, hp, wp, 0, 1, cg, cp)
             winograd_int8.conv3x3_winograd_int8(xq, (n, hp, wp, cp), weights.winograd_packed(),

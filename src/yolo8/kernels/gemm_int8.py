@@ -528,7 +528,7 @@ class PackedB:
         else:
             # [group][panel][NR][tap][k4][2][2] -> [group][panel][tap][k4][2][NR][2], int16
             blocked = padded.reshape(groups, n_panels, nr, ntaps, kc4 // 4, 2, 2).transpose(
-                0, 1, 3, 4, 5, 2, 6).astype(np.int16)
+                0, 1, 3, 4, 5, 2, 6).astype(np.int16, copy=False)  # int8 widened; int16 as is
         packed = aligned_empty(blocked.size, blocked.dtype)
         packed.reshape(blocked.shape)[...] = blocked  # one copy of the transposed view
         self.packed = packed.view(np.uint8)

@@ -72,6 +72,8 @@ _BAND_BYTES = 1 << 22
 # Fused schedule with small blocks: transformed weights up to this size (the L3 cache here
 # is 32 MiB).
 _FUSED_MAX_U_BYTES = 20 << 20
+# Output channels transformed at a time at load.
+_TRANSFORM_CHANNELS = 64
 
 _I16, _I32, _I64, _F32 = tile_ir.I16, tile_ir.I32, tile_ir.I64, tile_ir.F32
 _IN_LANES, _OUT_LANES = 16, 8  # one ymm of int16 / of int32 and float32
@@ -102,10 +104,14 @@ def transform_weights(wq: np.ndarray) -> np.ndarray:
     cout, kh, kw, cin = wq.shape
     if (kh, kw) != (3, 3) or wq.dtype != np.int8:
         raise ValueError(f"Winograd INT8 weights must be int8 (Cout, 3, 3, Cin), got {wq.shape}")
-    coef = np.einsum("iy,jx->ijyx", G2, G2).reshape(POINTS, 9)
-    u = np.matmul(coef, wq.astype(np.int64).reshape(cout, 9, cin))  # (Cout, POINTS, Cin)
-    assert np.abs(u).max(initial=0) <= 9 * 127
-    return np.ascontiguousarray(u.transpose(1, 0, 2)).astype(np.int16)
+    coef = np.einsum("iy,jx->ijyx", G2, G2).reshape(POINTS, 9).astype(np.int32)
+    u = np.empty((POINTS, cout, cin), np.int16)
+    for lo in range(0, cout, _TRANSFORM_CHANNELS):  # in chunks: no large int32 temporaries
+        w9 = wq[lo:lo + _TRANSFORM_CHANNELS].astype(np.int32).reshape(-1, 9, cin)
+        chunk = np.matmul(coef, w9)  # (channels, POINTS, Cin), |values| <= 9 * 127
+        assert np.abs(chunk).max(initial=0) <= 9 * 127
+        u[:, lo:lo + _TRANSFORM_CHANNELS] = chunk.transpose(1, 0, 2)
+    return u
 
 
 def pack_weights(wq: np.ndarray) -> PackedB:
