@@ -57,8 +57,9 @@ SHAPES = [
 
 
 def load_module(path: str):
-    """Import an xnor.py from a file path as its own module."""
-    spec = importlib.util.spec_from_file_location("xnor_baseline", path)
+    """Import an xnor.py from a file path as its own module, inside yolo8.kernels (its
+    relative imports, `from ..jit import CACHE`, resolve there)."""
+    spec = importlib.util.spec_from_file_location("yolo8.kernels.xnor_baseline", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
