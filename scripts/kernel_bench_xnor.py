@@ -12,7 +12,8 @@ and times process CPU time instead of wall time: a per-core ratio that stays mea
 when other jobs share the machine.
 
 --baseline FILE adds a column for another xnor.py (e.g. the previous version:
-`git show HEAD~1:src/yolo8/kernels/xnor.py > /tmp/xnor_old.py`), timed in the same rounds.
+`git show HEAD~1:src/yolo8/kernels/xnor.py > /tmp/xnor_old.py`), timed in the same rounds;
+xnor and baseline take turns running first after fp32 (F X B, F B X, ...).
 
 --ghz F adds the share of the popcount bound each xnor call reaches: 3 vector ops (xor,
 popcount, add) per 16 channels x 32-bit word of every window, at 2 zmm ops per cycle per
@@ -57,8 +58,9 @@ SHAPES = [
 
 
 def load_module(path: str):
-    """Import an xnor.py from a file path as its own module."""
-    spec = importlib.util.spec_from_file_location("xnor_baseline", path)
+    """Import an xnor.py from a file path as its own module, inside yolo8.kernels (its
+    relative imports, `from ..jit import CACHE`, resolve there)."""
+    spec = importlib.util.spec_from_file_location("yolo8.kernels.xnor_baseline", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -105,10 +107,12 @@ def bench_shape(shape, args, clock, baseline) -> dict:
         run()
     times = {name: [] for name in runs}
     ratios = []
-    for _ in range(args.rounds):
+    for round_index in range(args.rounds):
         medians = {}
-        for name, run in runs.items():
-            block = timed(run, args.repeats, clock)
+        # xnor and baseline take turns right after fp32, whose buffers leave the caches cold.
+        order = list(runs) if round_index % 2 == 0 else ["fp32", *reversed(list(runs)[1:])]
+        for name in order:
+            block = timed(runs[name], args.repeats, clock)
             times[name] += block
             medians[name] = statistics.median(block)
         ratios.append(medians["fp32"] / medians["xnor"])

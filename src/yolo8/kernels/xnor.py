@@ -23,16 +23,19 @@ popcount(0 ^ w) = popcount(w_tap) for each padded tap; a position's "base"
 cancels them: dot = base - 2 * count. With one group the kw taps of a kernel row are
 adjacent pixels, so a window is kh runs of kw * words contiguous words.
 
-The micro-kernel (`_define_microkernel`, LLVM IR) computes tiles of 4 output positions x
-64 channels (8 x 32 for layers of at most 32 filters): 16 <16 x i32> accumulators in zmm
-registers. Per 32-bit word of the window it broadcasts one word of each position, loads
-the weight vectors and issues xor + popcount + add per accumulator (vpxord, vpopcntd,
-vpaddd with AVX-512 VPOPCNTDQ; a shuffle-based popcount on other x86-64): 3 vector ops per
-16 channels x 32 taps, the bound of this kernel. The epilogue runs on the registers
-(accumulators that start at -base / 2 make it float32(acc) * (-2 alpha) + bias, exact),
-applies leaky or relu and stores; other activations are applied by numba on the stored
-tile. One parallel region per call; its threads take work items (ranges of output
-positions) from a shared counter.
+The micro-kernel (`_define_microkernel`) is the shared GEMM skeleton of tile_ir
+(`define_tile_kernel`, as the FP32, bf16 and INT8 kernels) with the XNOR step
+(`tile_ir.xnor_step`) and an outer loop over the tiles of an image row. It computes tiles of
+4 output positions x 64 channels (8 x 32 for layers of at most 32 filters): 16 <16 x i32>
+accumulators in zmm registers. Its taps are the kh kernel rows, its K steps the kw * words
+words of a row's run; per word it broadcasts one word of each position, loads the weight
+vectors and issues xor + popcount + add per accumulator (vpxord, vpopcntd, vpaddd with
+AVX-512 VPOPCNTDQ; a shuffle-based popcount on other x86-64): 3 vector ops per 16 channels
+x 32 taps, the bound of this kernel. Its prologue starts the accumulators at 0 or at
+-base / 2; its epilogue runs on the registers (accumulators that start at -base / 2 make it
+float32(acc) * (-2 alpha) + bias, exact), applies leaky or relu and stores; other
+activations are applied by numba on the stored tile. One parallel region per call; its
+threads take work items (ranges of output positions) from a shared counter.
 """
 from __future__ import annotations
 
@@ -259,17 +262,19 @@ def pack_input_bits_reference(x: np.ndarray, pad: int) -> np.ndarray:
 # The micro-kernel, in LLVM IR.
 # --------------------------------------------------------------------------------------
 def _define_microkernel(module: ir.Module, positions: int, nv: int) -> ir.Function:
-    """Emit (once per LLVM module) the kernel for `ntiles` tiles along an image row
+    """Emit (once per LLVM module), on the shared tile skeleton (`tile_ir.define_tile_kernel`,
+    tiled, with the XNOR step), the kernel for `ntiles` tiles along an image row
 
-        void tiles(u32* x, i64* pos, i64* word_offsets, i64 kwords, u32* w, i32* bases,
-                   i64* base_rows, f32* alpha, f32* bias, f32* out, i64 ldo, i64 rows_valid,
-                   i64 cols_valid, i64 mode, i64 ntiles, i64 x_step, i64 out_step)
+        void tiles(i8* x, i64* pos, i64* row_offsets, i64 kh, i64 run_words, i8* w,
+                   i64 ntiles, i64 x_step, i32* bases, i64* base_rows, f32* alpha, f32* bias,
+                   f32* out, i64 ldo, i64 rows_valid, i64 cols_valid, i64 mode, i64 out_step)
 
-    For tile i < ntiles, with x_i = x + i * x_step and out_i = out + i * out_step, and
-    B[p] = bases[base_rows[p] * NR :] (a row of NR = 16 * nv int32):
-    acc[p, :] = init[p] + sum over k < kwords of popcount(x_i[pos[p] + word_offsets[k]]
-    ^ w[k * NR : (k + 1) * NR]) for p < positions; then, for p < rows_valid and lanes
-    < cols_valid, out_i[p * ldo + :] = act(float32(dot) * alpha + bias), a float32
+    (x and w point at uint32 words; pos, row_offsets and x_step count words). For tile
+    i < ntiles, with x_i = x + i * x_step and out_i = out + i * out_step, and B[p] =
+    bases[base_rows[p] * NR :] (a row of NR = 16 * nv int32): acc[p, :] = init[p] + sum over
+    kernel rows r < kh and words j < run_words of popcount(x_i[pos[p] + row_offsets[r] + j]
+    ^ w[(r * run_words + j) * NR :][:NR]) for p < positions; then, for p < rows_valid and
+    lanes < cols_valid, out_i[p * ldo + :] = act(float32(dot) * alpha + bias), a float32
     multiply and a float32 add, where
 
     * mode & _HALVED (every base even): init = B[p] = -base / 2, so dot = base - 2 * count
@@ -280,103 +285,53 @@ def _define_microkernel(module: ir.Module, positions: int, nv: int) -> ir.Functi
 
     act = mode & 3: _EPILOGUE_LINEAR, _EPILOGUE_LEAKY (y > 0 ? y : 0.1f * y) or
     _EPILOGUE_RELU (y > 0 ? y : 0).
-    Preconditions: kwords, ntiles >= 1; 1 <= rows_valid <= positions; 1 <= cols_valid
+    Preconditions: kh, run_words, ntiles >= 1; 1 <= rows_valid <= positions; 1 <= cols_valid
     <= NR; every pos[p] (also p >= rows_valid) addresses a valid window in every tile.
     """
-    name = f"yolo8_xnor_tiles_{positions}x{nv}"
-    if name in module.globals:
-        return module.globals[name]
+    def start_counts(b, extra, tile):
+        bases, base_rows, *_, mode, _ = extra
+        return _emit_start_counts(b, bases, base_rows, mode, positions, nv)
+
+    def store(b, fn, acc, extra, tile, next_tile):
+        bases, base_rows, alpha, bias, out, ldo, rows_valid, cols_valid, mode, out_step = extra
+        out_tile = b.gep(out, [b.mul(tile, out_step)])
+        _emit_epilogues(b, fn, acc, bases, base_rows, alpha, bias, out_tile, ldo, rows_valid,
+                        cols_valid, mode, next_tile)
+
     i32p, i64p, f32p = _I32.as_pointer(), _I64.as_pointer(), _F32.as_pointer()
-    fnty = ir.FunctionType(ir.VoidType(), [i32p, i64p, i64p, _I64, i32p, i32p, i64p, f32p, f32p,
-                                           f32p, _I64, _I64, _I64, _I64, _I64, _I64, _I64])
-    fn = ir.Function(module, fnty, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")  # one copy per module: the call costs nothing next to a tile
-    (x, pos, word_offsets, kwords, w_start, bases, base_rows, alpha, bias, out, ldo,
-     rows_valid, cols_valid, mode, ntiles, x_step, out_step) = fn.args
-    nr = 16 * nv
+    return tile_ir.define_tile_kernel(
+        module, f"yolo8_xnor_tiles_{positions}x{nv}", tile_ir.xnor_step(16), positions, nv,
+        [i32p, i64p, f32p, f32p, f32p, _I64, _I64, _I64, _I64, _I64], start_counts, store,
+        a_element=_I32, tiled=True)
 
-    entry = fn.append_basic_block("entry")
-    tile_head = fn.append_basic_block("tile_head")
-    init_from_bases = fn.append_basic_block("init_from_bases")
-    loop = fn.append_basic_block("word_loop")
-    epilogue = fn.append_basic_block("epilogue")
-    tile_latch = fn.append_basic_block("tile_latch")
-    done = fn.append_basic_block("done")
 
-    b = ir.IRBuilder(entry)
-    offsets = [b.load(b.gep(pos, [_I64(p)])) for p in range(positions)]
+def _emit_start_counts(b: ir.IRBuilder, bases, base_rows, mode, positions: int, nv: int):
+    """The accumulators' start: B[p] (= -base / 2) if mode & _HALVED, else 0; a branch per
+    tile to a block of loads, then one phi per accumulator."""
     halved = b.icmp_signed("!=", b.and_(mode, _I64(_HALVED)), _I64(0))
-    b.branch(tile_head)
-
-    b.position_at_end(tile_head)
-    tile = b.phi(_I64)
-    x_tile = b.phi(i32p)
-    out_tile = b.phi(f32p)
-    pos_ptrs = [b.gep(x_tile, [offset]) for offset in offsets]
-    b.cbranch(halved, init_from_bases, loop)
-
-    b.position_at_end(init_from_bases)
-    init = [[b.load(b.bitcast(b.gep(_base_row(b, bases, base_rows, p, nr), [_I64(16 * v)]),
-                              _VI.as_pointer()), align=4) for v in range(nv)]
-            for p in range(positions)]
-    b.branch(loop)
-
-    # Per word k: one broadcast word per position x nv weight vectors.
-    b.position_at_end(loop)
-    k = b.phi(_I64)
-    w_k = b.phi(i32p)
-    acc_k = [[b.phi(_VI) for _ in range(nv)] for _ in range(positions)]
-    acc_next = _emit_word_step(b, module, acc_k, pos_ptrs, b.load(b.gep(word_offsets, [k])), w_k)
-    w_next = b.gep(w_k, [_I64(nr)])
-    k_next = b.add(k, _I64(1))
-    b.cbranch(b.icmp_signed("<", k_next, kwords), loop, epilogue)
-    for block, k_in, w_in in ((tile_head, _I64(0), w_start), (init_from_bases, _I64(0), w_start),
-                              (loop, k_next, w_next)):
-        k.add_incoming(k_in, block)
-        w_k.add_incoming(w_in, block)
+    from_zero = b.block
+    from_bases = b.function.append_basic_block("init_from_bases")
+    start = b.function.append_basic_block("init_done")
+    b.cbranch(halved, from_bases, start)
+    b.position_at_end(from_bases)
+    loaded = []
     for p in range(positions):
-        for v in range(nv):
-            acc_k[p][v].add_incoming(ir.Constant(_VI, None), tile_head)
-            acc_k[p][v].add_incoming(init[p][v], init_from_bases)
-            acc_k[p][v].add_incoming(acc_next[p][v], loop)
-
-    b.position_at_end(epilogue)
-    _emit_epilogues(b, fn, acc_next, bases, base_rows, alpha, bias, out_tile, ldo, rows_valid,
-                    cols_valid, mode, tile_latch)
-
-    b.position_at_end(tile_latch)
-    tile_next = b.add(tile, _I64(1))
-    x_next = b.gep(x_tile, [x_step])
-    out_next = b.gep(out_tile, [out_step])
-    b.cbranch(b.icmp_signed("<", tile_next, ntiles), tile_head, done)
-    for phi, first, following in ((tile, _I64(0), tile_next), (x_tile, x, x_next),
-                                  (out_tile, out, out_next)):
-        phi.add_incoming(first, entry)
-        phi.add_incoming(following, tile_latch)
-
-    b.position_at_end(done)
-    b.ret_void()
-    return fn
+        row = _base_row(b, bases, base_rows, p, 16 * nv)
+        loaded.append([tile_ir.load_vector(b, b.gep(row, [_I64(16 * v)]), _VI, 4)
+                       for v in range(nv)])
+    b.branch(start)
+    b.position_at_end(start)
+    acc = [[b.phi(_VI) for _ in range(nv)] for _ in range(positions)]
+    for acc_row, loaded_row in zip(acc, loaded):
+        for phi, value in zip(acc_row, loaded_row):
+            phi.add_incoming(ir.Constant(_VI, None), from_zero)
+            phi.add_incoming(value, from_bases)
+    return acc
 
 
 def _base_row(b: ir.IRBuilder, bases: ir.Value, base_rows: ir.Value, p: int, nr: int) -> ir.Value:
     """Pointer to position p's row of the bases table."""
     return b.gep(bases, [b.mul(b.load(b.gep(base_rows, [_I64(p)])), _I64(nr))])
-
-
-def _emit_word_step(b: ir.IRBuilder, module: ir.Module, acc, pos_ptrs, offset, w_k):
-    """acc[p][v] + popcount(broadcast(x_p[offset]) ^ w_k[16 v : 16 v + 16]) for every p, v."""
-    ctpop = tile_ir.overloaded(module, "llvm.ctpop", _VI, [_VI], [_VI])
-    nv = len(acc[0])
-    weights = [b.load(b.bitcast(b.gep(w_k, [_I64(16 * v)]), _VI.as_pointer()), align=4)
-               for v in range(nv)]
-    result = []
-    for p, pointer in enumerate(pos_ptrs):
-        word = tile_ir.splat(b, b.load(b.gep(pointer, [offset]), align=4), _VI)
-        result.append([b.add(acc[p][v], b.call(ctpop, [b.xor(word, weights[v])]))
-                       for v in range(nv)])
-    return result
 
 
 def _emit_epilogues(b: ir.IRBuilder, fn: ir.Function, acc, bases, base_rows, alpha, bias,
@@ -447,32 +402,35 @@ def _emit_epilogues(b: ir.IRBuilder, fn: ir.Function, acc, bases, base_rows, alp
 def _make_tiles_intrinsic(positions: int, nv: int):
     """A numba intrinsic calling the (positions x 16*nv) IR kernel on numba arrays:
     w = wbits.ravel()[w_offset:], alpha and bias from their element 0 (pass slices),
-    out = out.ravel()[out_offset:]; the other arguments as in `_define_microkernel`."""
+    out = out.ravel()[out_offset:], kh = row_offsets.size; the other arguments as in
+    `_define_microkernel`."""
 
     @intrinsic
-    def tiles(typingctx, xbits, pos, word_offsets, wbits, w_offset, bases, base_rows, alpha,
-              bias, out, out_offset, ldo, rows_valid, cols_valid, mode, ntiles, x_step,
+    def tiles(typingctx, xbits, pos, row_offsets, run_words, wbits, w_offset, bases, base_rows,
+              alpha, bias, out, out_offset, ldo, rows_valid, cols_valid, mode, ntiles, x_step,
               out_step):
-        sig = types.void(xbits, pos, word_offsets, wbits, types.int64, bases, base_rows, alpha,
-                         bias, out, *([types.int64] * 8))
+        i64 = types.int64
+        sig = types.void(xbits, pos, row_offsets, i64, wbits, i64, bases, base_rows, alpha, bias,
+                         out, *([i64] * 8))
 
         def codegen(context, builder, signature, args):
-            arrays = [context.make_array(ty)(context, builder, value)
-                      if isinstance(ty, types.Array) else value
-                      for ty, value in zip(signature.args, args)]
-            (x_a, pos_a, offsets_a, w_a, w_off, bases_a, rows_a, alpha_a, bias_a, out_a,
-             out_off, *scalars) = arrays
+            (x_v, pos_v, offsets_v, run_words_v, w_v, w_off_v, bases_v, rows_v, alpha_v, bias_v,
+             out_v, out_off_v, ldo_v, rows_valid_v, cols_valid_v, mode_v, ntiles_v, x_step_v,
+             out_step_v) = args
+            ty = signature.args
             fn = _define_microkernel(builder.module, positions, nv)
-            i32p, i64p, f32p = _I32.as_pointer(), _I64.as_pointer(), _F32.as_pointer()
-            kwords = builder.extract_value(offsets_a.shape, 0)
+
+            def data(index, value, element, at=None):
+                return tile_ir.array_data(context, builder, ty[index], value, element, at)
+
+            i8p = tile_ir.I8.as_pointer()
             builder.call(fn, [
-                builder.bitcast(x_a.data, i32p), builder.bitcast(pos_a.data, i64p),
-                builder.bitcast(offsets_a.data, i64p), kwords,
-                builder.gep(builder.bitcast(w_a.data, i32p), [w_off]),
-                builder.bitcast(bases_a.data, i32p), builder.bitcast(rows_a.data, i64p),
-                builder.bitcast(alpha_a.data, f32p), builder.bitcast(bias_a.data, f32p),
-                builder.gep(builder.bitcast(out_a.data, f32p), [out_off]),
-                *scalars,
+                builder.bitcast(data(0, x_v, _I32), i8p), data(1, pos_v, _I64),
+                data(2, offsets_v, _I64), tile_ir.array_length(context, builder, ty[2], offsets_v),
+                run_words_v, builder.bitcast(data(4, w_v, _I32, w_off_v), i8p), ntiles_v, x_step_v,
+                data(6, bases_v, _I32), data(7, rows_v, _I64), data(8, alpha_v, _F32),
+                data(9, bias_v, _F32), data(10, out_v, _F32, out_off_v), ldo_v, rows_valid_v,
+                cols_valid_v, mode_v, out_step_v,
             ])
             return context.get_dummy_value()
 
@@ -565,15 +523,11 @@ def _split(m, ho, wo):
 
 
 @njit(cache=CACHE, nogil=True)
-def _window_offsets(kh, kw, words, wp):
-    """Offset of window word k = (ky, kx, word) from the window's first word: each kernel
-    row is kw * words contiguous words (adjacent pixels), rows are Wp * words apart."""
-    run = kw * words
-    offsets = np.empty(kh * run, np.int64)
-    for ky in range(kh):
-        for j in range(run):
-            offsets[ky * run + j] = ky * wp * words + j
-    return offsets
+def _row_offsets(kh, words, wp):
+    """Offset of each kernel row's first word from the window's first word (rows are
+    Wp * words apart); each kernel row is one run of kw * words contiguous words (adjacent
+    pixels), the kernel's K steps."""
+    return np.arange(kh) * (wp * words)
 
 
 @njit(cache=CACHE, nogil=True)
@@ -664,15 +618,16 @@ def _list_positions(pos, base_rows, m0, rows, img, oy, ox, geometry, stride, pad
 
 @njit(cache=CACHE, nogil=True)
 def _walk_block(xbits, g0, block, m_lo, m_hi, wbits, alpha, bias, out_flat, activation, mode,
-                stride, pad, geometry, word_offsets, pos, base_rows, bases):
+                stride, pad, geometry, row_offsets, pos, base_rows, bases):
     """One channel block over output positions m_lo..m_hi-1, in tiles of pos.size
     positions. Whole tiles within one image row and off the border go to the IR kernel in
     one call per row; the others (border, row change, end of range) one tile per call."""
     h, w, cin, ho, wo, cout, kh, oy_lo, oy_hi, ox_lo, ox_hi, ny, nx = geometry
-    blocks, _, _, words, lanes = wbits.shape
+    blocks, _, kw, words, lanes = wbits.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     positions = pos.size
     col_step = stride * words  # words between horizontally adjacent positions
+    run_words = kw * words  # per kernel row (row_offsets)
     first = block * lanes
     cols = min(lanes, cout - first)
     w_flat = wbits.reshape(wbits.size)
@@ -700,11 +655,11 @@ def _walk_block(xbits, g0, block, m_lo, m_hi, wbits, alpha, bias, out_flat, acti
         tail = (out_flat, m0 * cout + first, cout, min(rows, positions), cols, mode, run_tiles,
                 positions * col_step, positions * cout)
         if lanes == 64:
-            _tiles_4x4(xbits, pos, word_offsets, w_flat, block * (w_flat.size // blocks), bases,
-                       base_rows, alpha[first:], bias[first:], *tail)
+            _tiles_4x4(xbits, pos, row_offsets, run_words, w_flat, block * (w_flat.size // blocks),
+                       bases, base_rows, alpha[first:], bias[first:], *tail)
         else:
-            _tiles_8x2(xbits, pos, word_offsets, w_flat, block * (w_flat.size // blocks), bases,
-                       base_rows, alpha[first:], bias[first:], *tail)
+            _tiles_8x2(xbits, pos, row_offsets, run_words, w_flat, block * (w_flat.size // blocks),
+                       bases, base_rows, alpha[first:], bias[first:], *tail)
         if not fused:
             _activate_tile(out_flat, m0 * cout + first, cout, rows, cols, activation)
         m0 += rows
@@ -712,7 +667,7 @@ def _walk_block(xbits, g0, block, m_lo, m_hi, wbits, alpha, bias, out_flat, acti
 
 @njit(cache=CACHE, nogil=True)
 def _run_item(flat, wbits, tap_sums, alpha, bias, stride, pad, activation, out_flat, m_lo, m_hi,
-              geometry, word_offsets, halved, pos, base_rows, bases):
+              geometry, row_offsets, halved, pos, base_rows, bases):
     """Output positions m_lo..m_hi-1, every channel block: pack the padded input rows they
     read into a zero-bordered buffer, then block by block (one block's weights stay in
     L1/L2 over the range) fill the block's base rows and walk the range."""
@@ -731,7 +686,7 @@ def _run_item(flat, wbits, tap_sums, alpha, bias, stride, pad, activation, out_f
         _fill_bases(bases, tap_sums[block], ny, nx, oy_lo, oy_hi, ox_lo, ox_hi, stride, pad,
                     h, w, cin, halved)
         _walk_block(xbits, g0, block, m_lo, m_hi, wbits, alpha, bias, out_flat, activation, mode,
-                    stride, pad, geometry, word_offsets, pos, base_rows, bases)
+                    stride, pad, geometry, row_offsets, pos, base_rows, bases)
 
 
 @njit(parallel=True, cache=CACHE, nogil=True)
@@ -757,7 +712,7 @@ def _xnor_conv(x, wbits, tap_sums, alpha, bias, stride, pad, activation, out, n_
     ny = oy_lo + 1 + max(0, ho - 1 - oy_hi)
     nx = ox_lo + 1 + max(0, wo - 1 - ox_hi)
     geometry = (h, w, cin, ho, wo, cout, kh, oy_lo, oy_hi, ox_lo, ox_hi, ny, nx)
-    word_offsets = _window_offsets(kh, kw, words, w + 2 * pad)
+    row_offsets = _row_offsets(kh, words, w + 2 * pad)
     halved = _can_halve(cin, alpha)
     flat = x.reshape(x.size)
     out_flat = out.reshape(out.size)
@@ -772,7 +727,7 @@ def _xnor_conv(x, wbits, tap_sums, alpha, bias, stride, pad, activation, out, n_
         item = _fetch_add(next_item, 0, 1)
         while item < n_items:
             _run_item(flat, wbits, tap_sums, alpha, bias, stride, pad, activation, out_flat,
-                      bounds[item], bounds[item + 1], geometry, word_offsets, halved, pos,
+                      bounds[item], bounds[item + 1], geometry, row_offsets, halved, pos,
                       base_rows, bases)
             item = _fetch_add(next_item, 0, 1)
 
