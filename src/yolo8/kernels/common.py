@@ -77,10 +77,13 @@ _AVX2_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fxs
 TARGETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "avx2": ("haswell", _AVX2_FEATURES, ("avx2", "fma")),
     "avxvnni": ("alderlake", _AVX2_FEATURES + ",+avxvnni", ("avx2", "fma", "avx_vnni")),
+    # The icelake-server CPU name brings its other vector extensions with it (LLVM emits
+    # vpopcntd for the XNOR kernel, for one), so the host needs them all to run this target.
     "avx512": ("icelake-server",
                _AVX2_FEATURES + ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl,+avx512vnni",
                ("avx2", "fma", "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl",
-                "avx512_vnni")),
+                "avx512_vnni", "avx512ifma", "avx512vbmi", "avx512_vbmi2", "avx512_bitalg",
+                "avx512_vpopcntdq", "gfni", "vaes", "vpclmulqdq")),
 }
 
 
