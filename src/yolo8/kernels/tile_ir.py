@@ -175,13 +175,20 @@ class MacStep:
     emit: Callable
 
 
-def _broadcast_dwords(builder, a_pointers, at: int, ty: ir.VectorType):
-    """The i32 at byte `at` of each row, in every lane of `ty` (vpbroadcastd from memory)."""
-    dwords = []
-    for p in a_pointers:
-        dword = builder.load(builder.bitcast(offset(builder, p, at), I32.as_pointer()), align=1)
-        dwords.append(builder.bitcast(splat(builder, dword, vector(I32, bits(ty) // 32)), ty))
-    return dwords
+def _broadcast_dword(builder, pointer, at: int, ty: ir.VectorType):
+    """The i32 at byte `at` of a row, in every lane of `ty` (vpbroadcastd from memory)."""
+    dword = builder.load(builder.bitcast(offset(builder, pointer, at), I32.as_pointer()), align=1)
+    return builder.bitcast(splat(builder, dword, vector(I32, bits(ty) // 32)), ty)
+
+
+def _rows_with_b(builder, acc, a_pointers, b, at: int, a_type: ir.VectorType, combine):
+    """The step of every row: its dword at byte `at` broadcast as `a_type` (next to its own
+    steps), then acc[i][v] = combine(acc[i][v], a, b[v]) for each loaded B vector."""
+    result = []
+    for i, p in enumerate(a_pointers):
+        a = _broadcast_dword(builder, p, at, a_type)
+        result.append([combine(acc[i][v], a, b[v]) for v in range(len(b))])
+    return result
 
 
 def fma_step(lanes: int) -> MacStep:
@@ -211,11 +218,8 @@ def dpbusd_step(lanes: int) -> MacStep:
         dpbusd = x86(builder.module, "llvm.x86.avx512.vpdpbusd", acc_ty, [acc_ty] * 3)
         b = [load_vector(builder, offset(builder, b_pointer, 4 * lanes * v), acc_ty, 32)
              for v in range(len(acc[0]))]
-        result = []
-        for i, p in enumerate(a_pointers):  # each row's broadcast next to its steps
-            (a,) = _broadcast_dwords(builder, [p], 0, acc_ty)
-            result.append([builder.call(dpbusd, [acc[i][v], a, b[v]]) for v in range(len(b))])
-        return result
+        return _rows_with_b(builder, acc, a_pointers, b, 0, acc_ty,
+                            lambda c, a, bv: builder.call(dpbusd, [c, a, bv]))
 
     return MacStep(f"dpbusd{bits(acc_ty)}", acc_ty, 4, 4 * lanes, emit)
 
@@ -233,11 +237,8 @@ def bf16_step(lanes: int = 16) -> MacStep:
         b = [builder.bitcast(load_vector(builder, offset(builder, b_pointer, 4 * lanes * v),
                                          vector(I32, lanes), 64), pairs)
              for v in range(len(acc[0]))]
-        result = []
-        for i, p in enumerate(a_pointers):  # each row's broadcast next to its steps
-            (a,) = _broadcast_dwords(builder, [p], 0, pairs)
-            result.append([builder.call(dpbf16, [acc[i][v], a, b[v]]) for v in range(len(b))])
-        return result
+        return _rows_with_b(builder, acc, a_pointers, b, 0, pairs,
+                            lambda c, a, bv: builder.call(dpbf16, [c, a, bv]))
 
     return MacStep(f"dpbf16ps{bits(acc_ty)}", acc_ty, 4, 4 * lanes, emit)
 
@@ -256,12 +257,8 @@ def pmaddwd_step(lanes: int = 8) -> MacStep:
         for pair in range(2):
             b = [load_vector(builder, offset(builder, b_pointer, 4 * lanes * (pair * nv + v)),
                              words, 32) for v in range(nv)]
-            new = []
-            for i, p in enumerate(a_pointers):  # each row's broadcast next to its steps
-                (a,) = _broadcast_dwords(builder, [p], 4 * pair, words)
-                new.append([builder.add(acc[i][v], builder.call(pmaddwd, [a, b[v]]))
-                            for v in range(nv)])
-            acc = new
+            acc = _rows_with_b(builder, acc, a_pointers, b, 4 * pair, words,
+                               lambda c, a, bv: builder.add(c, builder.call(pmaddwd, [a, bv])))
         return acc
 
     return MacStep("pmaddwd", acc_ty, 8, 8 * lanes, emit)
@@ -278,12 +275,8 @@ def xnor_step(lanes: int = 16) -> MacStep:
         # Element alignment only: B may be any int32 array (yolo8's own is 64-byte aligned).
         b = [load_vector(builder, offset(builder, b_pointer, 4 * lanes * v), acc_ty, 4)
              for v in range(len(acc[0]))]
-        result = []
-        for i, p in enumerate(a_pointers):  # each row's broadcast next to its steps
-            (a,) = _broadcast_dwords(builder, [p], 0, acc_ty)
-            result.append([builder.add(acc[i][v], builder.call(ctpop, [builder.xor(a, b[v])]))
-                           for v in range(len(b))])
-        return result
+        return _rows_with_b(builder, acc, a_pointers, b, 0, acc_ty,
+                            lambda c, a, bv: builder.add(c, builder.call(ctpop, [builder.xor(a, bv)])))
 
     return MacStep(f"xnor{bits(acc_ty)}", acc_ty, 4, 4 * lanes, emit)
 
