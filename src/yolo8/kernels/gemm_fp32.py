@@ -154,20 +154,13 @@ def _define_float_microkernel(module: ir.Module, step: int, mr: int, nv: int) ->
     def _store_rows(b, fn, results, c, ldc, rows_valid, row_masks, done):
         """Blocks storing rows 0..rows_valid-1 with these masks; returns the first block and
         leaves the builder where it was."""
-        here = b.block
-        blocks = [fn.append_basic_block(f"store_{i}") for i in range(mr)]
-        for i in range(mr):
-            b.position_at_end(blocks[i])
+        def store_row(i, _):
             row_ptr = b.gep(c, [b.mul(_I64(i), ldc)])
             for v in range(nv):
                 tile_ir.masked_store(b, results[i][v], b.gep(row_ptr, [_I64(LANES * v)]),
                                      row_masks[v])
-            if i + 1 < mr:
-                b.cbranch(b.icmp_signed("<", _I64(i + 1), rows_valid), blocks[i + 1], done)
-            else:
-                b.branch(done)
-        b.position_at_end(here)
-        return blocks[0]
+
+        return tile_ir.row_chain(b, fn, mr, rows_valid, done, "store", store_row)
 
     f32p = _F32.as_pointer()
     mac = _STEPS[step][0](LANES)

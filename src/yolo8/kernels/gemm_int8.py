@@ -196,7 +196,7 @@ def _define_microkernel(module: ir.Module, tier: Tier, mr: int, nv: int) -> ir.F
         return [[ir.Constant(acc_ty, None)] * nv for _ in range(mr)]
 
     def store(b, fn, acc, extra):
-        corr, scale, bias, out, ldo, rows_valid, cols_valid, mode = extra
+        *_, cols_valid, mode = extra
         # Two copies of the stores: a tile of full width with plain vector loads and stores
         # (an all-true constant mask folds away), a partial one with masked ones. On AVX2
         # a masked store is vmaskmovps, many times slower than a store on AMD's cores.
@@ -227,21 +227,22 @@ def _define_microkernel(module: ir.Module, tier: Tier, mr: int, nv: int) -> ir.F
     def _store_chain(b, fn, kind, acc, masks, extra, done):
         """The blocks storing rows 0..rows_valid-1 of the tile in mode `kind`; returns the
         first."""
-        corr, scale, bias, out, ldo, rows_valid, cols_valid, mode = extra
-        blocks = [fn.append_basic_block(f"store_{kind}_{i}") for i in range(mr)]
-        b.position_at_end(blocks[0])
-        corrs = [tile_ir.masked_load(b, tile_ir.offset(b, corr, lanes * v), masks[v],
-                                     ir.Constant(acc_ty, None)) for v in range(nv)]
-        if kind != STORE_INT32:
-            scales = [tile_ir.masked_load(b, tile_ir.offset(b, scale, lanes * v), masks[v],
-                                          ir.Constant(f32_ty, None)) for v in range(nv)]
-            biases = [tile_ir.masked_load(b, tile_ir.offset(b, bias, lanes * v), masks[v],
-                                          ir.Constant(f32_ty, None)) for v in range(nv)]
+        corr, scale, bias, out, ldo, rows_valid, _, _ = extra
         element = tile_ir.I32 if kind == STORE_INT32 else tile_ir.F32
-        out_typed = b.bitcast(out, element.as_pointer())
-        for i in range(mr):
-            if i:
-                b.position_at_end(blocks[i])
+
+        def vectors(pointer, ty):
+            return [tile_ir.masked_load(b, tile_ir.offset(b, pointer, lanes * v), masks[v],
+                                        ir.Constant(ty, None)) for v in range(nv)]
+
+        def start():  # corrections (and scales, biases) of the tile's columns
+            corrs = vectors(corr, acc_ty)
+            if kind == STORE_INT32:
+                return corrs, None, None, b.bitcast(out, element.as_pointer())
+            return corrs, vectors(scale, f32_ty), vectors(bias, f32_ty), b.bitcast(
+                out, element.as_pointer())
+
+        def store_row(i, shared):
+            corrs, scales, biases, out_typed = shared
             row = b.gep(out_typed, [b.mul(tile_ir.I64(i), ldo)])
             for v in range(nv):
                 y = b.sub(acc[i][v], corrs[v])
@@ -252,11 +253,8 @@ def _define_microkernel(module: ir.Module, tier: Tier, mr: int, nv: int) -> ir.F
                     y = b.select(b.fcmp_ordered(">", y, ir.Constant(f32_ty, None)), y,
                                  b.fmul(y, slope))
                 tile_ir.masked_store(b, y, tile_ir.offset(b, row, lanes * v), masks[v])
-            if i + 1 < mr:
-                b.cbranch(b.icmp_signed("<", tile_ir.I64(i + 1), rows_valid), blocks[i + 1], done)
-            else:
-                b.branch(done)
-        return blocks[0]
+
+        return tile_ir.row_chain(b, fn, mr, rows_valid, done, f"store_{kind}", store_row, start)
 
     i64, f32p = tile_ir.I64, tile_ir.F32.as_pointer()
     return tile_ir.define_tile_kernel(

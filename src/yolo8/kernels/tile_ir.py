@@ -152,6 +152,29 @@ def trap_with_message(builder: ir.IRBuilder, message: str) -> None:
     builder.call(declare(builder.module, "llvm.trap", ir.VoidType(), []), [])
 
 
+def row_chain(builder: ir.IRBuilder, fn: ir.Function, rows: int, rows_valid: ir.Value,
+              exit_block: ir.Block, name: str, store_row: Callable,
+              start: Callable | None = None) -> ir.Block:
+    """The stores of a tile's rows, one block per row: row i's block runs store_row(i, s)
+    and goes on to row i + 1 while i + 1 < rows_valid, else to exit_block (one branch per
+    row, not per vector). s = start() is emitted first, in row 0's block (loads every row
+    uses), or None. Returns row 0's block; the builder is left in the block it was in."""
+    here = builder.block
+    blocks = [fn.append_basic_block(f"{name}_{i}") for i in range(rows)]
+    builder.position_at_end(blocks[0])
+    shared = start() if start is not None else None
+    for i in range(rows):
+        builder.position_at_end(blocks[i])
+        store_row(i, shared)
+        if i + 1 < rows:
+            builder.cbranch(builder.icmp_signed("<", I64(i + 1), rows_valid), blocks[i + 1],
+                            exit_block)
+        else:
+            builder.branch(exit_block)
+    builder.position_at_end(here)
+    return blocks[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # The micro-kernel skeleton
 # ----------------------------------------------------------------------------------------------

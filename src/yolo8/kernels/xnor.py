@@ -353,7 +353,6 @@ def _emit_epilogues(b: ir.IRBuilder, fn: ir.Function, acc, bases, base_rows, alp
               for v in range(nv)]
     biases = [tile_ir.masked_load(b, b.gep(bias, [_I64(16 * v)]), masks[v], zero)
               for v in range(nv)]
-    switch_block = b.block
 
     def activate(y: ir.Value, kind: int) -> ir.Value:
         # y > t ? y : t is exactly x86's maxps(y, t): leaky's y > 0 ? y : 0.1f * y (the
@@ -367,13 +366,11 @@ def _emit_epilogues(b: ir.IRBuilder, fn: ir.Function, acc, bases, base_rows, alp
     for halved in (False, True):
         for kind in (_EPILOGUE_LINEAR, _EPILOGUE_LEAKY, _EPILOGUE_RELU):
             code = kind | (_HALVED if halved else 0)
-            blocks = [fn.append_basic_block(f"store_{code}_{p}") for p in range(positions)]
-            chains[code] = blocks
-            b.position_at_end(blocks[0])
-            scales = [b.fmul(a, minus_two) for a in alphas] if halved else alphas
-            for p in range(positions):
-                if p:
-                    b.position_at_end(blocks[p])
+
+            def scales(halved=halved):
+                return [b.fmul(a, minus_two) for a in alphas] if halved else alphas
+
+            def store_position(p, scales, halved=halved, kind=kind):
                 row = b.gep(out_tile, [b.mul(_I64(p), ldo)])
                 base = None if halved else _base_row(b, bases, base_rows, p, nr)
                 for v in range(nv):
@@ -387,16 +384,13 @@ def _emit_epilogues(b: ir.IRBuilder, fn: ir.Function, acc, bases, base_rows, alp
                         scaled = b.fmul(dot, alphas[v])
                     y = activate(b.fadd(scaled, biases[v]), kind)
                     tile_ir.masked_store(b, y, b.gep(row, [_I64(16 * v)]), masks[v])
-                if p + 1 < positions:
-                    b.cbranch(b.icmp_signed("<", _I64(p + 1), rows_valid), blocks[p + 1],
-                              exit_block)
-                else:
-                    b.branch(exit_block)
-    b.position_at_end(switch_block)
-    switch = b.switch(mode, chains[_EPILOGUE_LINEAR][0])
-    for code, blocks in chains.items():
+
+            chains[code] = tile_ir.row_chain(b, fn, positions, rows_valid, exit_block,
+                                             f"store_{code}", store_position, scales)
+    switch = b.switch(mode, chains[_EPILOGUE_LINEAR])
+    for code, first in chains.items():
         if code != _EPILOGUE_LINEAR:
-            switch.add_case(_I64(code), blocks[0])
+            switch.add_case(_I64(code), first)
 
 
 def _make_tiles_intrinsic(positions: int, nv: int):
