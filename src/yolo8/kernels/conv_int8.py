@@ -206,34 +206,41 @@ class Int8ConvWeights:
             self._out_scale = cached
         return cached[1]
 
+    def _packing(self, key: str, pack) -> PackedB:
+        """The packing named `key`, made by pack() on first use."""
+        packed = self._packed.get(key)
+        if packed is None:
+            packed = pack()
+            self._packed[key] = packed
+        return packed
+
     def packed(self, tier: str | None = None) -> PackedB:
         """The weights packed for `tier` (default: the best tier of the compile target)."""
         tier = tier or default_variant()
-        packed = self._packed.get(tier)
-        if packed is None:
-            cout, kh, kw, cg = self.wq.shape
-            packed = PackedB(self.wq.reshape(cout, kh * kw, cg), self.groups, tier)
-            self._packed[tier] = packed
-        return packed
+        cout, kh, kw, cg = self.wq.shape
+        return self._packing(tier, lambda: PackedB(self.wq.reshape(cout, kh * kw, cg),
+                                                   self.groups, tier))
 
     def winograd_packed(self) -> PackedB:
         """The weights transformed and packed for winograd_int8 (on first use)."""
-        packed = self._packed.get("winograd")
-        if packed is None:
-            packed = winograd_int8.pack_weights(self.wq)
-            self._packed["winograd"] = packed
-        return packed
+        return self._packing("winograd", lambda: winograd_int8.pack_weights(self.wq))
+
+    def _thread_input(self, key: tuple, make) -> tuple:
+        """This thread's input buffer (and what goes with it) for `key`, made by make() when
+        the thread's last call had another key: each thread has its own, so concurrent calls
+        never share one, and a thread's calls of one shape allocate nothing."""
+        cached = getattr(self._per_thread, "input", None)
+        if cached is None or cached[0] != key:
+            cached = (key, make())
+            self._per_thread.input = cached
+        return cached[1]
 
     def winograd_buffer(self, n: int, h: int, w: int, pad: int) -> tuple[np.ndarray, tuple]:
         """winograd_int8's zero-bordered int16 input buffer for this input shape (per calling
         thread, as `input_buffer`) and its shape."""
         shape = winograd_int8.buffer_shape(n, h, w, pad, self.cin)
-        key = ("winograd", shape)
-        cached = getattr(self._per_thread, "input", None)
-        if cached is None or cached[0] != key:
-            cached = (key, np.zeros(math.prod(shape), np.int16), shape)
-            self._per_thread.input = cached
-        return cached[1], cached[2]
+        return self._thread_input(("winograd", shape),
+                                  lambda: (np.zeros(math.prod(shape), np.int16), shape))
 
     @property
     def channels_padded(self) -> int:
@@ -248,18 +255,16 @@ class Int8ConvWeights:
         calling thread has its own, allocated on its first call with a new shape (so
         concurrent calls never share it)."""
         tier = tier or default_variant()
-        key = (n, h, w, pad, tier)
-        cached = getattr(self._per_thread, "input", None)
-        if cached is None or cached[0] != key:
+
+        def make():
             kh, kw = self.kernel_size
             cs = self.groups * self.channels_padded
             wp = w + 2 * pad
             buffer = np.full(n * (h + 2 * pad) * wp * cs, ZERO_U8, dtype=source_dtype(tier))
             taps = conv_taps(kh, kw, wp, cs, self.groups)
-            k4 = self.channels_padded // 4 * (kw if self.groups == 1 else 1)
-            cached = (key, buffer, taps, k4)
-            self._per_thread.input = cached
-        return cached[1], cached[2], cached[3]
+            return buffer, taps, self.channels_padded // 4 * (kw if self.groups == 1 else 1)
+
+        return self._thread_input((n, h, w, pad, tier), make)
 
 
 # ----------------------------------------------------------------------------------------------
