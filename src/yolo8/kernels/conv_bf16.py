@@ -24,7 +24,7 @@ from numba import config, njit, prange
 from ..errors import Yolo8Error
 from ..jit import CACHE
 from .common import conv_taps, output_size, target_features
-from .conv_fp32 import _PAD_CHUNK_FLOATS, conv2d_reference
+from .conv_fp32 import _PAD_CHUNK_FLOATS, check_input, checked_layer, conv2d_reference
 from .gemm_fp32 import STEP_BF16, PackedWeights, run_gemm_tiles, step_available
 
 REQUIRED_FEATURE = "avx512_bf16"
@@ -100,18 +100,10 @@ class Bf16Conv:
     def __init__(self, weights: np.ndarray, bias: np.ndarray, stride: int, pad: int,
                  groups: int, activation: int) -> None:
         check_bf16_target()
-        if weights.ndim != 4 or weights.shape[1] != weights.shape[2]:
-            raise ValueError(f"conv weights must be (Cout, k, k, Cin/groups), got {weights.shape}")
-        cout, size, _, cin_g = weights.shape
-        if groups < 1 or cout % groups or stride < 1 or pad < 0:
-            raise ValueError(f"bad conv geometry: Cout={cout} groups={groups} stride={stride} "
-                             f"pad={pad}")
+        cout, size, cin_g, self.bias = checked_layer(weights, bias, stride, pad, groups)
         self.size, self.stride, self.pad, self.groups = size, stride, pad, groups
         self.activation, self.cout, self.cin_g = activation, cout, cin_g
         self.cin_g2 = _even(cin_g)
-        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
-        if self.bias.shape != (cout,):
-            raise ValueError(f"conv bias must have shape ({cout},), got {self.bias.shape}")
         padded = np.zeros((cout, size, size, self.cin_g2), np.float32)
         padded[..., :cin_g] = weights
         # Taps as in FP32 (a kernel row is one tap with one group), K in pairs of bf16.
@@ -124,11 +116,7 @@ class Bf16Conv:
         return self.packed.nbytes + self.bias.nbytes
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if x.ndim != 4 or x.dtype != np.float32:
-            raise ValueError("Bf16Conv expects an NHWC float32 array")
-        if x.shape[3] != self.cin_g * self.groups:
-            raise ValueError(f"conv input has {x.shape[3]} channels, the layer expects "
-                             f"{self.cin_g * self.groups}")
+        check_input(x, "Bf16Conv", self.cin_g * self.groups)
         n, h, w, _ = x.shape
         size, stride, pad = self.size, self.stride, self.pad
         ho, wo = output_size(h, size, stride, pad), output_size(w, size, stride, pad)

@@ -71,6 +71,30 @@ def _pad_copy(x, pad, xp):
             dst[i] = src[i]
 
 
+def checked_layer(weights: np.ndarray, bias: np.ndarray, stride: int, pad: int,
+                  groups: int) -> tuple[int, int, int, np.ndarray]:
+    """(Cout, k, Cin/groups, bias as contiguous float32) of a conv layer's arguments, after
+    checking its geometry (the FP32 and bf16 layers share these checks)."""
+    if weights.ndim != 4 or weights.shape[1] != weights.shape[2]:
+        raise ValueError(f"conv weights must be (Cout, k, k, Cin/groups), got {weights.shape}")
+    cout, size, _, cin_g = weights.shape
+    if groups < 1 or cout % groups or stride < 1 or pad < 0:
+        raise ValueError(f"bad conv geometry: Cout={cout} groups={groups} stride={stride} "
+                         f"pad={pad}")
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    if bias.shape != (cout,):
+        raise ValueError(f"conv bias must have shape ({cout},), got {bias.shape}")
+    return cout, size, cin_g, bias
+
+
+def check_input(x: np.ndarray, kind: str, channels: int) -> None:
+    """A conv layer's input must be NHWC float32 with the layer's channel count."""
+    if x.ndim != 4 or x.dtype != np.float32:
+        raise ValueError(f"{kind} expects an NHWC float32 array")
+    if x.shape[3] != channels:
+        raise ValueError(f"conv input has {x.shape[3]} channels, the layer expects {channels}")
+
+
 class Fp32Conv:
     """A conv layer prepared for FP32 execution (weights packed once for its method).
 
@@ -82,20 +106,12 @@ class Fp32Conv:
     def __init__(self, weights: np.ndarray, bias: np.ndarray, stride: int, pad: int, groups: int,
                  activation: int, method: str = "auto",
                  out_hw: tuple[int, int] | None = None) -> None:
-        if weights.ndim != 4 or weights.shape[1] != weights.shape[2]:
-            raise ValueError(f"conv weights must be (Cout, k, k, Cin/groups), got {weights.shape}")
-        cout, size, _, cin_g = weights.shape
-        if groups < 1 or cout % groups or stride < 1 or pad < 0:
-            raise ValueError(f"bad conv geometry: Cout={cout} groups={groups} stride={stride} "
-                             f"pad={pad}")
+        cout, size, cin_g, self.bias = checked_layer(weights, bias, stride, pad, groups)
         if method not in METHODS:
             raise ValueError(f"unknown conv method {method!r}; expected one of {METHODS}")
         self.size, self.stride, self.pad, self.groups = size, stride, pad, groups
         self.activation = activation
         self.cout, self.cin_g = cout, cin_g
-        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
-        if self.bias.shape != (cout,):
-            raise ValueError(f"conv bias must have shape ({cout},), got {self.bias.shape}")
         if method == "auto":
             method = choose_method(size, stride, groups, cin_g, cout, out_hw)
         elif method != "gemm" and (size != 3 or stride != 1 or groups != 1):
@@ -122,11 +138,7 @@ class Fp32Conv:
         return held.nbytes + self.bias.nbytes
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if x.ndim != 4 or x.dtype != np.float32:
-            raise ValueError("Fp32Conv expects an NHWC float32 array")
-        if x.shape[3] != self.cin_g * self.groups:
-            raise ValueError(f"conv input has {x.shape[3]} channels, the layer expects "
-                             f"{self.cin_g * self.groups}")
+        check_input(x, "Fp32Conv", self.cin_g * self.groups)
         x = np.ascontiguousarray(x)
         if self.winograd is not None:
             return conv3x3_winograd(x, self.winograd, self.bias, self.pad, self.activation)
