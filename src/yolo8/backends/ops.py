@@ -131,7 +131,8 @@ def shortcut(layer: Shortcut, graph: Graph) -> Op:
     if layer.weights_type is None and len(layer.inputs) == 2 and \
             graph_shape(graph, layer.inputs[1]) == layer.out_shape:
         return activated(layer.activation, lambda a, b: a + b)
-    return activated(layer.activation, lambda *xs: shortcut_sum(xs, shortcut_weights(layer)))
+    weights = shortcut_weights(layer)  # normalised once, when the op is made
+    return activated(layer.activation, lambda *xs: shortcut_sum(xs, weights))
 
 
 def graph_shape(graph: Graph, index: int):
