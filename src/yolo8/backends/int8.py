@@ -42,6 +42,13 @@ def head_feeders(graph: Graph) -> set[int]:
     return feeders
 
 
+def default_fp32_layers(graph: Graph) -> set[int]:
+    """The conv layers that stay FP32 in the INT8 backend, and by default in bf16: the first
+    and the head feeders."""
+    convs = graph.convolutions()
+    return ({convs[0].index} if convs else set()) | head_feeders(graph)
+
+
 notices = logging.getLogger("yolo8.notice")  # the CLI shows them on stderr
 _slow_notice_lock = threading.Lock()
 _slow_notice_given = False
@@ -64,10 +71,10 @@ def notice_if_slower_than_fp32() -> bool:
 
 
 def int8_layers(graph: Graph) -> list[int]:
-    """Indices of the conv layers that run INT8 in this graph: all but the first, the head
-    feeders and xnor layers ([connected] layers run FP32)."""
-    feeds_head = head_feeders(graph)
-    return [c.index for c in graph.convolutions()[1:] if c.index not in feeds_head and not c.xnor]
+    """Indices of the conv layers that run INT8 in this graph: all but default_fp32_layers
+    and xnor layers ([connected] layers run FP32)."""
+    fp32_layers = default_fp32_layers(graph)
+    return [c.index for c in graph.convolutions() if c.index not in fp32_layers and not c.xnor]
 
 
 def thresholds_from_cfg(graph: Graph) -> dict[int, float] | None:
