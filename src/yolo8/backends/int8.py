@@ -122,6 +122,13 @@ def check_corrections(graph: Graph, corrections: Corrections, path: str | Path |
                                    path=path)
 
 
+def corrected_bias(layer: Convolutional, corrections: Corrections) -> np.ndarray:
+    """The bias the layer's INT8 conv runs with: its own minus its calibrated correction (if
+    any), in float32."""
+    correction = corrections.get(layer.index)
+    return layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
+
+
 def int8_conv(layer: Convolutional, threshold: float, bias: np.ndarray, activation: int) -> Op:
     """The layer as an INT8 convolution of its input calibrated at `threshold`, with this
     bias and activation (the backend: the layer's own, bias-corrected; calibration: zero
@@ -158,8 +165,7 @@ def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections |
     def conv(layer: Convolutional, g: Graph) -> Op:
         if layer.index not in quantized:
             return fp32_conv(layer, g)
-        correction = corrections.get(layer.index)
-        bias = layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
+        bias = corrected_bias(layer, corrections)
         return unfused_activation(layer, int8_conv(layer, thresholds[layer.index], bias,
                                                    layer.activation_code))
 
