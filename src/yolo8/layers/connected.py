@@ -9,6 +9,7 @@ import numpy as np
 from ..darknet.cfg import Section
 from ..activations import check_name, kernel_code
 from .base import BuildContext, Layer, Shape
+from .convolutional import batch_norm_factor
 
 
 @dataclass(eq=False)
@@ -37,11 +38,8 @@ class Connected(Layer):
         n, k = self.outputs, self.in_shape.size
         bias, weights = values[:n], values[n:n + n * k].reshape(n, k)
         if self.batch_normalize:
-            scale, mean, var = values[n + n * k:].reshape(3, n)
-            if (var < 0).any():
-                raise ValueError("negative rolling variance")
-            factor = scale / (np.sqrt(var) + np.float32(1e-6))
-            weights, bias = weights * factor[:, None], bias - mean * factor
+            factor, bias = batch_norm_factor(bias, *values[n + n * k:].reshape(3, n))
+            weights = weights * factor[:, None]
         self.weights = np.ascontiguousarray(weights, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
 
