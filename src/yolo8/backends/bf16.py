@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import CalibrationError
 from ..graph import Graph
 from ..layers import Convolutional
 from .base import Op, Program
+from .fp32 import refuse_calibration
 from .int8 import default_fp32_layers
 from .ops import FP32_OPS, conv as fp32_conv, conv_op, kernel_stride
 
@@ -50,7 +50,5 @@ def build(graph: Graph, keep_fp32: Iterable[int] | None = None) -> Program:
 
 def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
                     default_calibration: Path | None) -> tuple[Program, str | None]:
-    if calibration is not None:
-        raise CalibrationError("a calibration applies to the int8 backend only (add --backend int8)",
-                               path=calibration)
+    refuse_calibration(calibration)
     return build(graph), None
