@@ -340,12 +340,8 @@ def _darknet_order(x: np.ndarray) -> np.ndarray:
 def connected(layer: Connected, graph: Graph) -> Op:
     """darknet's forward_connected_layer: x . W^T + b (batch norm folded), then activation."""
     weights_t = np.ascontiguousarray(layer.weights.T)
-
-    def fully_connected(x: np.ndarray) -> np.ndarray:
-        y = _darknet_order(x) @ weights_t + layer.bias
-        y = y if layer.activation == "linear" else activations.apply(y, layer.activation)
-        return y.reshape(x.shape[0], 1, 1, layer.outputs)
-    return fully_connected
+    product = activated(layer.activation, lambda x: _darknet_order(x) @ weights_t + layer.bias)
+    return lambda x: product(x).reshape(x.shape[0], 1, 1, layer.outputs)
 
 
 def softmax(layer: Softmax, graph: Graph) -> Op:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..darknet.cfg import Section
-from ..activations import check_name, kernel_code
+from ..activations import check_name
 from .base import BuildContext, Layer, Shape
 from .convolutional import batch_norm_factor
 
@@ -23,10 +23,6 @@ class Connected(Layer):
     # input, and the bias, batch norm folded.
     weights: np.ndarray | None = None
     bias: np.ndarray | None = None
-
-    @property
-    def activation_code(self) -> int:
-        return kernel_code(self.activation)
 
     def weight_floats(self) -> int:
         return self.outputs * (1 + self.in_shape.size + (3 if self.batch_normalize else 0))
