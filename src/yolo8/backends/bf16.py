@@ -2,9 +2,9 @@
 (`vdpbf16ps`, AVX512-BF16), bias and activation in float32; the other layers as in FP32
 (xnor=1 layers keep their binary kernel, [connected] layers run FP32).
 
-As in INT8, the first conv and each conv feeding a head (`int8.head_feeders`) stay FP32 by
-default. Not for INT8's reason (bf16 is floating point: 2^-9 relative precision at any scale,
-no range to clip) but because it was measured to be free and closer to FP32 (yolov3-tiny,
+As in INT8, the first conv and each conv feeding a head (`int8.default_fp32_layers`) stay
+FP32 by default. Not for INT8's reason (bf16 is floating point: 2^-9 relative precision at any
+scale, no range to clip) but because it was measured to be free and closer to FP32 (yolov3-tiny,
 README): the first conv (3 input channels, K = 27) runs no faster in bf16 than FP32's implicit
 GEMM, the head feeders are ~3 % of a forward, and with them in FP32 the heads differ from FP32's
 3-4x less (max |d prob| 0.005 instead of 0.020 on the test photos) and the mAP on each half of
@@ -16,10 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import CalibrationError
 from ..graph import Graph
 from ..layers import Convolutional
 from .base import Op, Program
+from .fp32 import refuse_calibration
+from .int8 import default_fp32_layers
 from .ops import FP32_OPS, conv as fp32_conv, conv_op, kernel_stride
 
 
@@ -29,14 +30,6 @@ def bf16_conv(layer: Convolutional, graph: Graph) -> Op:
     kernel = Bf16Conv(layer.weights, layer.bias, kernel_stride(layer), layer.pad, layer.groups,
                       layer.activation_code)
     return conv_op(layer, kernel)
-
-
-def default_fp32_layers(graph: Graph) -> set[int]:
-    """The conv layers the backend keeps FP32 by default: the first and the head feeders."""
-    from .int8 import head_feeders
-
-    convs = graph.convolutions()
-    return ({convs[0].index} if convs else set()) | head_feeders(graph)
 
 
 def build(graph: Graph, keep_fp32: Iterable[int] | None = None) -> Program:
@@ -57,7 +50,5 @@ def build(graph: Graph, keep_fp32: Iterable[int] | None = None) -> Program:
 
 def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
                     default_calibration: Path | None) -> tuple[Program, str | None]:
-    if calibration is not None:
-        raise CalibrationError("a calibration applies to the int8 backend only (add --backend int8)",
-                               path=calibration)
+    refuse_calibration(calibration)
     return build(graph), None

@@ -13,9 +13,14 @@ def build(graph: Graph) -> Program:
     return Program(graph, FP32_OPS)
 
 
-def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
-                    default_calibration: Path | None) -> tuple[Program, str | None]:
+def refuse_calibration(calibration: str | Path | None) -> None:
+    """The backends other than int8 take no calibration: refuse one given."""
     if calibration is not None:
         raise CalibrationError("a calibration applies to the int8 backend only (add --backend int8)",
                                path=calibration)
+
+
+def build_for_model(graph: Graph, model_id: str, calibration: str | Path | None,
+                    default_calibration: Path | None) -> tuple[Program, str | None]:
+    refuse_calibration(calibration)
     return build(graph), None

@@ -42,6 +42,13 @@ def head_feeders(graph: Graph) -> set[int]:
     return feeders
 
 
+def default_fp32_layers(graph: Graph) -> set[int]:
+    """The conv layers that stay FP32 in the INT8 backend, and by default in bf16: the first
+    and the head feeders."""
+    convs = graph.convolutions()
+    return ({convs[0].index} if convs else set()) | head_feeders(graph)
+
+
 notices = logging.getLogger("yolo8.notice")  # the CLI shows them on stderr
 _slow_notice_lock = threading.Lock()
 _slow_notice_given = False
@@ -64,10 +71,10 @@ def notice_if_slower_than_fp32() -> bool:
 
 
 def int8_layers(graph: Graph) -> list[int]:
-    """Indices of the conv layers that run INT8 in this graph: all but the first, the head
-    feeders and xnor layers ([connected] layers run FP32)."""
-    feeds_head = head_feeders(graph)
-    return [c.index for c in graph.convolutions()[1:] if c.index not in feeds_head and not c.xnor]
+    """Indices of the conv layers that run INT8 in this graph: all but default_fp32_layers
+    and xnor layers ([connected] layers run FP32)."""
+    fp32_layers = default_fp32_layers(graph)
+    return [c.index for c in graph.convolutions() if c.index not in fp32_layers and not c.xnor]
 
 
 def thresholds_from_cfg(graph: Graph) -> dict[int, float] | None:
@@ -115,6 +122,13 @@ def check_corrections(graph: Graph, corrections: Corrections, path: str | Path |
                                    path=path)
 
 
+def corrected_bias(layer: Convolutional, corrections: Corrections) -> np.ndarray:
+    """The bias the layer's INT8 conv runs with: its own minus its calibrated correction (if
+    any), in float32."""
+    correction = corrections.get(layer.index)
+    return layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
+
+
 def int8_conv(layer: Convolutional, threshold: float, bias: np.ndarray, activation: int) -> Op:
     """The layer as an INT8 convolution of its input calibrated at `threshold`, with this
     bias and activation (the backend: the layer's own, bias-corrected; calibration: zero
@@ -151,8 +165,7 @@ def build(graph: Graph, thresholds: dict[int, float], corrections: Corrections |
     def conv(layer: Convolutional, g: Graph) -> Op:
         if layer.index not in quantized:
             return fp32_conv(layer, g)
-        correction = corrections.get(layer.index)
-        bias = layer.bias if correction is None else (layer.bias - correction).astype(np.float32)
+        bias = corrected_bias(layer, corrections)
         return unfused_activation(layer, int8_conv(layer, thresholds[layer.index], bias,
                                                    layer.activation_code))
 

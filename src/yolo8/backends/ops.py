@@ -131,7 +131,8 @@ def shortcut(layer: Shortcut, graph: Graph) -> Op:
     if layer.weights_type is None and len(layer.inputs) == 2 and \
             graph_shape(graph, layer.inputs[1]) == layer.out_shape:
         return activated(layer.activation, lambda a, b: a + b)
-    return activated(layer.activation, lambda *xs: shortcut_sum(xs, shortcut_weights(layer)))
+    weights = shortcut_weights(layer)  # normalised once, when the op is made
+    return activated(layer.activation, lambda *xs: shortcut_sum(xs, weights))
 
 
 def graph_shape(graph: Graph, index: int):
@@ -262,6 +263,15 @@ def yolo(layer: Yolo, graph: Graph) -> Op:
 
     if layer.new_coords:
         return new_coords_head
+    return logistic_head(a, slice(2, 4), slice(0, 2), layer.scale_x_y)
+
+
+def logistic_head(a: int, raw: slice, xy: slice, scale_x_y: float) -> Op:
+    """The [yolo] and [Gaussian_yolo] heads at inference, on NHWC maps of `a` anchors: the
+    logistic on every entry but the `raw` ones (w and h, kept as they are), then the `xy`
+    entries scaled by scale_x_y about the cell centre (AlexeyAB)."""
+    scale = np.float32(scale_x_y)
+    shift = np.float32(-0.5 * (scale_x_y - 1))
 
     def head(x: np.ndarray) -> np.ndarray:
         # The logistic over the whole contiguous array in place, then w and h copied back raw:
@@ -273,9 +283,9 @@ def yolo(layer: Yolo, graph: Graph) -> Op:
         flat += np.float32(1.0)
         np.reciprocal(flat, out=flat)
         v, out = x.reshape(*x.shape[:3], a, -1), flat.reshape(*x.shape[:3], a, -1)
-        out[..., 2:4] = v[..., 2:4]
-        if layer.scale_x_y != 1:
-            out[..., :2] = out[..., :2] * scale + shift
+        out[..., raw] = v[..., raw]
+        if scale_x_y != 1:  # x * 1 + -0.0 is x: skipping it changes no bit
+            out[..., xy] = out[..., xy] * scale + shift
         return flat
     return head
 
@@ -316,19 +326,7 @@ def softmax_tree(tree: WordTree, classes: np.ndarray) -> np.ndarray:
 def gaussian_yolo(layer: GaussianYolo, graph: Graph) -> Op:
     """forward_gaussian_yolo_layer: logistic on every entry but w and h (4 and 6), then x and
     y (entries 0 and 2) scaled by scale_x_y about the cell centre."""
-    a = layer.num_anchors
-    scale = np.float32(layer.scale_x_y)
-    shift = np.float32(-0.5 * (layer.scale_x_y - 1))
-
-    def head(x: np.ndarray) -> np.ndarray:
-        v = x.reshape(*x.shape[:3], a, -1)
-        out = _logistic(v)
-        out[..., 4] = v[..., 4]
-        out[..., 6] = v[..., 6]
-        for entry in (0, 2):  # x and y
-            out[..., entry] = out[..., entry] * scale + shift
-        return out.reshape(x.shape)
-    return head
+    return logistic_head(layer.num_anchors, slice(4, 7, 2), slice(0, 3, 2), layer.scale_x_y)
 
 
 def _darknet_order(x: np.ndarray) -> np.ndarray:
@@ -339,12 +337,8 @@ def _darknet_order(x: np.ndarray) -> np.ndarray:
 def connected(layer: Connected, graph: Graph) -> Op:
     """darknet's forward_connected_layer: x . W^T + b (batch norm folded), then activation."""
     weights_t = np.ascontiguousarray(layer.weights.T)
-
-    def fully_connected(x: np.ndarray) -> np.ndarray:
-        y = _darknet_order(x) @ weights_t + layer.bias
-        y = y if layer.activation == "linear" else activations.apply(y, layer.activation)
-        return y.reshape(x.shape[0], 1, 1, layer.outputs)
-    return fully_connected
+    product = activated(layer.activation, lambda x: _darknet_order(x) @ weights_t + layer.bias)
+    return lambda x: product(x).reshape(x.shape[0], 1, 1, layer.outputs)
 
 
 def softmax(layer: Softmax, graph: Graph) -> Op:

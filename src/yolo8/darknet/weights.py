@@ -104,12 +104,12 @@ class WeightsFile:
         return _HEADER.size + _seen_size(major, minor)
 
     def arrays(self) -> Iterator[np.ndarray]:
-        """One float32 array per entry of `sizes`, in order; each is finite (else
-        WeightsError naming the entry's index, `non-finite`)."""
+        """One float32 array per entry of `sizes`, in order (the values as read: the graph's
+        loader checks that they are finite)."""
         with reading(self.path, "weights file", WeightsError):
             self._src.seek(self._first)
-            for index, count in enumerate(self.sizes):
+            for count in self.sizes:
                 chunk = np.fromfile(self._src, dtype="<f4", count=count)
                 if len(chunk) != count:  # the file shrank while we read it
                     raise WeightsError("changed while being read", path=self.path)
-                yield chunk.astype(np.float32, copy=False)
+                yield chunk.astype(np.float32, copy=False)  # native order: no copy on little-endian

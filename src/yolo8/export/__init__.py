@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..backends.int8 import corrected_bias
 from ..errors import Yolo8Error
 from ..files import atomic_write_bytes
 from ..layers import NETWORK_INPUT
@@ -75,10 +76,7 @@ def _int8_layers(model: Model) -> dict[int, Int8Conv]:
     quantization = model.program.quantization
     layers = {}
     for index, threshold in quantization.thresholds.items():
-        bias = model.graph.layers[index].bias
-        correction = quantization.corrections.get(index)
-        if correction is not None:  # as the INT8 backend does: bias - correction, in float32
-            bias = (bias - correction).astype(np.float32)
+        bias = corrected_bias(model.graph.layers[index], quantization.corrections)
         layers[index] = Int8Conv(np.float32(multiplier_for_threshold(threshold)), bias)
     return layers
 

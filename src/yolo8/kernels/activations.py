@@ -16,6 +16,9 @@ from ..jit import CACHE
 # The codes and names live outside kernels/ (a cfg parse must not import numba).
 from ..activations import CODES, LEAKY, LINEAR, LOGISTIC, MISH, RELU, SWISH  # noqa: F401
 from ..activations import SOFTPLUS_THRESHOLD as _SOFTPLUS_THRESHOLD
+from ..activations import apply
+
+_NAMES_BY_CODE = {code: name for name, code in CODES.items()}
 
 
 @njit(inline="always", cache=CACHE)
@@ -45,25 +48,9 @@ def activate(x, code):
 
 
 def activate_numpy(x: np.ndarray, code: int) -> np.ndarray:
-    """Plain-numpy reference of `activate`, computed in float64 then rounded."""
-    x64 = x.astype(np.float64)
-    if code == LINEAR:
-        y = x64
-    elif code == LEAKY:
-        y = np.where(x64 > 0, x64, np.float32(0.1) * x.astype(np.float32))
-    elif code == RELU:
-        y = np.maximum(x64, 0.0)
-    elif code == LOGISTIC:
-        y = 1.0 / (1.0 + np.exp(-x64))
-    elif code == MISH:
-        sp = np.where(
-            x64 > _SOFTPLUS_THRESHOLD,
-            x64,
-            np.where(x64 < -_SOFTPLUS_THRESHOLD, np.exp(x64), np.log1p(np.exp(x64))),
-        )
-        y = x64 * np.tanh(sp)
-    elif code == SWISH:
-        y = x64 / (1.0 + np.exp(-x64))
-    else:
+    """Plain-numpy reference of `activate`: yolo8.activations.apply (float64 then rounded) for
+    the activation of this code."""
+    name = _NAMES_BY_CODE.get(code)
+    if name is None:
         raise ValueError(f"unknown activation code {code}")
-    return y.astype(np.float32)
+    return apply(x, name)

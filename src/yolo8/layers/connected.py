@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..darknet.cfg import Section
-from ..activations import check_name, kernel_code
+from ..activations import check_name
 from .base import BuildContext, Layer, Shape
+from .convolutional import batch_norm_factor
 
 
 @dataclass(eq=False)
@@ -23,10 +24,6 @@ class Connected(Layer):
     weights: np.ndarray | None = None
     bias: np.ndarray | None = None
 
-    @property
-    def activation_code(self) -> int:
-        return kernel_code(self.activation)
-
     def weight_floats(self) -> int:
         return self.outputs * (1 + self.in_shape.size + (3 if self.batch_normalize else 0))
 
@@ -37,11 +34,8 @@ class Connected(Layer):
         n, k = self.outputs, self.in_shape.size
         bias, weights = values[:n], values[n:n + n * k].reshape(n, k)
         if self.batch_normalize:
-            scale, mean, var = values[n + n * k:].reshape(3, n)
-            if (var < 0).any():
-                raise ValueError("negative rolling variance")
-            factor = scale / (np.sqrt(var) + np.float32(1e-6))
-            weights, bias = weights * factor[:, None], bias - mean * factor
+            factor, bias = batch_norm_factor(bias, *values[n + n * k:].reshape(3, n))
+            weights = weights * factor[:, None]
         self.weights = np.ascontiguousarray(weights, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
 

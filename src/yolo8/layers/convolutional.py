@@ -64,6 +64,17 @@ class Convolutional(Layer):
                    else ""))
 
 
+def batch_norm_factor(bias: np.ndarray, scale: np.ndarray, mean: np.ndarray, var: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Batch norm at inference as darknet computes it, scale * (y - mean) / (sqrt(var) + 1e-6)
+    + bias, as a per-output factor k on y and the bias it leaves: (k, bias - mean * k), in
+    float32 maths as darknet's. Refuses a negative rolling variance."""
+    if (var < 0).any():
+        raise ValueError("negative rolling variance")
+    k = scale / (np.sqrt(var) + np.float32(1e-6))
+    return k, bias - mean * k
+
+
 def fold_batch_norm(layer: Convolutional, bias: np.ndarray, rest: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """darknet's conv floats after the biases: [scales, rolling mean, rolling variance when
@@ -78,11 +89,7 @@ def fold_batch_norm(layer: Convolutional, bias: np.ndarray, rest: np.ndarray
     weights = rest[bn:].reshape(n, cin, layer.size, layer.size)
     output_scale = None
     if layer.batch_normalize:
-        scale, mean, var = rest[:n], rest[n:2 * n], rest[2 * n:3 * n]
-        if (var < 0).any():
-            raise ValueError("negative rolling variance")
-        k = scale / (np.sqrt(var) + np.float32(1e-6))  # float32 maths, as darknet's
-        bias = bias - mean * k
+        k, bias = batch_norm_factor(bias, rest[:n], rest[n:2 * n], rest[2 * n:3 * n])
         if layer.xnor:
             output_scale = k
     # darknet (Cout, Cin, kh, kw) -> ours (Cout, kh, kw, Cin): channels innermost for NHWC;

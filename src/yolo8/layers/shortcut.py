@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..activations import check_name, kernel_code
+from ..activations import check_name
 from ..darknet.cfg import MAX_INT, Section
 from .base import BuildContext, Layer
 
@@ -37,10 +37,6 @@ class Shortcut(Layer):
     # Filled by the weights loader for weighted shortcuts: (inputs, 1 or channels) float32,
     # row 0 for the previous layer, row i for the i-th `from` layer.
     weights: np.ndarray | None = None
-
-    @property
-    def activation_code(self) -> int:
-        return kernel_code(self.activation)
 
     def weight_floats(self) -> int:
         """Floats this layer takes from a darknet .weights file."""
