@@ -23,7 +23,6 @@ from .graph import Graph, load_graph, load_weights
 from .layers import Region, Yolo
 from .postprocess import Detection, detections_from_heads
 from .preprocess import CHANNEL_MODES, check_resize, to_blob
-from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
 notices = logging.getLogger("yolo8.notice")  # progress notes; the CLI shows them on stderr
@@ -83,12 +82,11 @@ class Model:
     def forward_nhwc(self, x: np.ndarray) -> list[np.ndarray]:
         """NHWC float32 RGB [0, 1] batch -> head outputs in NHWC."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        with kernel_threads():
-            if self._first_run:
-                self._first_run = False
-                with _notice_if_slow(COMPILE_NOTICE, after=COMPILE_NOTICE_AFTER):
-                    return self.program.run(x)
-            return self.program.run(x)
+        if self._first_run:
+            self._first_run = False
+            with _notice_if_slow(COMPILE_NOTICE, after=COMPILE_NOTICE_AFTER):
+                return self.program.run(x)
+        return self.program.run(x)
 
     def forward(self, blob: np.ndarray) -> list[np.ndarray]:
         """darknet's view: blob (N, C, H, W) float32 RGB (C = 3) or grey (C = 1, a channels=1

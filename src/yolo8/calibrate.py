@@ -29,7 +29,6 @@ from .progress import progress_bar
 from .darknet.cfg_rewrite import cfg_with_input_calibration
 from .quant import (Calibration, HistogramCollector, RangeCollector, compute_thresholds,
                     multiplier_for_threshold)
-from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,7 @@ def _observe_conv_inputs(model: Model, reader: CalibrationDataReader, collector,
     with progress_bar(len(reader), desc, progress) as bar:
         for blob in reader.batches():
             if blob.size:
-                with kernel_threads():
-                    model.program.run(blob, observer=observer)
+                model.program.run(blob, observer=observer)
             bar.update(max(len(blob), 1) if blob.ndim == 4 else 1)
 
 
