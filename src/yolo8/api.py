@@ -116,10 +116,14 @@ class Model:
         """One BGR uint8 image -> its network input (H, W, C) float32 in [0, 1]: RGB, or for
         a channels=1 model grey as darknet loads it (stbi_luma)."""
         letterbox, resize = self.preprocessing(letterbox, resize)
+        return self._blob([image], letterbox, resize)[0]
+
+    def _blob(self, images: Sequence[np.ndarray], letterbox: bool, resize: str) -> np.ndarray:
+        """BGR uint8 images -> network inputs (N, H, W, C), preprocessing already resolved.
+        Classifiers: darknet's `classifier predict` input (shorter side, centre crop)."""
         w, h = self.input_size
-        # Classifiers: darknet's `classifier predict` input (shorter side, centre crop).
-        return to_blob([image], w, h, letterbox, resize=resize,
-                       crop=not self.graph.is_detector, channels=self.graph.net.channels)[0]
+        return to_blob(list(images), w, h, letterbox, resize=resize,
+                       crop=not self.graph.is_detector, channels=self.graph.net.channels)
 
     def _require(self, detector: bool) -> None:
         if self.graph.is_detector != detector:
@@ -170,9 +174,7 @@ class Model:
                      ) -> list[list[Detection]]:
         """BGR uint8 images -> detections per image (darknet's `detector test` pipeline)."""
         letterbox, resize = self.preprocessing(letterbox, resize)
-        w, h = self.input_size
-        blob = to_blob(list(images), w, h, letterbox, resize=resize,
-                       channels=self.graph.net.channels)
+        blob = self._blob(images, letterbox, resize)
         return self.detect_prepared(blob, [(im.shape[1], im.shape[0]) for im in images], thresh,
                                     nms, letterbox)
 
