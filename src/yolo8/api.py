@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -117,6 +117,11 @@ class Model:
         a channels=1 model grey as darknet loads it (stbi_luma)."""
         letterbox, resize = self.preprocessing(letterbox, resize)
         return self._blob([image], letterbox, resize)[0]
+
+    def preparer(self, letterbox: bool, resize: str) -> Callable[[np.ndarray], np.ndarray]:
+        """`prepare` for many images with the (letterbox, resize) that `preprocessing`
+        returned: resolved and checked once for a run, not again for every image."""
+        return lambda image: self._blob([image], letterbox, resize)[0]
 
     def _blob(self, images: Sequence[np.ndarray], letterbox: bool, resize: str) -> np.ndarray:
         """BGR uint8 images -> network inputs (N, H, W, C), preprocessing already resolved.

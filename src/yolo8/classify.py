@@ -49,6 +49,8 @@ def json_entry(path: str, top: list[Classification], frame: int | None = None) -
 class ClassifyRun:
     def __init__(self, model: Model, opts: ClassifyOptions) -> None:
         self.model, self.opts = model, opts
+        # a calibration made with another preprocessing is refused here
+        self.prepare = model.preparer(*model.preprocessing())
         self.results: list[dict] = []
 
     def skip(self, name: str, error: Yolo8Error) -> None:
@@ -65,7 +67,7 @@ class ClassifyRun:
             self.results.append(json_entry(name, top, item.index if frame else None))
 
     def images(self, sources: list[Source]) -> None:
-        items = load_images([s.path for s in sources], prepare=self.model.prepare)
+        items = load_images([s.path for s in sources], prepare=self.prepare)
         for batch in batched(items, self.opts.batch):
             if batch[0].error is not None:
                 self.skip(sources[batch[0].index].display, batch[0].error)
@@ -78,7 +80,7 @@ class ClassifyRun:
         except InputError as exc:
             self.skip(source.display, exc)
             return
-        frames = read_frames(capture, source.path, prepare=self.model.prepare,
+        frames = read_frames(capture, source.path, prepare=self.prepare,
                              limit=self.opts.frames)
         read = 0
         try:
@@ -126,6 +128,5 @@ def run_classify(opts: ClassifyOptions) -> list[str]:
     if model.graph.is_detector:
         raise InputError("is a detector ([yolo]/[region] layers): use `yolo8 detect`",
                          path=model.graph.path)
-    model.preprocessing()  # a calibration made with another preprocessing is refused here
     ClassifyRun(model, opts).run(expanded.sources)
     return opts.failures

@@ -309,7 +309,8 @@ class DetectRun:
 
     def __init__(self, model: Model, opts: DetectOptions, sources: list[Source]) -> None:
         self.model, self.opts = model, opts
-        self.letterbox = model.preprocessing(opts.letterbox)[0]  # checked against calibration
+        self.letterbox, resize = model.preprocessing(opts.letterbox)  # checked against calibration
+        self._prepare = model.preparer(self.letterbox, resize)  # once, not per image
         saving = opts.save_dir is not None and (opts.save_images or opts.labels)
         self.names = OutputNames(opts.save_dir, sources) if saving else None  # None: save nothing
         self.json_out = open_json_output(opts.json_path, any(s.kind == "camera" for s in sources))
@@ -333,9 +334,6 @@ class DetectRun:
             self.json_out.add([coco_result(det, name, frame) for det in dets])
 
     # --- images ----------------------------------------------------------------------------
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
-        return self.model.prepare(image, self.letterbox)
-
     def _detect(self, batch: list[Item]) -> list[list[Detection]]:
         blob = np.stack([item.prepared for item in batch])
         sizes = [(item.image.shape[1], item.image.shape[0]) for item in batch]
