@@ -11,7 +11,8 @@ import numpy as np
 
 from .api import Model, load
 from .classification import Classification
-from .errors import InputError, Yolo8Error, writing
+from .errors import InputError, Yolo8Error
+from .files import atomic_write_bytes
 from .inputs import Source, expand_inputs, open_capture
 from .pipeline import Item, batched, load_images, read_frames
 
@@ -106,10 +107,8 @@ class ClassifyRun:
                 pending = []
             if source is not None:
                 self.video(source)
-        if self.opts.json_path is not None:
-            with writing(self.opts.json_path):
-                self.opts.json_path.parent.mkdir(parents=True, exist_ok=True)
-                self.opts.json_path.write_text(json.dumps(self.results, indent=1))
+        if self.opts.json_path is not None:  # whole or absent, as detect's JSON
+            atomic_write_bytes(self.opts.json_path, json.dumps(self.results, indent=1).encode())
 
 
 def run_classify(opts: ClassifyOptions) -> list[str]:
