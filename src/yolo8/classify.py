@@ -13,7 +13,7 @@ from .api import Model, load
 from .classification import Classification
 from .errors import InputError, Yolo8Error
 from .files import atomic_write_bytes
-from .inputs import Source, expand_inputs, open_capture
+from .inputs import Source, expand_inputs, open_capture, source_groups
 from .pipeline import Item, batched, load_images, read_frames
 
 
@@ -97,16 +97,11 @@ class ClassifyRun:
 
     def run(self, sources: list[Source]) -> None:
         """In input order: consecutive images through one decode-ahead pipeline, videos alone."""
-        pending: list[Source] = []
-        for source in sources + [None]:
-            if source is not None and source.kind == "image":
-                pending.append(source)
-                continue
-            if pending:
-                self.images(pending)
-                pending = []
-            if source is not None:
-                self.video(source)
+        for group in source_groups(sources):
+            if group[0].is_stream:
+                self.video(group[0])
+            else:
+                self.images(group)
         if self.opts.json_path is not None:  # whole or absent, as detect's JSON
             atomic_write_bytes(self.opts.json_path, json.dumps(self.results, indent=1).encode())
 

@@ -45,7 +45,7 @@ from .data import label_path
 from .draw import draw_detections
 from .errors import InputError, Yolo8Error, writing
 from .files import atomic_write_bytes, make_parent, reserve_twin, settle_twin
-from .inputs import Expanded, Source, expand_inputs, open_capture
+from .inputs import Expanded, Source, expand_inputs, open_capture, source_groups
 from .pipeline import Item, batched, load_images, read_frames
 from .postprocess import Detection
 from . import progress
@@ -438,7 +438,7 @@ class DetectRun:
     def run(self, sources: list[Source]) -> None:
         start = time.perf_counter()
         try:
-            for group in _groups(sources):
+            for group in source_groups(sources):
                 if group[0].is_stream:
                     self.stream(group[0])
                 else:
@@ -452,17 +452,6 @@ class DetectRun:
         elapsed = time.perf_counter() - start
         log.info("%d images/frames in %.2f s (%.2f per second)", self.count, elapsed,
                  self.count / elapsed if elapsed else 0.0)
-
-
-def _groups(sources: list[Source]) -> list[list[Source]]:
-    """Consecutive images together (one decode-ahead pipeline), each video or camera alone."""
-    groups: list[list[Source]] = []
-    for source in sources:
-        if source.is_stream or not groups or groups[-1][0].is_stream:
-            groups.append([source])
-        else:
-            groups[-1].append(source)
-    return groups
 
 
 def _initial_total(sources: list[Source]) -> int | None:
