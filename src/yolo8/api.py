@@ -130,15 +130,19 @@ class Model:
         return to_blob(list(images), w, h, letterbox, resize=resize,
                        crop=not self.graph.is_detector, channels=self.graph.net.channels)
 
-    def _require(self, detector: bool) -> None:
+    def require(self, detector: bool, message: str | None = None) -> None:
+        """InputError (naming the cfg) unless this model is a detector (`detector`) or a
+        classifier (not `detector`); `message` says why a command needs it."""
         if self.graph.is_detector != detector:
-            what = ("has no [yolo] or [region] layer: it classifies (use classify)" if detector
-                    else "is a detector: it has no class scores to rank (use detect)")
-            raise InputError(f"this model {what}", path=self.graph.path)
+            if message is None:
+                what = ("has no [yolo] or [region] layer: it classifies (use classify)" if detector
+                        else "is a detector: it has no class scores to rank (use detect)")
+                message = f"this model {what}"
+            raise InputError(message, path=self.graph.path)
 
     def classify_prepared(self, blob: np.ndarray, top: int = 5) -> list[list[Classification]]:
         """Prepared inputs (N, H, W, 3) -> each image's `top` classes, best first."""
-        self._require(detector=False)
+        self.require(detector=False)
         output = self.forward_nhwc(blob)[0]
         return [classifications(output[i], self.names, top) for i in range(len(output))]
 
@@ -146,14 +150,14 @@ class Model:
                  ) -> list[Classification]:
         """One BGR uint8 image -> its `top` classes with their scores, best first (darknet's
         `classifier predict`: shorter side resized to the network width, centre crop)."""
-        self._require(detector=False)
+        self.require(detector=False)
         return self.classify_prepared(self.prepare(image, resize=resize)[None], top)[0]
 
     def detect_prepared(self, blob: np.ndarray, image_sizes: Sequence[tuple[int, int]],
                         thresh: float = 0.25, nms: float = 0.45, letterbox: bool | None = None
                         ) -> list[list[Detection]]:
         """Prepared inputs (N, H, W, 3) and each image's (width, height) -> detections."""
-        self._require(detector=True)
+        self.require(detector=True)
         letterbox = self.letterbox if letterbox is None else letterbox
         w, h = self.input_size
         outs = self.forward_nhwc(blob)

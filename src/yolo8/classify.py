@@ -119,8 +119,7 @@ def run_classify(opts: ClassifyOptions) -> list[str]:
         raise InputError("nothing left to classify (see the lines above)")
     model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names,
                  resize=opts.resize)
-    if model.graph.is_detector:
-        raise InputError("is a detector ([yolo]/[region] layers): use `yolo8 detect`",
-                         path=model.graph.path)
+    model.require(detector=False,
+                  message="is a detector ([yolo]/[region] layers): use `yolo8 detect`")
     ClassifyRun(model, opts).run(expanded.sources)
     return opts.failures

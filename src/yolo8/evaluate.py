@@ -125,9 +125,7 @@ def run_map(opts: MapOptions, model: Model | None = None,
         model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names,
                      resize=opts.resize)
     letterbox, resize = model.preprocessing(opts.letterbox)  # checked against calibration
-    if not model.graph.is_detector:
-        raise InputError("has no [yolo] or [region] layer: map measures detectors",
-                         path=model.graph.path)
+    model.require(detector=True, message="has no [yolo] or [region] layer: map measures detectors")
     if model.heads[0].detected_classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].detected_classes} classes", path=config.path,
