@@ -143,10 +143,6 @@ def _resolved(path: Path) -> Path:
 # ------------------------------------------------------------------------------------- writing
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)  # an interrupted run never leaves half a file
-
-
 def write_image(path: Path, image: np.ndarray) -> Path:
     """Encode by the file's extension, or as PNG (under a .png name) when OpenCV cannot write
     that format; returns the path written."""
@@ -154,7 +150,7 @@ def write_image(path: Path, image: np.ndarray) -> Path:
     if data is None:
         path = path.with_suffix(".png")
         data = _encode(".png", image)
-    _write_bytes(path, data)
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -171,8 +167,8 @@ def _encode(suffix: str, image: np.ndarray) -> bytes | None:
 def write_labels(path: Path, dets: list[Detection], width: int, height: int,
                  with_score: bool) -> None:
     """A darknet label file; empty when nothing was found (darknet: an image without objects)."""
-    _write_bytes(path, "".join(label_line(d, width, height, with_score) + "\n"
-                               for d in dets).encode())
+    atomic_write_bytes(path, "".join(label_line(d, width, height, with_score) + "\n"
+                                     for d in dets).encode())
 
 
 def _video_codec(path: PurePath) -> str:
@@ -256,7 +252,7 @@ class JsonArrayOut:
         self.entries.extend(entries)
 
     def close(self) -> None:
-        _write_bytes(self.path, json.dumps(self.entries, indent=1).encode())
+        atomic_write_bytes(self.path, json.dumps(self.entries, indent=1).encode())
 
 
 class JsonLinesOut:
