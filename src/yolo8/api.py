@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,7 +23,6 @@ from .graph import Graph, load_graph, load_weights
 from .layers import Region, Yolo
 from .postprocess import Detection, detections_from_heads
 from .preprocess import CHANNEL_MODES, check_resize, to_blob
-from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
 notices = logging.getLogger("yolo8.notice")  # progress notes; the CLI shows them on stderr
@@ -83,12 +82,11 @@ class Model:
     def forward_nhwc(self, x: np.ndarray) -> list[np.ndarray]:
         """NHWC float32 RGB [0, 1] batch -> head outputs in NHWC."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        with kernel_threads():
-            if self._first_run:
-                self._first_run = False
-                with _notice_if_slow(COMPILE_NOTICE, after=COMPILE_NOTICE_AFTER):
-                    return self.program.run(x)
-            return self.program.run(x)
+        if self._first_run:
+            self._first_run = False
+            with _notice_if_slow(COMPILE_NOTICE, after=COMPILE_NOTICE_AFTER):
+                return self.program.run(x)
+        return self.program.run(x)
 
     def forward(self, blob: np.ndarray) -> list[np.ndarray]:
         """darknet's view: blob (N, C, H, W) float32 RGB (C = 3) or grey (C = 1, a channels=1
@@ -118,20 +116,33 @@ class Model:
         """One BGR uint8 image -> its network input (H, W, C) float32 in [0, 1]: RGB, or for
         a channels=1 model grey as darknet loads it (stbi_luma)."""
         letterbox, resize = self.preprocessing(letterbox, resize)
-        w, h = self.input_size
-        # Classifiers: darknet's `classifier predict` input (shorter side, centre crop).
-        return to_blob([image], w, h, letterbox, resize=resize,
-                       crop=not self.graph.is_detector, channels=self.graph.net.channels)[0]
+        return self._blob([image], letterbox, resize)[0]
 
-    def _require(self, detector: bool) -> None:
+    def preparer(self, letterbox: bool, resize: str) -> Callable[[np.ndarray], np.ndarray]:
+        """`prepare` for many images with the (letterbox, resize) that `preprocessing`
+        returned: resolved and checked once for a run, not again for every image."""
+        return lambda image: self._blob([image], letterbox, resize)[0]
+
+    def _blob(self, images: Sequence[np.ndarray], letterbox: bool, resize: str) -> np.ndarray:
+        """BGR uint8 images -> network inputs (N, H, W, C), preprocessing already resolved.
+        Classifiers: darknet's `classifier predict` input (shorter side, centre crop)."""
+        w, h = self.input_size
+        return to_blob(list(images), w, h, letterbox, resize=resize,
+                       crop=not self.graph.is_detector, channels=self.graph.net.channels)
+
+    def require(self, detector: bool, message: str | None = None) -> None:
+        """InputError (naming the cfg) unless this model is a detector (`detector`) or a
+        classifier (not `detector`); `message` says why a command needs it."""
         if self.graph.is_detector != detector:
-            what = ("has no [yolo] or [region] layer: it classifies (use classify)" if detector
-                    else "is a detector: it has no class scores to rank (use detect)")
-            raise InputError(f"this model {what}", path=self.graph.path)
+            if message is None:
+                what = ("has no [yolo] or [region] layer: it classifies (use classify)" if detector
+                        else "is a detector: it has no class scores to rank (use detect)")
+                message = f"this model {what}"
+            raise InputError(message, path=self.graph.path)
 
     def classify_prepared(self, blob: np.ndarray, top: int = 5) -> list[list[Classification]]:
         """Prepared inputs (N, H, W, 3) -> each image's `top` classes, best first."""
-        self._require(detector=False)
+        self.require(detector=False)
         output = self.forward_nhwc(blob)[0]
         return [classifications(output[i], self.names, top) for i in range(len(output))]
 
@@ -139,14 +150,14 @@ class Model:
                  ) -> list[Classification]:
         """One BGR uint8 image -> its `top` classes with their scores, best first (darknet's
         `classifier predict`: shorter side resized to the network width, centre crop)."""
-        self._require(detector=False)
+        self.require(detector=False)
         return self.classify_prepared(self.prepare(image, resize=resize)[None], top)[0]
 
     def detect_prepared(self, blob: np.ndarray, image_sizes: Sequence[tuple[int, int]],
                         thresh: float = 0.25, nms: float = 0.45, letterbox: bool | None = None
                         ) -> list[list[Detection]]:
         """Prepared inputs (N, H, W, 3) and each image's (width, height) -> detections."""
-        self._require(detector=True)
+        self.require(detector=True)
         letterbox = self.letterbox if letterbox is None else letterbox
         w, h = self.input_size
         outs = self.forward_nhwc(blob)
@@ -172,9 +183,7 @@ class Model:
                      ) -> list[list[Detection]]:
         """BGR uint8 images -> detections per image (darknet's `detector test` pipeline)."""
         letterbox, resize = self.preprocessing(letterbox, resize)
-        w, h = self.input_size
-        blob = to_blob(list(images), w, h, letterbox, resize=resize,
-                       channels=self.graph.net.channels)
+        blob = self._blob(images, letterbox, resize)
         return self.detect_prepared(blob, [(im.shape[1], im.shape[0]) for im in images], thresh,
                                     nms, letterbox)
 

@@ -29,7 +29,6 @@ from .progress import progress_bar
 from .darknet.cfg_rewrite import cfg_with_input_calibration
 from .quant import (Calibration, HistogramCollector, RangeCollector, compute_thresholds,
                     multiplier_for_threshold)
-from .threads import kernel_threads
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class CalibrationDataReader:
     def __init__(self, model: Model, images: list[Path], batch: int = 4,
                  letterbox: bool | None = None) -> None:
         self.model, self.images, self.batch = model, images, batch
-        self.letterbox = letterbox
+        self.prepare = model.preparer(*model.preprocessing(letterbox))
         self.skipped: list[str] = []
         self.announce = True
 
@@ -50,7 +49,7 @@ class CalibrationDataReader:
 
     def batches(self) -> Iterator[np.ndarray]:
         self.skipped = []
-        items = load_images(self.images, prepare=lambda im: self.model.prepare(im, self.letterbox))
+        items = load_images(self.images, prepare=self.prepare)
         for group in batched(items, self.batch):
             if group[0].error is not None:
                 self.skipped.append(str(group[0].error))
@@ -70,8 +69,7 @@ def _observe_conv_inputs(model: Model, reader: CalibrationDataReader, collector,
     with progress_bar(len(reader), desc, progress) as bar:
         for blob in reader.batches():
             if blob.size:
-                with kernel_threads():
-                    model.program.run(blob, observer=observer)
+                model.program.run(blob, observer=observer)
             bar.update(max(len(blob), 1) if blob.ndim == 4 else 1)
 
 
@@ -118,7 +116,7 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
     for its INT8 layers)."""
     if model.backend != "fp32":
         raise ValueError("calibration observes the FP32 engine")
-    letterbox = model.letterbox if letterbox is None else letterbox
+    letterbox, resize = model.preprocessing(letterbox)
     reader = CalibrationDataReader(model, images, letterbox=letterbox)
     ranges = RangeCollector()
     passes = 3 if bias_correction else 2
@@ -137,7 +135,7 @@ def calibrate(model: Model, images: list[Path], progress: bool | None = None,
         _observe_conv_inputs(model, reader, errors, "calibrate 3/3 bias errors", progress)
         corrections = errors.corrections()
     cal = Calibration(model_id=model.model_id, thresholds=thresholds, num_images=used,
-                      bias_corrections=corrections, letterbox=letterbox, resize=model.resize,
+                      bias_corrections=corrections, letterbox=letterbox, resize=resize,
                       notes=f"KL (entropy) calibration of {Path(model.graph.path).name} on "
                             f"{used} images" + (", with bias correction" if corrections else ""))
     return CalibrationRun(cal, reader.skipped)

@@ -11,8 +11,9 @@ import numpy as np
 
 from .api import Model, load
 from .classification import Classification
-from .errors import InputError, Yolo8Error, writing
-from .inputs import Source, expand_inputs, open_capture
+from .errors import InputError, Yolo8Error
+from .files import atomic_write_bytes
+from .inputs import Source, expand_inputs, open_capture, source_groups
 from .pipeline import Item, batched, load_images, read_frames
 
 
@@ -49,6 +50,8 @@ def json_entry(path: str, top: list[Classification], frame: int | None = None) -
 class ClassifyRun:
     def __init__(self, model: Model, opts: ClassifyOptions) -> None:
         self.model, self.opts = model, opts
+        # a calibration made with another preprocessing is refused here
+        self.prepare = model.preparer(*model.preprocessing())
         self.results: list[dict] = []
 
     def skip(self, name: str, error: Yolo8Error) -> None:
@@ -65,7 +68,7 @@ class ClassifyRun:
             self.results.append(json_entry(name, top, item.index if frame else None))
 
     def images(self, sources: list[Source]) -> None:
-        items = load_images([s.path for s in sources], prepare=self.model.prepare)
+        items = load_images([s.path for s in sources], prepare=self.prepare)
         for batch in batched(items, self.opts.batch):
             if batch[0].error is not None:
                 self.skip(sources[batch[0].index].display, batch[0].error)
@@ -78,7 +81,7 @@ class ClassifyRun:
         except InputError as exc:
             self.skip(source.display, exc)
             return
-        frames = read_frames(capture, source.path, prepare=self.model.prepare,
+        frames = read_frames(capture, source.path, prepare=self.prepare,
                              limit=self.opts.frames)
         read = 0
         try:
@@ -94,20 +97,13 @@ class ClassifyRun:
 
     def run(self, sources: list[Source]) -> None:
         """In input order: consecutive images through one decode-ahead pipeline, videos alone."""
-        pending: list[Source] = []
-        for source in sources + [None]:
-            if source is not None and source.kind == "image":
-                pending.append(source)
-                continue
-            if pending:
-                self.images(pending)
-                pending = []
-            if source is not None:
-                self.video(source)
-        if self.opts.json_path is not None:
-            with writing(self.opts.json_path):
-                self.opts.json_path.parent.mkdir(parents=True, exist_ok=True)
-                self.opts.json_path.write_text(json.dumps(self.results, indent=1))
+        for group in source_groups(sources):
+            if group[0].is_stream:
+                self.video(group[0])
+            else:
+                self.images(group)
+        if self.opts.json_path is not None:  # whole or absent, as detect's JSON
+            atomic_write_bytes(self.opts.json_path, json.dumps(self.results, indent=1).encode())
 
 
 def run_classify(opts: ClassifyOptions) -> list[str]:
@@ -123,9 +119,7 @@ def run_classify(opts: ClassifyOptions) -> list[str]:
         raise InputError("nothing left to classify (see the lines above)")
     model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, opts.names,
                  resize=opts.resize)
-    if model.graph.is_detector:
-        raise InputError("is a detector ([yolo]/[region] layers): use `yolo8 detect`",
-                         path=model.graph.path)
-    model.preprocessing()  # a calibration made with another preprocessing is refused here
+    model.require(detector=False,
+                  message="is a detector ([yolo]/[region] layers): use `yolo8 detect`")
     ClassifyRun(model, opts).run(expanded.sources)
     return opts.failures

@@ -47,6 +47,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 BACKENDS = ["fp32", "int8", "bf16"]
+# preprocess.RESIZE_MODES, spelled out: importing preprocess would load cv2 and numba at start
+RESIZES = ["darknet", "opencv"]
 
 model_options = [
     click.option("--cfg", type=click.Path(path_type=Path), help="darknet .cfg (default: yolov3-tiny)"),
@@ -56,7 +58,7 @@ model_options = [
                  help="bf16: convolutions in bfloat16 with float32 sums (needs avx512_bf16)"),
     click.option("--calibration", type=click.Path(path_type=Path),
                  help="int8: calibration file from `yolo8 calibrate`"),
-    click.option("--resize", type=click.Choice(["darknet", "opencv"]), default="darknet",
+    click.option("--resize", type=click.Choice(RESIZES), default="darknet",
                  show_default=True,
                  help="darknet's resize_image (as darknet and yolo2_light), or cv2.resize (as "
                       "OpenCV's dnn module is fed)"),
@@ -87,13 +89,15 @@ def with_ray_options(func):
 
 
 def _ray_options(address: str | None, actors: int | None, threads: int | None):
-    """The RayOptions of --ray (None without it)."""
+    """The RayOptions of --ray (None without it); Ray is imported here, so that a missing
+    install is said before any work."""
     if address is None:
         if actors is not None or threads is not None:
             raise click.UsageError("--ray-actors and --threads go with --ray")
         return None
-    from .distributed import RayOptions
+    from .distributed import RayOptions, import_ray
 
+    import_ray(address)
     return RayOptions(address=address, actors=actors, threads=threads or 1)
 
 
@@ -152,9 +156,8 @@ def detect(inputs, cfg, weights, names, backend, calibration, resize, thresh, nm
     if on_ray is not None:
         from functools import partial
 
-        from .distributed import detect_images, import_ray
+        from .distributed import detect_images
 
-        import_ray(on_ray.address)  # says how to install it before any work
         execute = partial(detect_images, on_ray)
     failed = run_detect(DetectOptions(
         inputs=list(inputs), cfg=cfg, weights=weights, names=names, backend=backend,
@@ -178,7 +181,7 @@ def detect(inputs, cfg, weights, names, backend, calibration, resize, thresh, nm
 @click.option("--cfg-out", type=click.Path(path_type=Path),
               help="also write a copy of the cfg with yolo2_light's input_calibration line")
 @click.option("--letterbox", is_flag=True, default=None, help="darknet's letterbox resize")
-@click.option("--resize", type=click.Choice(["darknet", "opencv"]), default="darknet",
+@click.option("--resize", type=click.Choice(RESIZES), default="darknet",
               show_default=True, help="darknet's resize_image, or cv2.resize (recorded in the "
                                       "calibration: INT8 runs must use the same)")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
@@ -238,9 +241,8 @@ def map_command(data, cfg, weights, names, backend, calibration, resize, thresh,
     on_ray = _ray_options(ray_address, ray_actors, threads)
     collect = None
     if on_ray is not None:
-        from .distributed import import_ray, map_collector
+        from .distributed import map_collector
 
-        import_ray(on_ray.address)  # says how to install it before any work
         collect = map_collector(on_ray)
     opts = MapOptions(
         data=data, cfg=cfg, weights=weights, backend=backend, calibration=calibration,

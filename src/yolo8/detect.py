@@ -45,7 +45,7 @@ from .data import label_path
 from .draw import draw_detections
 from .errors import InputError, Yolo8Error, writing
 from .files import atomic_write_bytes, make_parent, reserve_twin, settle_twin
-from .inputs import Expanded, Source, expand_inputs, open_capture
+from .inputs import Expanded, Source, expand_inputs, open_capture, source_groups
 from .pipeline import Item, batched, load_images, read_frames
 from .postprocess import Detection
 from . import progress
@@ -143,10 +143,6 @@ def _resolved(path: Path) -> Path:
 # ------------------------------------------------------------------------------------- writing
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)  # an interrupted run never leaves half a file
-
-
 def write_image(path: Path, image: np.ndarray) -> Path:
     """Encode by the file's extension, or as PNG (under a .png name) when OpenCV cannot write
     that format; returns the path written."""
@@ -154,7 +150,7 @@ def write_image(path: Path, image: np.ndarray) -> Path:
     if data is None:
         path = path.with_suffix(".png")
         data = _encode(".png", image)
-    _write_bytes(path, data)
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -171,8 +167,8 @@ def _encode(suffix: str, image: np.ndarray) -> bytes | None:
 def write_labels(path: Path, dets: list[Detection], width: int, height: int,
                  with_score: bool) -> None:
     """A darknet label file; empty when nothing was found (darknet: an image without objects)."""
-    _write_bytes(path, "".join(label_line(d, width, height, with_score) + "\n"
-                               for d in dets).encode())
+    atomic_write_bytes(path, "".join(label_line(d, width, height, with_score) + "\n"
+                                     for d in dets).encode())
 
 
 def _video_codec(path: PurePath) -> str:
@@ -256,7 +252,7 @@ class JsonArrayOut:
         self.entries.extend(entries)
 
     def close(self) -> None:
-        _write_bytes(self.path, json.dumps(self.entries, indent=1).encode())
+        atomic_write_bytes(self.path, json.dumps(self.entries, indent=1).encode())
 
 
 class JsonLinesOut:
@@ -309,7 +305,8 @@ class DetectRun:
 
     def __init__(self, model: Model, opts: DetectOptions, sources: list[Source]) -> None:
         self.model, self.opts = model, opts
-        self.letterbox = model.preprocessing(opts.letterbox)[0]  # checked against calibration
+        self.letterbox, resize = model.preprocessing(opts.letterbox)  # checked against calibration
+        self._prepare = model.preparer(self.letterbox, resize)  # once, not per image
         saving = opts.save_dir is not None and (opts.save_images or opts.labels)
         self.names = OutputNames(opts.save_dir, sources) if saving else None  # None: save nothing
         self.json_out = open_json_output(opts.json_path, any(s.kind == "camera" for s in sources))
@@ -333,9 +330,6 @@ class DetectRun:
             self.json_out.add([coco_result(det, name, frame) for det in dets])
 
     # --- images ----------------------------------------------------------------------------
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
-        return self.model.prepare(image, self.letterbox)
-
     def _detect(self, batch: list[Item]) -> list[list[Detection]]:
         blob = np.stack([item.prepared for item in batch])
         sizes = [(item.image.shape[1], item.image.shape[0]) for item in batch]
@@ -440,7 +434,7 @@ class DetectRun:
     def run(self, sources: list[Source]) -> None:
         start = time.perf_counter()
         try:
-            for group in _groups(sources):
+            for group in source_groups(sources):
                 if group[0].is_stream:
                     self.stream(group[0])
                 else:
@@ -454,17 +448,6 @@ class DetectRun:
         elapsed = time.perf_counter() - start
         log.info("%d images/frames in %.2f s (%.2f per second)", self.count, elapsed,
                  self.count / elapsed if elapsed else 0.0)
-
-
-def _groups(sources: list[Source]) -> list[list[Source]]:
-    """Consecutive images together (one decode-ahead pipeline), each video or camera alone."""
-    groups: list[list[Source]] = []
-    for source in sources:
-        if source.is_stream or not groups or groups[-1][0].is_stream:
-            groups.append([source])
-        else:
-            groups[-1].append(source)
-    return groups
 
 
 def _initial_total(sources: list[Source]) -> int | None:

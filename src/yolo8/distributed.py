@@ -224,7 +224,7 @@ def _name(names: list[str], class_id: int) -> str:
 class _ModelActor:
     """Loads the model once per actor; runs batches of image paths through it."""
 
-    def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool | None,
+    def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool,
                  thresh: float, nms: float) -> None:
         import numba
         import ray
@@ -239,15 +239,16 @@ class _ModelActor:
         self.threads = numba.config.NUMBA_NUM_THREADS
         kernel_threads.set_num_threads(min(threads, self.threads))
         self.batch, self.thresh, self.nms = batch, thresh, nms
-        self.letterbox = self.model.letterbox if letterbox is None else letterbox
+        # letterbox as the driver resolved (and checked) it; the resize is the model's (spec)
+        self.letterbox = letterbox
+        self.prepare = self.model.preparer(letterbox, self.model.resize)
         self.node = ray.get_runtime_context().get_node_id()
 
     def _detect(self, paths: Iterable[str]) -> Iterator[tuple[Any, list | None, str]]:
         """(Item, detections or None, error message or "") per path, in order."""
         from .pipeline import batched, load_images
 
-        prepare = lambda image: self.model.prepare(image, self.letterbox)  # noqa: E731
-        for group in batched(load_images([Path(p) for p in paths], prepare, workers=1),
+        for group in batched(load_images([Path(p) for p in paths], self.prepare, workers=1),
                              self.batch):
             if group[0].error is not None:
                 yield group[0], None, str(group[0].error)
@@ -268,7 +269,7 @@ class _ModelActor:
 class DetectActor(_ModelActor):
     """Detections per image; writes the annotated copy and label file the driver named."""
 
-    def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool | None,
+    def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool,
                  thresh: float, nms: float, save_dir: str | None, save_images: bool,
                  labels: bool, label_scores: bool) -> None:
         super().__init__(spec, threads, batch, letterbox, thresh, nms)
@@ -307,7 +308,7 @@ class MapActor(_ModelActor):
     image's share of the metrics (`metrics.ImageMatch`, ~46 bytes a detection, no boxes),
     plus the detections themselves only for --save-detections."""
 
-    def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool | None,
+    def __init__(self, spec: ModelSpec, threads: int, batch: int, letterbox: bool,
                  thresh: float, nms: float, classes: int, iou_thresh: float,
                  keep_detections: bool) -> None:
         super().__init__(spec, threads, batch, letterbox, thresh, nms)
@@ -482,7 +483,7 @@ def detect_images(ray_opts: RayOptions, run, sources: list) -> None:
     opts = run.opts
     actor_kwargs = dict(
         spec=ModelSpec.of(opts, opts.names),
-        letterbox=opts.letterbox, thresh=opts.thresh, nms=opts.nms,
+        letterbox=run.letterbox, thresh=opts.thresh, nms=opts.nms,
         save_dir=_absolute(opts.save_dir) if run.names else None,
         save_images=opts.save_images, labels=opts.labels, label_scores=opts.label_scores)
     try:
@@ -505,7 +506,8 @@ def detect_images(ray_opts: RayOptions, run, sources: list) -> None:
 
 def map_collector(ray_opts: RayOptions) -> Callable:
     """A drop-in for evaluate._run: the same _Collected, gathered on the cluster."""
-    def collect(model, images: list[Path], difficult: list[Path] | None, classes: int, opts):
+    def collect(model, images: list[Path], difficult: list[Path] | None, classes: int, opts,
+                preprocessing: tuple[bool, str]):
         from .detect import coco_result
         from .evaluate import _Collected, _skip
         from .metrics import ImageMatch
@@ -516,7 +518,7 @@ def map_collector(ray_opts: RayOptions) -> Callable:
                 for idx, path in enumerate(images)]
         actor_kwargs = dict(
             spec=ModelSpec.of(opts, None),
-            letterbox=opts.letterbox, thresh=opts.thresh, nms=opts.nms, classes=classes,
+            letterbox=preprocessing[0], thresh=opts.thresh, nms=opts.nms, classes=classes,
             iou_thresh=opts.iou_thresh, keep_detections=opts.save_detections is not None)
         out = _Collected([], [], [], [], [], matches=[])
         bar = progress_bar(len(images), "map", opts.progress)

@@ -85,9 +85,11 @@ def _with_truths(batch: list[Item], difficult: list[Path] | None, classes: int, 
 
 
 def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes: int,
-         opts: MapOptions) -> _Collected:
+         opts: MapOptions, preprocessing: tuple[bool, str]) -> _Collected:
+    """Every image's results; `preprocessing`: (letterbox, resize) as run_map resolved them."""
+    letterbox, resize = preprocessing
     out = _Collected([], [], [], [], [])
-    items = load_images(images, prepare=lambda im: model.prepare(im, opts.letterbox))
+    items = load_images(images, prepare=model.preparer(letterbox, resize))
     with progress_bar(len(images), "map", opts.progress) as bar:
         for batch in batched(items, opts.batch):
             if batch[0].error is not None:
@@ -98,7 +100,7 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
             if kept:
                 blob = np.stack([item.prepared for item, _ in kept])
                 sizes = [(item.image.shape[1], item.image.shape[0]) for item, _ in kept]
-                found = model.detect_prepared(blob, sizes, opts.thresh, opts.nms, opts.letterbox)
+                found = model.detect_prepared(blob, sizes, opts.thresh, opts.nms, letterbox)
                 for (item, truth), size, dets in zip(kept, sizes, found):
                     out.truths.append(truth)
                     out.detections.append(_as_arrays(dets))
@@ -123,14 +125,12 @@ def run_map(opts: MapOptions, model: Model | None = None,
         model = load(opts.cfg, opts.weights, opts.backend, opts.calibration, config.names,
                      resize=opts.resize)
     letterbox, resize = model.preprocessing(opts.letterbox)  # checked against calibration
-    if not model.graph.is_detector:
-        raise InputError("has no [yolo] or [region] layer: map measures detectors",
-                         path=model.graph.path)
+    model.require(detector=True, message="has no [yolo] or [region] layer: map measures detectors")
     if model.heads[0].detected_classes != config.classes:
         raise InputError(f"classes={config.classes}, but the model detects "
                          f"{model.heads[0].detected_classes} classes", path=config.path,
                          key="classes")
-    got = (collect or _run)(model, images, difficult, config.classes, opts)
+    got = (collect or _run)(model, images, difficult, config.classes, opts, (letterbox, resize))
     opts.skipped[:] = got.skipped
     if not (got.matches or got.truths):
         raise InputError(f"none of the {len(images)} images listed could be read (with their "

@@ -65,6 +65,18 @@ class Source:
         return self.kind != "image"
 
 
+def source_groups(sources: list[Source]) -> list[list[Source]]:
+    """In input order: consecutive images together (one decode-ahead pipeline), each video or
+    camera alone."""
+    groups: list[list[Source]] = []
+    for source in sources:
+        if source.is_stream or not groups or groups[-1][0].is_stream:
+            groups.append([source])
+        else:
+            groups[-1].append(source)
+    return groups
+
+
 @dataclass
 class Expanded:
     sources: list[Source] = field(default_factory=list)

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..graph import Graph, freed_after
 from ..layers import NETWORK_INPUT, Layer
+from ..threads import kernel_threads
 
 Op = Callable[..., np.ndarray]           # op(*input_arrays) -> output array (NHWC)
 OpMaker = Callable[[Layer, Graph], Op]   # how a backend prepares one layer
@@ -51,13 +52,17 @@ class Program:
         heads, else its last layer.
 
         `observer(layer, inputs)` sees each layer's inputs before it runs (calibration uses it).
+
+        The kernels run with this thread's share of the thread budget (`yolo8.threads`), so
+        every caller, from any thread, gets it (and the workqueue layer's lock) without asking.
         """
         values: dict[int, np.ndarray] = {NETWORK_INPUT: x}
-        for step in self.steps:
-            inputs = [values[i] for i in step.layer.inputs]
-            if observer is not None:
-                observer(step.layer, inputs)
-            values[step.layer.index] = step.op(*inputs)
-            for index in step.release:
-                values.pop(index, None)
+        with kernel_threads():
+            for step in self.steps:
+                inputs = [values[i] for i in step.layer.inputs]
+                if observer is not None:
+                    observer(step.layer, inputs)
+                values[step.layer.index] = step.op(*inputs)
+                for index in step.release:
+                    values.pop(index, None)
         return [values[h] for h in self.graph.outputs]
