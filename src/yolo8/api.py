@@ -57,7 +57,9 @@ class Model:
     """
 
     def __init__(self, graph: Graph, backend: str, names: list[str], model_id: str,
-                 calibration_source: str | None = None, resize: str = "darknet") -> None:
+                 calibration_source: str | None = None, resize: str = "darknet",
+                 compile_notice: bool = True) -> None:
+        """compile_notice: say on stderr when the first forward is slow (it compiles)."""
         self.graph = graph
         self.resize = check_resize(resize)  # the default resize: "darknet" or "opencv"
         self.backend = backend
@@ -67,7 +69,7 @@ class Model:
         self.heads: list[Yolo | Region] = [graph.layers[i] for i in graph.heads]
         self.program = None  # set by load()
         self._warned_non_finite = False
-        self._first_run = True
+        self._first_run = compile_notice
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -167,9 +167,9 @@ def warmup(backends: tuple[str, ...] | None = None) -> dict[str, float]:
     names = [str(i) for i in range(80)]
     spent = {}
     for backend in backends or default_backends():
-        model = Model(graph, backend, names, model_id="warmup")
+        # No "compiling ..." notice: compiling is what warmup does.
+        model = Model(graph, backend, names, model_id="warmup", compile_notice=False)
         model.program = builders[backend](graph, thresholds)
-        model._first_run = False  # no "compiling ..." notice: compiling is what warmup does
         model.detect_prepared(x, [(640, 480)] * len(x), thresh=0.0, nms=0.45, letterbox=False)
         now = time.perf_counter()
         spent[backend], start = now - start, now
