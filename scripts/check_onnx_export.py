@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/oracle.py: the box agreement rule and its counting
 
 import yolo8  # noqa: E402
+from accuracy import data_file  # noqa: E402
 from tests.oracle import compare_detections  # noqa: E402
 from yolo8.evaluate import MapOptions, run_map  # noqa: E402
 from yolo8.export import ExportOptions, export_onnx  # noqa: E402
@@ -99,9 +100,7 @@ def main() -> None:
     names = args.dataset / "coco.names"
     report = {"photos": len(images)}
     with tempfile.TemporaryDirectory() as tmp:
-        listing, data = Path(tmp) / "valid.txt", Path(tmp) / "set.data"
-        listing.write_text("".join(f"{p}\n" for p in images))
-        data.write_text(f"classes = 80\nvalid = {listing}\nnames = {names}\n")
+        data = data_file(Path(tmp), images, names)
         for backend in args.backends:
             model = yolo8.load(backend=backend, names=names)
             onnx_path = export_onnx(model, Path(tmp) / f"{backend}.onnx",

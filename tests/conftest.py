@@ -33,6 +33,16 @@ def graph_of(text: str, name: str = "test.cfg"):
     return build_graph(parse_cfg_text(text, name), name, text)
 
 
+def data_file(folder: Path, images: list[Path], names: Path) -> Path:
+    """A darknet .data file for `yolo8 map` (80 classes, `names`) listing `images`:
+    folder/valid.txt and folder/set.data; returns the latter."""
+    listing = folder / "valid.txt"
+    listing.write_text("".join(f"{p}\n" for p in images))
+    data = folder / "set.data"
+    data.write_text(f"classes = 80\nvalid = {listing}\nnames = {names}\n")
+    return data
+
+
 def run_yolo8(*args, cwd: Path | None = None, timeout: float = 600,
               address_space: int | None = None) -> subprocess.CompletedProcess:
     """`python -m yolo8 ARGS` as a user runs it (text output captured), optionally with its
