@@ -25,6 +25,15 @@ BACKENDS = _backends()
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
 
 
+# A small detector's cfg text: [net], a body, then TAIL (a 1x1 conv and a one-anchor [yolo]).
+TAIL = "\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nclasses=1\nnum=1\n" \
+       "mask=0\nanchors=10,10\n"
+
+
+def net(body: str, c: int = 3, h: int = 8, w: int = 8, tail: str = TAIL) -> str:
+    return f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n{body}{tail}"
+
+
 def graph_of(text: str, name: str = "test.cfg"):
     """The graph of cfg text (no file), as load_graph would build it from a file `name`."""
     from yolo8.darknet.cfg import parse_cfg_text
