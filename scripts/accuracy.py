@@ -27,11 +27,19 @@ def yolo8(*args: object) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def measure(folder: Path, images: list[Path], resize: str, *extra: object) -> dict:
-    listing, data, out = folder / "list.txt", folder / "set.data", folder / "metrics.json"
+def data_file(folder: Path, images: list[Path], names: Path) -> Path:
+    """A darknet .data file for `yolo8 map` (80 classes, `names`) listing `images`:
+    folder/valid.txt and folder/set.data; returns the latter. Also used by the other scripts."""
+    listing = folder / "valid.txt"
     listing.write_text("".join(f"{p}\n" for p in images))
-    names = images[0].parent.parent / "coco.names"
+    data = folder / "set.data"
     data.write_text(f"classes = 80\nvalid = {listing}\nnames = {names}\n")
+    return data
+
+
+def measure(folder: Path, images: list[Path], resize: str, *extra: object) -> dict:
+    data = data_file(folder, images, images[0].parent.parent / "coco.names")
+    out = folder / "metrics.json"
     yolo8("map", "--data", data, "--json", out, "--resize", resize, "--no-progress", *extra)
     return json.loads(out.read_text())
 

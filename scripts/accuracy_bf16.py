@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from accuracy import DEFAULT_DATA, measure, row
+from accuracy import DEFAULT_DATA, data_file, measure, row
 
 
 def measure_all_bf16(folder: Path, images: list[Path], resize: str) -> dict:
@@ -24,10 +24,8 @@ def measure_all_bf16(folder: Path, images: list[Path], resize: str) -> dict:
     from yolo8.backends import bf16
     from yolo8.evaluate import MapOptions, run_map
 
-    listing, data, out = folder / "list.txt", folder / "set.data", folder / "metrics.json"
-    listing.write_text("".join(f"{p}\n" for p in images))
-    names = images[0].parent.parent / "coco.names"
-    data.write_text(f"classes = 80\nvalid = {listing}\nnames = {names}\n")
+    data = data_file(folder, images, images[0].parent.parent / "coco.names")
+    out = folder / "metrics.json"
     model = yolo8.load(backend="bf16", resize=resize)
     model.program = bf16.build(model.graph, keep_fp32=())
     run_map(MapOptions(data=data, resize=resize, json_path=out, progress=False), model)

@@ -107,7 +107,7 @@ FORWARD_ENGINES = {
 
 def worker_forward(engine: str, iters: int, onnx_dir: str) -> dict:
     """Time `iters` forwards of one engine in this process; returns its median (ms)."""
-    times = _times(FORWARD_ENGINES[engine](_blob(), onnx_dir), iters)
+    times = call_times(FORWARD_ENGINES[engine](_blob(), onnx_dir), iters)
     result = {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times)}
     if engine == "int8":
         from yolo8.kernels import gemm_int8
@@ -145,7 +145,7 @@ def worker_preprocess(iters: int) -> dict:
     result: dict[str, list[float]] = {"darknet": [], "opencv": []}
     for _ in range(5):
         for mode in result:
-            result[mode] += _times(lambda: to_blob([image], 416, 416, resize=mode), iters)
+            result[mode] += call_times(lambda: to_blob([image], 416, 416, resize=mode), iters)
     return {mode: 1e3 * statistics.median(times) for mode, times in result.items()}
 
 
@@ -170,13 +170,15 @@ def worker_kernels(iters: int) -> dict:
         ops = {"fp32": lambda: fp32(x),
                "int8": lambda: conv2d_int8(x, q, b, 127 / 4.0, 1, 1, LEAKY),
                "xnor": lambda: conv2d_xnor(x, xw, b, 1, 1, LEAKY)}
-        medians = {name: 1000 * statistics.median(_times(op, iters)) for name, op in ops.items()}
+        medians = {name: 1000 * statistics.median(call_times(op, iters))
+                   for name, op in ops.items()}
         rows[f"{h}x{h}x{c}->{cout} 3x3"] = medians
     return rows
 
 
-def _times(op, iters: int) -> list[float]:
-    """Seconds of each of `iters` calls of `op`, after 3 warm-up calls."""
+def call_times(op, iters: int) -> list[float]:
+    """Seconds of each of `iters` calls of `op`, after 3 warm-up calls (also used by
+    scripts/compare_onnxruntime.py)."""
     for _ in range(3):
         op()
     times = []
@@ -188,17 +190,35 @@ def _times(op, iters: int) -> list[float]:
 
 
 # --------------------------------------------------------------------------- orchestration
-def _run_worker(args: list[str], env: dict | None = None) -> dict:
-    """One engine in a process of its own, with the thread-pool settings the yolo8 command
-    uses (the library itself sets none)."""
+# The worker runner, the per-target environment and the ratio below are shared with
+# scripts/layer_times.py and scripts/compare_onnxruntime.py, so that their timings run under
+# the same settings as these.
+def run_worker(args: list[str], env: dict | None = None, script: str = __file__) -> dict:
+    """One engine in a process of its own (`script --worker ARGS`, which prints its result as
+    JSON on its last line), with the thread-pool settings the yolo8 command uses (the library
+    itself sets none) for the variables `env` (default: this process's) leaves unset."""
     from yolo8.cli import THREAD_POOL_DEFAULTS
 
     env = {**THREAD_POOL_DEFAULTS, **(env if env is not None else os.environ)}
-    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True,
+    out = subprocess.run([sys.executable, script, "--worker", *args], capture_output=True,
                          text=True, env=env, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def target_worker_env(target: str) -> dict:
+    """This process's environment with numba compiling for `target`, into a numba cache of
+    the target's own."""
+    from yolo8.kernels.common import target_env
+
+    return {**os.environ, **target_env(target),
+            "NUMBA_CACHE_DIR": str(Path(tempfile.gettempdir()) / f"yolo8-bench-numba-{target}")}
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """The median of the per-round ratios a / b."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def _opencv_available() -> bool:
@@ -246,15 +266,13 @@ def bench_forward(rounds: int, iters: int) -> dict:
         for _ in range(rounds):
             for engine in engines:
                 per_round[engine].append(
-                    _run_worker(["forward", engine, str(iters), onnx_dir])["median_ms"])
+                    run_worker(["forward", engine, str(iters), onnx_dir])["median_ms"])
     result = {e: {"median_ms": statistics.median(v), "rounds_ms": v} for e, v in per_round.items()}
     for e in engines:
-        ratios = [a / b for a, b in zip(per_round[e], per_round["fp32"])]
-        result[e]["ratio_vs_fp32"] = statistics.median(ratios)
+        result[e]["ratio_vs_fp32"] = median_ratio(per_round[e], per_round["fp32"])
     if "opencv" in per_round:
         for e in engines:
-            ratios = [a / b for a, b in zip(per_round[e], per_round["opencv"])]
-            result[e]["ratio_vs_opencv"] = statistics.median(ratios)
+            result[e]["ratio_vs_opencv"] = median_ratio(per_round[e], per_round["opencv"])
     return result
 
 
@@ -267,13 +285,10 @@ def bench_targets(targets: list[str], rounds: int, iters: int) -> dict:
     """Forward latency per compile target: OpenCV FP32, yolo8 FP32 and INT8, each engine in
     its own process (numba compiled for the target, a numba cache per target), all engines
     of all targets in rotation; ratios are medians of the per-round ratios."""
-    from yolo8.kernels.common import target_env
-
     engines = ["fp32", "int8"] + (["opencv"] if _opencv_available() else [])
     envs = {}
     for target in targets:
-        env = {**os.environ, **target_env(target),
-               "NUMBA_CACHE_DIR": str(Path(tempfile.gettempdir()) / f"yolo8-bench-numba-{target}")}
+        env = target_worker_env(target)
         if target in ("avx2", "avxvnni"):
             env["OPENCV_CPU_DISABLE"] = OPENCV_NO_AVX512
         envs[target] = env
@@ -282,7 +297,7 @@ def bench_targets(targets: list[str], rounds: int, iters: int) -> dict:
     for _ in range(rounds):
         for target in targets:
             for engine in engines:
-                out = _run_worker(["forward", engine, str(iters), ""], envs[target])
+                out = run_worker(["forward", engine, str(iters), ""], envs[target])
                 per_round[target][engine].append(out["median_ms"])
                 if "int8_tier" in out:
                     tiers[target] = out["int8_tier"]
@@ -292,7 +307,7 @@ def bench_targets(targets: list[str], rounds: int, iters: int) -> dict:
         row["int8"]["tier"] = tiers[target]
         pairs = [("int8", "fp32")] + ([("fp32", "opencv"), ("int8", "opencv")] if "opencv" in times else [])
         for a, b in pairs:
-            row[a][f"ratio_vs_{b}"] = statistics.median(x / y for x, y in zip(times[a], times[b]))
+            row[a][f"ratio_vs_{b}"] = median_ratio(times[a], times[b])
         result[target] = row
     return result
 
@@ -300,7 +315,7 @@ def bench_targets(targets: list[str], rounds: int, iters: int) -> dict:
 def bench_throughput(folder: Path, rounds: int) -> dict:
     result = {}
     for engine in ("fp32", "int8"):
-        runs = [_run_worker(["throughput", engine, str(folder), "4"]) for _ in range(rounds)]
+        runs = [run_worker(["throughput", engine, str(folder), "4"]) for _ in range(rounds)]
         result[engine] = {"images": runs[0]["images"],
                           "images_per_s": statistics.median(r["images_per_s"] for r in runs)}
     return result
@@ -430,9 +445,9 @@ def main() -> None:
     if "detect" in sections:
         results["detect"] = bench_detect(args.rounds)
     if "kernels" in sections:
-        results["kernels"] = _run_worker(["kernels", str(args.iters)])
+        results["kernels"] = run_worker(["kernels", str(args.iters)])
     if "preprocess" in sections:
-        results["preprocess"] = _run_worker(["preprocess", str(args.iters)])
+        results["preprocess"] = run_worker(["preprocess", str(args.iters)])
     print(_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

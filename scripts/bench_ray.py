@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import accuracy
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_COCO = ROOT.parent / "shared" / "data" / "coco128-train"
 NAMES = ROOT / "src" / "yolo8" / "cfg" / "coco.names"
@@ -41,11 +43,7 @@ def data_file(folder: Path, repeat: int) -> tuple[Path, int]:
     if not images:
         images = sorted((ROOT / "tests" / "data" / "images").glob("*.jpg"))
         repeat *= 25
-    listing = folder / "valid.txt"
-    listing.write_text("".join(f"{p}\n" for p in images * repeat))
-    data = folder / "bench.data"
-    data.write_text(f"classes = 80\nvalid = {listing}\nnames = {NAMES}\n")
-    return data, len(images) * repeat
+    return accuracy.data_file(folder, images * repeat, NAMES), len(images) * repeat
 
 
 def timed(args: list[str]) -> tuple[float, str]:

@@ -6,7 +6,7 @@ first 64 photos of coco128-train: the last 64 are held out), run the export in O
 behind yolo8's own preprocessing, decoding and NMS, and compare with yolo8's engine:
 
 - detections at --thresh (0.1): a box agrees when the other side has one of the same class
-  with IoU >= 0.95 and a score within 0.02, counted both ways;
+  with IoU >= 0.95 and a score within 0.02, counted both ways (tests/oracle.py: has_partner);
 - mAP (`yolo8 map`'s evaluator): VOC 11-point and COCO AP@[.5:.95], in points.
 
 `--nudge`: also yolo8 itself on inputs moved up by one float32 ulp (np.nextafter), the size of
@@ -27,34 +27,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yolo8
-from yolo8.evaluate import MapOptions, run_map
-from yolo8.export import ExportOptions, export_onnx
-from yolo8.export.runtime import with_onnx_runtime
-from yolo8.preprocess import read_image
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests/oracle.py: the box agreement rule and its counting
 
-
-def iou(a, b) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(iw, 0.0) * max(ih, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def agrees(det, pool) -> bool:
-    return any(det.class_id == o.class_id and abs(det.score - o.score) <= 0.02 and
-               iou(det.box, o.box) >= 0.95 for o in pool)
-
-
-def compare_detections(ours, theirs, images: list[Path], thresh: float) -> dict:
-    boxes = agreed = 0
-    for path in images:
-        image = read_image(path)
-        a, b = ours.detect(image, thresh), theirs.detect(image, thresh)
-        boxes += len(a) + len(b)
-        agreed += sum(agrees(d, b) for d in a) + sum(agrees(d, a) for d in b)
-    return {"boxes": boxes, "agreed": agreed, "fraction": agreed / boxes if boxes else 1.0}
+import yolo8  # noqa: E402
+from accuracy import data_file  # noqa: E402
+from tests.oracle import compare_detections  # noqa: E402
+from yolo8.evaluate import MapOptions, run_map  # noqa: E402
+from yolo8.export import ExportOptions, export_onnx  # noqa: E402
+from yolo8.export.runtime import with_onnx_runtime  # noqa: E402
+from yolo8.preprocess import read_image  # noqa: E402
 
 
 class NudgedProgram:
@@ -118,9 +100,7 @@ def main() -> None:
     names = args.dataset / "coco.names"
     report = {"photos": len(images)}
     with tempfile.TemporaryDirectory() as tmp:
-        listing, data = Path(tmp) / "valid.txt", Path(tmp) / "set.data"
-        listing.write_text("".join(f"{p}\n" for p in images))
-        data.write_text(f"classes = 80\nvalid = {listing}\nnames = {names}\n")
+        data = data_file(Path(tmp), images, names)
         for backend in args.backends:
             model = yolo8.load(backend=backend, names=names)
             onnx_path = export_onnx(model, Path(tmp) / f"{backend}.onnx",

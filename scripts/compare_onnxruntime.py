@@ -12,9 +12,10 @@ FP32 where yolo8 keeps FP32, in two INT8 forms:
   outputs should be close to yolo8's INT8 ones.
 
 The [yolo] heads' logistic is in yolo8's timing, not in ONNX Runtime's (cheap); the output
-comparison applies it to ONNX Runtime's outputs. Each engine runs in its own process, in
-rotation, --rounds rounds of --iters forwards after a warm-up: medians, and the median of the
-per-round ratios. Needs `pip install onnx onnxruntime` (not yolo8 dependencies).
+comparison applies it to ONNX Runtime's outputs. Each engine runs in its own process (with
+the `yolo8` command's thread-pool settings: scripts/bench.py's run_worker), in rotation,
+--rounds rounds of --iters forwards after a warm-up: medians, and the median of the per-round
+ratios. Needs `pip install onnx onnxruntime` (not yolo8 dependencies).
 
     python scripts/compare_onnxruntime.py [--rounds 5] [--iters 20] [--threads 2]
 """
@@ -22,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from bench import call_times, median_ratio, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "tests" / "data" / "images" / "000000000009.jpg"
@@ -194,15 +193,9 @@ def worker(engine: str, iters: int, onnx_path: str, threads: int, dump: str | No
 
         def run():
             return model.forward_nhwc(x)
-    outs = None
-    for _ in range(3):
-        outs = run()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+    times = call_times(run, iters)
     if dump:
+        outs = run()
         if engine == "onnxruntime":
             outs = [_yolo_activation(o) for o in outs]
         else:
@@ -233,12 +226,9 @@ def main() -> None:
             for engine in times:
                 dump = str(tmp / f"{engine}.npz") if r == 0 else "-"
                 kind, path = ("yolo8", "-") if engine == "yolo8-int8" else ("onnxruntime", models[engine])
-                out = subprocess.run([sys.executable, __file__, "--worker", kind, str(args.iters),
-                                      str(path), str(args.threads), dump],
-                                     capture_output=True, text=True, timeout=1800, env=os.environ)
-                if out.returncode:
-                    raise SystemExit(out.stderr)
-                times[engine].append(json.loads(out.stdout.strip().splitlines()[-1])["median_ms"])
+                out = run_worker([kind, str(args.iters), str(path), str(args.threads), dump],
+                                 script=__file__)
+                times[engine].append(out["median_ms"])
         diffs = {}
         with np.load(tmp / "yolo8-int8.npz") as a:
             for name in models:
@@ -247,7 +237,7 @@ def main() -> None:
     print(f"yolov3-tiny 416x416 INT8 forward, {args.rounds} rounds x {args.iters} forwards "
           f"(ms, median of per-process medians; ratio: median of per-round ratios)")
     for engine, t in times.items():
-        ratio = statistics.median(x / y for x, y in zip(times["yolo8-int8"], t))
+        ratio = median_ratio(times["yolo8-int8"], t)
         print(f"{engine:14s} {statistics.median(t):7.1f}   yolo8/this {ratio:5.2f}   rounds: "
               + ", ".join(f"{v:.1f}" for v in t))
     for name, d in diffs.items():

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Where a forward's time goes: median milliseconds per layer, yolo8's backends side by side.
 
-Each backend runs in its own process (compiled for --target, a numba cache per target), the
-two in rotation for --rounds rounds of --iters forwards; a layer's figure is the median of
-its per-forward times over all rounds.
+Each backend runs in its own process (compiled for --target, a numba cache per target, the
+`yolo8` command's thread-pool settings: scripts/bench.py's run_worker), the two in rotation
+for --rounds rounds of --iters forwards; a layer's figure is the median of its per-forward
+times over all rounds.
 
     python scripts/layer_times.py --target avx2 [--rounds 3] [--iters 10] [--backends fp32,int8,bf16]
 """
@@ -11,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench import run_worker, target_worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "tests" / "data" / "images" / "000000000009.jpg"
@@ -72,21 +71,15 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]))))
         return
-    from yolo8.kernels.common import target_env
-
-    env = {**os.environ, **target_env(args.target),
-           "NUMBA_CACHE_DIR": str(Path(tempfile.gettempdir()) / f"yolo8-bench-numba-{args.target}")}
+    env = target_worker_env(args.target)
     backends = args.backends.split(",")
     if backends[0] != "fp32":
         raise SystemExit("--backends: fp32 first (the ratios are against it)")
     per_backend: dict[str, list] = {b: [] for b in backends}
     for _ in range(args.rounds):
         for backend in per_backend:
-            out = subprocess.run([sys.executable, __file__, "--worker", backend, str(args.iters)],
-                                 capture_output=True, text=True, env=env, timeout=1800)
-            if out.returncode:
-                raise SystemExit(out.stderr)
-            per_backend[backend].append(json.loads(out.stdout.strip().splitlines()[-1])["rows"])
+            out = run_worker([backend, str(args.iters)], env, script=__file__)
+            per_backend[backend].append(out["rows"])
     others = backends[1:]
     print(f"target {args.target}: median ms per layer over {args.rounds} x {args.iters} forwards")
     print(f"{'layer':>5s} {'kind':14s} {'shape':26s} " + " ".join(f"{b:>7s}" for b in backends)

@@ -25,12 +25,31 @@ BACKENDS = _backends()
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
 
 
+# A small detector's cfg text: [net], a body, then TAIL (a 1x1 conv and a one-anchor [yolo]).
+TAIL = "\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nclasses=1\nnum=1\n" \
+       "mask=0\nanchors=10,10\n"
+
+
+def net(body: str, c: int = 3, h: int = 8, w: int = 8, tail: str = TAIL) -> str:
+    return f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n{body}{tail}"
+
+
 def graph_of(text: str, name: str = "test.cfg"):
     """The graph of cfg text (no file), as load_graph would build it from a file `name`."""
     from yolo8.darknet.cfg import parse_cfg_text
     from yolo8.graph import build_graph
 
     return build_graph(parse_cfg_text(text, name), name, text)
+
+
+def data_file(folder: Path, images: list[Path], names: Path) -> Path:
+    """A darknet .data file for `yolo8 map` (80 classes, `names`) listing `images`:
+    folder/valid.txt and folder/set.data; returns the latter."""
+    listing = folder / "valid.txt"
+    listing.write_text("".join(f"{p}\n" for p in images))
+    data = folder / "set.data"
+    data.write_text(f"classes = 80\nvalid = {listing}\nnames = {names}\n")
+    return data
 
 
 def run_yolo8(*args, cwd: Path | None = None, timeout: float = 600,

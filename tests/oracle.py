@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from yolo8.layers import Region, Yolo
+from yolo8.metrics import iou_matrix
 from yolo8.postprocess import Candidates, nms, nms_rule, to_detections
 
 
@@ -110,15 +111,27 @@ def compare_with_opencv(model, cfg: Path, weights: Path, blob_nhwc: np.ndarray) 
     return Agreement(len(ours), len(theirs), extra, missing, thresh, extra_ties + missing_ties)
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of a with every box of b (left, top, right, bottom)."""
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+def has_partner(det, pool: list, iou: float = IOU, score: float = SCORE) -> bool:
+    """Whether `pool` holds a partner of the detection `det`: same class, IoU >= iou, score
+    within `score` (the agreement rule of compare_with_opencv, without its threshold border
+    and near-tie allowances)."""
+    boxes = [e.box for e in pool
+             if e.class_id == det.class_id and abs(det.score - e.score) <= score]
+    return bool(boxes) and bool((iou_matrix(np.array([det.box]), np.array(boxes)) >= iou).any())
+
+
+def compare_detections(ours, theirs, images: list[Path], thresh: float) -> dict:
+    """Two models' detections at `thresh` on the images, counted both ways: how many boxes, how
+    many of them have a partner on the other side (has_partner), and the fraction."""
+    from yolo8.preprocess import read_image
+
+    boxes = agreed = 0
+    for path in images:
+        image = read_image(path)
+        a, b = ours.detect(image, thresh), theirs.detect(image, thresh)
+        boxes += len(a) + len(b)
+        agreed += sum(has_partner(d, b) for d in a) + sum(has_partner(d, a) for d in b)
+    return {"boxes": boxes, "agreed": agreed, "fraction": agreed / boxes if boxes else 1.0}
 
 
 def unmatched(ours: list, theirs: list, thresh: float) -> tuple[int, int]:
@@ -132,7 +145,7 @@ def unmatched(ours: list, theirs: list, thresh: float) -> tuple[int, int]:
         if not other:
             count += len(mine)
             continue
-        iou = _iou_matrix(np.array([d.box for d in mine]), np.array([d.box for d in other]))
+        iou = iou_matrix(np.array([d.box for d in mine]), np.array([d.box for d in other]))
         gap = np.abs(np.array([d.score for d in mine])[:, None]
                      - np.array([d.score for d in other])[None, :])
         lone = ~((iou >= IOU) & (gap <= SCORE)).any(axis=1)

@@ -32,6 +32,7 @@ from yolo8.preprocess import read_image, to_blob
 
 from .asm import hot_loop
 from .conftest import PHOTOS, ROOT, run_yolo8
+from .oracle import has_partner
 
 pytestmark = [pytest.mark.timeout(900),
               pytest.mark.skipif(not step_available(STEP_BF16),
@@ -154,13 +155,6 @@ def program_forward(model, program, blob):
         model.program = saved
 
 
-def _iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 def test_detections_close_to_fp32(models):
     """Every box of one backend scoring >= 0.15 has a box of the other (found at thresh 0.1):
     same class, IoU >= 0.9, score within 0.02 (measured: 26 boxes, scores within 0.0052, IoU
@@ -172,8 +166,7 @@ def test_detections_close_to_fp32(models):
         for mine, theirs in ((fp32, bf16), (bf16, fp32)):
             for d in (d for d in mine if d.score >= 0.15):
                 compared += 1
-                assert any(e.class_id == d.class_id and _iou(d.box, e.box) >= 0.9
-                           and abs(e.score - d.score) <= 0.02 for e in theirs), (path, d)
+                assert has_partner(d, theirs, iou=0.9, score=0.02), (path, d)
     assert compared >= 10
 
 

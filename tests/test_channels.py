@@ -15,7 +15,7 @@ from yolo8.errors import ConfigError
 from yolo8.preprocess import read_image, to_blob
 
 from . import darknet_reference as ref
-from .conftest import DATA, PHOTOS, run_yolo8
+from .conftest import DATA, PHOTOS, data_file, run_yolo8
 from .oracle import random_weights
 
 pytestmark = pytest.mark.timeout(600)
@@ -135,10 +135,7 @@ def test_map_runs_on_a_grey_detector(tmp_path):
 
     coco = GREY_DETECTOR.replace("filters=12", "filters=170").replace("classes=1", "classes=80")
     _, cfg, weights = go_model(tmp_path, coco)
-    listing = tmp_path / "valid.txt"
-    listing.write_text("".join(f"{p}\n" for p in PHOTOS[:2]))
-    data = tmp_path / "set.data"
-    data.write_text(f"classes = 80\nvalid = {listing}\nnames = {models.default_names()}\n")
+    data = data_file(tmp_path, PHOTOS[:2], models.default_names())
     result = run_yolo8("map", "--data", data, "--cfg", cfg, "--weights", weights,
                        "--json", tmp_path / "m.json", timeout=300)
     assert result.returncode == 0, result.stderr

@@ -39,7 +39,7 @@ from yolo8.graph import load_graph  # noqa: E402
 from yolo8.layers import Convolutional, GaussianYolo, Yolo  # noqa: E402
 from yolo8.preprocess import read_image, to_blob  # noqa: E402
 
-from .conftest import DATA, PHOTOS  # noqa: E402
+from .conftest import DATA, PHOTOS, net  # noqa: E402
 from .oracle import WEIGHTS_HEADER, cfg_for_opencv, random_weights  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -346,14 +346,11 @@ def test_dilation_in_fp32_and_int8(size, dilation, stride, h, w, tmp_path):
 
 # -- shortcut, scale_channels, sam, reorg3d, local_avgpool --------------------------------------------
 
-TAIL = ("[convolutional]\nfilters=6\nsize=1\nactivation=linear\n"
-        "[yolo]\nclasses=1\nnum=1\nmask=0\nanchors=10,10\n")
-
-SHORTCUT_CFG = ("[net]\nwidth=16\nheight=16\nchannels=3\n"
-                "[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"   # 0: 4 channels
-                "[convolutional]\nfilters=6\nsize=3\npad=1\nactivation=leaky\n"   # 1: 6 channels
-                "[convolutional]\nfilters=5\nsize=3\npad=1\nactivation=leaky\n"   # 2: 5 channels
-                "[shortcut]\nfrom={sources}\n{extra}\n" + TAIL)                    # 3: 5 channels
+# net(): [net], the body, then conftest's TAIL (which starts with the body's last newline).
+SHORTCUT_CFG = net("[convolutional]\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"  # 0: 4 channels
+                   "[convolutional]\nfilters=6\nsize=3\npad=1\nactivation=leaky\n"  # 1: 6 channels
+                   "[convolutional]\nfilters=5\nsize=3\npad=1\nactivation=leaky\n"  # 2: 5 channels
+                   "[shortcut]\nfrom={sources}\n{extra}", h=16, w=16)               # 3: 5 channels
 
 
 @pytest.mark.parametrize("sources, extra", [
@@ -371,18 +368,17 @@ def test_shortcut_across_channel_counts_and_weighted(sources, extra, tmp_path):
     _check_int8(_int8_model(cfg, weights), label)
 
 
-ATTENTION_CFG = ("[net]\nwidth=12\nheight=16\nchannels=3\n"
-                 "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"      # 0: 12x16x8
-                 "[avgpool]\n"                                                        # 1: 1x1x8
-                 "[convolutional]\nfilters=8\nsize=1\nactivation=logistic\n"          # 2
-                 "[scale_channels]\nfrom=-3\n"                                        # 3: SE
-                 "[convolutional]\nfilters=1\nsize=1\nactivation=logistic\n"          # 4: 12x16x1
-                 "[scale_channels]\nfrom=-2\nscale_wh=1\nactivation=leaky\n"          # 5
-                 "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=logistic\n"   # 6
-                 "[sam]\nfrom=-2\n"                                                   # 7
-                 "[reorg3d]\nstride=2\n"                                              # 8: 6x8x32
-                 "[local_avgpool]\nsize={size}\nstride={stride}\n{padding}"           # 9
-                 "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky\n" + TAIL)
+ATTENTION_CFG = net("[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"     # 0: 12x16x8
+                    "[avgpool]\n"                                                       # 1: 1x1x8
+                    "[convolutional]\nfilters=8\nsize=1\nactivation=logistic\n"         # 2
+                    "[scale_channels]\nfrom=-3\n"                                       # 3: SE
+                    "[convolutional]\nfilters=1\nsize=1\nactivation=logistic\n"         # 4: 12x16x1
+                    "[scale_channels]\nfrom=-2\nscale_wh=1\nactivation=leaky\n"         # 5
+                    "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=logistic\n"  # 6
+                    "[sam]\nfrom=-2\n"                                                  # 7
+                    "[reorg3d]\nstride=2\n"                                             # 8: 6x8x32
+                    "[local_avgpool]\nsize={size}\nstride={stride}\n{padding}"          # 9
+                    "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky", h=16, w=12)
 
 
 @pytest.mark.parametrize("size, stride, padding", [(2, 2, None), (3, 1, None), (4, 4, None),
@@ -401,9 +397,9 @@ def test_scale_channels_sam_reorg3d_local_avgpool(size, stride, padding, tmp_pat
 
 # -- heads: new_coords, Gaussian_yolo, and --decode ------------------------------------------------------
 
-HEAD_CFG = ("[net]\nwidth=20\nheight=16\nchannels=3\n"
-            "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"
-            "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky\n{head}")
+HEAD_CFG = net("[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"
+               "[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky\n", h=16, w=20,
+               tail="{head}")
 NEW_COORDS_HEAD = ("[convolutional]\nfilters=14\nsize=1\nactivation=logistic\n"
                    "[yolo]\nclasses=2\nnum=3\nmask=1,2\nanchors=10,14, 23,27, 37,58\n"
                    "scale_x_y={scale}\nnew_coords=1\n")

@@ -36,7 +36,7 @@ from yolo8.kernels.conv_int8 import quantize_reference  # noqa: E402
 from yolo8.preprocess import read_image, to_blob  # noqa: E402
 
 from .conftest import ROOT, run_yolo8  # noqa: E402
-from .oracle import cfg_for_opencv, random_weights  # noqa: E402
+from .oracle import cfg_for_opencv, compare_detections, random_weights  # noqa: E402
 
 FP32_RTOL = 1e-4
 INT8_HEAD_ATOL = 0.15
@@ -207,12 +207,8 @@ def test_int8_heads_and_detections_match_yolo8(int8_model, int8_export, test_ima
         err = float(np.abs(mine - outs[f"head{k}"]).max())
         assert err <= INT8_HEAD_ATOL, f"head {k}: {err}"
     twin = with_onnx_runtime(int8_model, int8_export)
-    total = matched = 0
-    for path in test_images:
-        image = read_image(path)
-        ours, theirs = int8_model.detect(image, 0.1), twin.detect(image, 0.1)
-        total += len(ours) + len(theirs)
-        matched += sum(_has_twin(d, theirs) for d in ours) + sum(_has_twin(d, ours) for d in theirs)
+    counts = compare_detections(int8_model, twin, test_images, 0.1)
+    total, matched = counts["boxes"], counts["agreed"]
     assert total >= 20 and matched == total
 
 
@@ -227,19 +223,6 @@ def test_held_out_photos_give_yolo8s_int8_detections_and_map(coco128, tmp_path, 
     report = json.loads(out.read_text())["int8"]
     assert report["detections"]["boxes"] > 500 and report["detections"]["fraction"] >= 0.99
     assert abs(report["difference"]["voc07"]) <= 0.1 and abs(report["difference"]["coco"]) <= 0.1
-
-
-def _iou(a, b) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(iw, 0) * max(ih, 0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _has_twin(d, pool) -> bool:
-    return any(d.class_id == e.class_id and abs(d.score - e.score) <= 0.02 and
-               _iou(d.box, e.box) >= 0.95 for e in pool)
 
 
 @pytest.mark.parametrize("name", ["yolov3-tiny.cfg", "yolov2-tiny.cfg"])

@@ -16,18 +16,10 @@ import pytest
 
 from yolo8.data import GroundTruth, ImageDetections
 
-from .conftest import DATA, run_yolo8
+from .conftest import DATA, data_file, run_yolo8
 from .test_metrics import direct_pycocotools, reference_map
 
 TOL = 5e-4
-
-
-def _data_file(folder: Path, images: list[Path], names: Path) -> Path:
-    listing = folder / "valid.txt"
-    listing.write_text("".join(f"{p}\n" for p in images))
-    data = folder / "set.data"
-    data.write_text(f"classes = 80\nvalid = {listing}\nnames = {names}\n")
-    return data
 
 
 def _run_map(data: Path, folder: Path, *extra: str) -> tuple[dict, list[dict], str]:
@@ -70,7 +62,7 @@ def _check_against_independent(images, metrics, saved, folder):
 
 def test_map_on_test_photos_equals_independent_evaluators(tmp_path, default_weights, test_images):
     images = test_images
-    data = _data_file(tmp_path, images, DATA.parent.parent / "cfg" / "coco.names")
+    data = data_file(tmp_path, images, DATA.parent.parent / "cfg" / "coco.names")
     metrics, saved, stdout = _run_map(data, tmp_path)
     assert "mean over the" in stdout and "darknet's mean over all 80 classes" in stdout
     assert saved and 0 < metrics["voc07"] <= 1 and metrics["images"] == len(images)
@@ -84,7 +76,7 @@ def test_map_on_coco128_reproduces_the_seed(tmp_path, default_weights, coco128, 
     37.40 % on the same photos (37.10 measured; the rest is probably the JPEG decoder:
     yolo2_light decodes with stb_image)."""
     images = sorted((coco128 / "images").glob("*.jpg"))
-    data = _data_file(tmp_path, images, coco128 / "coco.names")
+    data = data_file(tmp_path, images, coco128 / "coco.names")
     metrics, saved, _ = _run_map(data, tmp_path, "--backend", backend)
     _check_against_independent(images, metrics, saved, tmp_path)
     assert abs(100 * metrics["voc07_all_classes"] - 37.40) <= 0.4

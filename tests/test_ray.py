@@ -29,7 +29,7 @@ from yolo8.errors import Yolo8Error
 from yolo8.postprocess import Detection
 from yolo8.progress import NoBar
 
-from .conftest import DATA, PHOTOS, run_yolo8
+from .conftest import DATA, PHOTOS, data_file, run_yolo8
 
 NAMES = Path(__file__).resolve().parents[1] / "src" / "yolo8" / "cfg" / "coco.names"
 OBJECT_STORE = 100 * 2**20
@@ -103,7 +103,7 @@ def _python_without_ray(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_ray_missing_says_how_to_install(tmp_path):
-    data = _data_file(tmp_path, PHOTOS)
+    data = data_file(tmp_path, PHOTOS, NAMES)
     for args in (["map", "--data", str(data), "--ray", "local"],
                  ["detect", str(PHOTOS[0]), "--ray", "local"]):
         result = _python_without_ray(*args)
@@ -174,14 +174,6 @@ def ray_cluster(default_weights):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _data_file(folder: Path, images: list[Path]) -> Path:
-    listing = folder / "valid.txt"
-    listing.write_text("".join(f"{p}\n" for p in images))
-    data = folder / "set.data"
-    data.write_text(f"classes = 80\nvalid = {listing}\nnames = {NAMES}\n")
-    return data
-
-
 def _map(data: Path, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     result = run_yolo8("map", "--data", data, "--json", out, *extra, timeout=900)
     assert result.returncode == 0, result.stderr
@@ -207,7 +199,7 @@ def test_map_on_cluster_equals_single_machine(ray_cluster, dataset, request, tmp
         images = sorted((request.getfixturevalue("coco128") / "images").glob("*.jpg"))
     else:
         images = list(PHOTOS)
-    data = _data_file(tmp_path, images)
+    data = data_file(tmp_path, images, NAMES)
     single = _map(data, tmp_path / "single.json", "--save-detections", tmp_path / "single.dets")
     on_ray = _map(data, tmp_path / "ray.json", "--save-detections", tmp_path / "ray.dets",
                   "--ray", ray_cluster.address, "--ray-actors", "2", "--threads", "1")
@@ -314,7 +306,7 @@ def test_worker_node_killed_mid_run(ray_cluster, tmp_path):
     completes, with every image counted exactly once (the metrics equal the single machine's).
     Runs last in this module: the cluster keeps a dead node afterwards."""
     images = list(PHOTOS) * 40  # 200 rows (a list may name an image again; map counts each)
-    data = _data_file(tmp_path, images)
+    data = data_file(tmp_path, images, NAMES)
     single = _map(data, tmp_path / "single.json")
     out = tmp_path / "ray.json"
     command = [sys.executable, "-m", "yolo8", "map", "--data", str(data), "--json", str(out),

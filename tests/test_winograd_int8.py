@@ -16,6 +16,8 @@ from yolo8.kernels.activations import LEAKY, LINEAR, MISH
 from yolo8.kernels.conv_int8 import (Int8ConvWeights, conv2d_int8, conv2d_int8_reference,
                                      quantize_reference)
 
+from .test_kernels_int8 import make_layer as kernel_test_layer
+
 pytestmark = pytest.mark.skipif(not gemm_int8.tier_available("avx2"),
                                 reason="compile target without AVX2 (the Winograd kernel's tier)")
 
@@ -33,8 +35,8 @@ CASES = [
 
 
 def make_layer(rng, cin, cout):
-    w = rng.standard_normal((cout, 3, 3, cin)).astype(np.float32)
-    return Int8ConvWeights.from_float(w), rng.standard_normal(cout).astype(np.float32)
+    """(weights, bias) of a 3x3 layer: test_kernels_int8's, groups 1 (the same draws)."""
+    return kernel_test_layer(rng, cin, cout, 3, 1)[:2]
 
 
 @pytest.fixture

@@ -20,14 +20,7 @@ from yolo8.layers import GaussianYolo, LocalAvgPool, Reorg3d, Sam, ScaleChannels
 from yolo8.postprocess import decode_gaussian_yolo, decode_yolo
 
 from . import darknet_reference as ref
-from .conftest import graph_of
-
-TAIL = "\n[convolutional]\nfilters=6\nsize=1\nactivation=linear\n[yolo]\nclasses=1\nnum=1\n" \
-       "mask=0\nanchors=10,10\n"
-
-
-def net(body: str, c: int = 3, h: int = 8, w: int = 8, tail: str = TAIL) -> str:
-    return f"[net]\nwidth={w}\nheight={h}\nchannels={c}\n{body}{tail}"
+from .conftest import graph_of, net
 
 
 def nchw(x: np.ndarray) -> np.ndarray:

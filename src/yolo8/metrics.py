@@ -95,7 +95,7 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------ matching
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of `a` (N, 4) with every box of `b` (M, 4), xyxy, continuous coords."""
     inter_w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
     inter_h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
@@ -112,7 +112,7 @@ def _best_truth(truth: GroundTruth, dets: ImageDetections) -> tuple[np.ndarray, 
     count = len(dets.scores)
     if count == 0 or len(truth.classes) == 0:
         return np.full(count, -1, dtype=np.int64), np.zeros(count)
-    iou = _iou_matrix(dets.boxes, truth.boxes)
+    iou = iou_matrix(dets.boxes, truth.boxes)
     iou[dets.classes[:, None] != truth.classes[None, :]] = -1.0
     best = iou.argmax(axis=1)
     best_iou = iou[np.arange(count), best]
