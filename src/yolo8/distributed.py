@@ -520,7 +520,7 @@ def map_collector(ray_opts: RayOptions) -> Callable:
             spec=ModelSpec.of(opts, None),
             letterbox=preprocessing[0], thresh=opts.thresh, nms=opts.nms, classes=classes,
             iou_thresh=opts.iou_thresh, keep_detections=opts.save_detections is not None)
-        out = _Collected([], [], [], [], [], matches=[])
+        out = _Collected()
         bar = progress_bar(len(images), "map", opts.progress)
         try:
             with _cluster_run():

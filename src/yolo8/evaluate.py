@@ -15,7 +15,7 @@ from .data import (GroundTruth, ImageDetections, image_paths, read_data_file, re
 from .detect import coco_result
 from .errors import InputError, Yolo8Error
 from .files import atomic_write_bytes
-from .metrics import ImageMatch, MapResult, evaluate, evaluate_matches
+from .metrics import ImageMatch, MapResult, evaluate_matches, match_image
 from .pipeline import Item, batched, load_images
 from .postprocess import Detection
 from .progress import progress_bar
@@ -54,13 +54,11 @@ def _as_arrays(dets: list[Detection]) -> ImageDetections:
 
 @dataclass
 class _Collected:
-    truths: list[GroundTruth]
-    detections: list[ImageDetections]
-    sizes: list[tuple[int, int]]
-    results: list[dict]
-    skipped: list[str]
-    matches: list[ImageMatch] | None = None  # instead of truths, detections, sizes: each
-                                             # image's share of the metrics, matched elsewhere
+    """What a run gathers: each image's share of the metrics (`metrics.match_image`, in
+    data-set order), the detections as COCO results, the images left out."""
+    matches: list[ImageMatch] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 def _skip(out: _Collected, error: Yolo8Error) -> None:
@@ -88,7 +86,7 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
          opts: MapOptions, preprocessing: tuple[bool, str]) -> _Collected:
     """Every image's results; `preprocessing`: (letterbox, resize) as run_map resolved them."""
     letterbox, resize = preprocessing
-    out = _Collected([], [], [], [], [])
+    out = _Collected()
     items = load_images(images, prepare=model.preparer(letterbox, resize))
     with progress_bar(len(images), "map", opts.progress) as bar:
         for batch in batched(items, opts.batch):
@@ -102,9 +100,8 @@ def _run(model: Model, images: list[Path], difficult: list[Path] | None, classes
                 sizes = [(item.image.shape[1], item.image.shape[0]) for item, _ in kept]
                 found = model.detect_prepared(blob, sizes, opts.thresh, opts.nms, letterbox)
                 for (item, truth), size, dets in zip(kept, sizes, found):
-                    out.truths.append(truth)
-                    out.detections.append(_as_arrays(dets))
-                    out.sizes.append(size)
+                    out.matches.append(match_image(truth, _as_arrays(dets), size, classes,
+                                                   opts.iou_thresh))
                     out.results.extend(coco_result(d, str(item.path)) for d in dets)
             bar.update(len(batch))
     return out
@@ -132,18 +129,14 @@ def run_map(opts: MapOptions, model: Model | None = None,
                          key="classes")
     got = (collect or _run)(model, images, difficult, config.classes, opts, (letterbox, resize))
     opts.skipped[:] = got.skipped
-    if not (got.matches or got.truths):
+    if not got.matches:
         raise InputError(f"none of the {len(images)} images listed could be read (with their "
                          f"labels); first: {got.skipped[0]}", path=config.valid)
     if got.skipped:
         log.warning("%d of %d images could not be read (named above) and are left out of the "
                     "metrics", len(got.skipped), len(images))
-    if got.matches is not None:
-        result = evaluate_matches(got.matches, config.classes, opts.iou_thresh,
-                                  opts.thresh_report, model.names[:config.classes])
-    else:
-        result = evaluate(got.truths, got.detections, got.sizes, config.classes,
-                          opts.iou_thresh, opts.thresh_report, model.names[:config.classes])
+    result = evaluate_matches(got.matches, config.classes, opts.iou_thresh, opts.thresh_report,
+                              model.names[:config.classes])
     if opts.json_path is not None:
         payload = result.to_json()
         payload.update(backend=opts.backend, model=model.model_id, skipped_images=len(got.skipped),
